@@ -1,0 +1,141 @@
+"""The `vdmcodec` command line: a thin typer shell over the library."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="vdmcodec: lossless image compression with a Variational Diffusion Model.")
+
+
+def _fail(msg: str, code: int = 1):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def run_guarded(fn):
+    """Run fn, turning the library's errors into a one-line message and exit code."""
+    from vdmcodec.errors import VdmcodecError
+
+    try:
+        return fn()
+    except VdmcodecError as e:
+        _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except MemoryError:
+        _fail("out of memory")
+    except OSError as e:
+        _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+
+
+@app.command()
+def train(
+    data: Path = typer.Option(..., help="Training data: MNIST IDX, CIFAR batch, .npy/.npz, or an image folder."),
+    out: Path = typer.Option(..., help="Output directory (checkpoint, weights, log)."),
+    val: Optional[Path] = typer.Option(None, help="Validation data (same formats)."),
+    data_range: Optional[str] = typer.Option(None, help="Slice of the training data, START:STOP (e.g. 0:8000)."),
+    val_range: Optional[str] = typer.Option(None, help="Slice of the validation data, e.g. 8000:9000."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Train until this many steps in total (default: config)."),
+    config: Optional[Path] = typer.Option(None, help="Run config file (JSON or TOML) with 'model' and 'train' sections."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    name: Optional[str] = typer.Option(None, help="Model name recorded in the model card."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Train a VDM; resumable after a kill (--resume). Works under torchrun (DDP).
+
+    Example: vdmcodec train --data ../shared/data/mnist/mnist9k-images-idx3-ubyte.gz
+    --data-range 0:8000 --val ../shared/data/mnist/mnist9k-images-idx3-ubyte.gz
+    --val-range 8000:9000 --out runs/mnist --steps 20000
+    """
+
+    def go():
+        from vdmcodec.training.config import load_config
+        from vdmcodec.training.trainer import DataSpec, Trainer, parse_range
+
+        cfg = load_config(config)
+        a, b = parse_range(data_range)
+        vspec = None
+        if val is not None:
+            va, vb = parse_range(val_range)
+            vspec = DataSpec(val, va, vb)
+        trainer = Trainer(cfg, out, DataSpec(data, a, b), vspec, resume=resume, progress=progress,
+                          card={"name": name or out.name})
+        res = trainer.fit(steps)
+        if trainer.dist.main:
+            typer.echo(json.dumps({"step": res["step"], "out": str(out), "card": trainer.card()}))
+        trainer.dist.close()
+
+    run_guarded(go)
+
+
+@app.command("eval")
+def eval_cmd(
+    data: Path = typer.Option(..., help="Images: files, folder, MNIST IDX, CIFAR batch, .npy/.npz."),
+    model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Also report the discrete-time bpd for T steps."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate at most this many images."),
+    data_range: Optional[str] = typer.Option(None, help="Slice of a dataset file, START:STOP."),
+    t_samples: Optional[int] = typer.Option(None, min=1, help="With --steps: Monte-Carlo steps per image instead of all T."),
+    seed: int = typer.Option(0, help="Noise seed."),
+    batch_size: int = typer.Option(100, min=1, help="Images per network call."),
+    json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object."),
+    progress: bool = typer.Option(True, help="Show a progress bar."),
+):
+    """Negative ELBO in bits per dimension (mean +- standard error over images)."""
+
+    def go():
+        from vdmcodec.data import load_items
+        from vdmcodec.evaluate import evaluate
+        from vdmcodec.training.trainer import parse_range
+        from vdmcodec.zoo import load_model
+
+        m, info = load_model(model)
+        a, b = parse_range(data_range)
+        items = load_items([data])[a:b]
+        if limit is not None:
+            items = items[:limit]
+        if not items:
+            _fail(f"{data}: no images in the selection")
+        res = evaluate(m, items, steps=steps, batch_size=batch_size, seed=seed, t_samples=t_samples, progress=progress)
+        res["model"] = info["name"]
+        typer.echo(f"model {info['name']}: {res['images']} images, continuous {res['bpd_continuous']:.4f} +- {res['bpd_continuous_se']:.4f} bpd")
+        if steps is not None:
+            typer.echo(f"discrete T={steps}: {res['bpd_discrete']:.4f} +- {res['bpd_discrete_se']:.4f} bpd")
+        if json_out:
+            typer.echo(json.dumps(res))
+
+    run_guarded(go)
+
+
+@app.command()
+def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
+    """List the shipped models (name, data, validation bpd, size)."""
+    from vdmcodec.zoo import read_card, shipped_models
+
+    rows = []
+    for d in shipped_models():
+        card = read_card(d).get("card", {})
+        size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        rows.append({"name": d.name, "data": card.get("data"), "val_bpd": card.get("val_bpd_continuous"),
+                     "steps": card.get("steps"), "bytes": size})
+    if json_out:
+        typer.echo(json.dumps(rows))
+        return
+    if not rows:
+        typer.echo("no shipped models")
+    for r in rows:
+        bpd = f"{r['val_bpd']:.4f}" if isinstance(r["val_bpd"], (int, float)) else "n/a"
+        typer.echo(f"{r['name']:<12} data={r['data']}  val_bpd={bpd}  steps={r['steps']}  size={r['bytes'] / 1e6:.1f} MB")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Training: configuration dataclasses, the resumable trainer, checkpoints and DDP."""

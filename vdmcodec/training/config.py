@@ -1,0 +1,73 @@
+"""Training configuration as frozen dataclasses, loadable from a JSON or TOML file of the
+form {"model": {"schedule": {...}, "network": {...}}, "train": {...}}."""
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from ..diffusion import ModelConfig
+from ..errors import DataError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 64
+    lr: float = 5e-4
+    lr_warmup: int = 200
+    weight_decay: float = 0.01
+    adam_betas: tuple[float, float] = (0.9, 0.99)
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    steps: int = 10_000
+    eval_every: int = 1000
+    eval_images: int = 1000
+    ckpt_every: int = 500
+    log_every: int = 50
+    seed: int = 0
+    bf16: bool = False
+    patch_size: int | None = None  # random crops for folders of large images
+    threads: int | None = None     # torch.set_num_threads; None keeps torch's default
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict:
+        return {"model": self.model.to_dict(), "train": asdict(self.train)}
+
+    @staticmethod
+    def from_dict(d: dict) -> "RunConfig":
+        unknown = set(d) - {"model", "train"}
+        if unknown:
+            raise DataError(f"config: unknown sections {sorted(unknown)}; expected 'model' and 'train'")
+        t = dict(d.get("train", {}))
+        names = {f.name for f in fields(TrainConfig)}
+        bad = set(t) - names
+        if bad:
+            raise DataError(f"config: unknown train options {sorted(bad)}; valid: {sorted(names)}")
+        if "adam_betas" in t:
+            t["adam_betas"] = tuple(t["adam_betas"])
+        try:
+            model = ModelConfig.from_dict(d.get("model", {}))
+        except (TypeError, ValueError) as e:
+            raise DataError(f"config: bad model section ({e})") from None
+        return RunConfig(model=model, train=TrainConfig(**t))
+
+
+def load_config(path: Path | None) -> RunConfig:
+    if path is None:
+        return RunConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise DataError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        d = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise DataError(f"{path}: not valid {'TOML' if path.suffix == '.toml' else 'JSON'} ({e})") from None
+    return RunConfig.from_dict(d)

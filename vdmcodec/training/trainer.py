@@ -1,0 +1,327 @@
+"""The resumable VDM trainer: AdamW, EMA, gradient clipping, VDM's variance-minimising
+schedule update, periodic validation bpd, checkpoints, and DistributedDataParallel.
+
+Output directory layout:
+  checkpoint.pt          full training state (model, EMA, optimiser, step, RNG states)
+  model.safetensors      EMA weights, with model.json (config + card): a model directory
+  train.log              one JSON line per log/eval event
+  run.json               the RunConfig used
+"""
+from __future__ import annotations
+
+import copy
+import io
+import json
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..data import PatchSampler, load_array, load_items, to_tensor
+from ..diffusion import VDM, low_discrepancy_t, training_terms
+from ..errors import DataError
+from ..likelihood import bpd_continuous, mean_and_stderr, nats_to_bpd
+from ..zoo import atomic_write_bytes, save_model
+from .config import RunConfig
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    path: Path
+    start: int = 0
+    stop: int | None = None
+
+
+def parse_range(text: str | None) -> tuple[int, int | None]:
+    """'0:8000' -> (0, 8000); None -> (0, None)."""
+    if not text:
+        return 0, None
+    try:
+        a, b = text.split(":")
+        return int(a or 0), (int(b) if b else None)
+    except ValueError:
+        raise DataError(f"bad range {text!r}; expected START:STOP, e.g. 0:8000") from None
+
+
+def load_training_images(spec: DataSpec, patch: int | None):
+    """Equal-size arrays for dataset files and uniform folders; a list of images of any
+    size (which then needs a patch size) otherwise."""
+    try:
+        return load_array(spec.path, spec.start, spec.stop)
+    except DataError as e:
+        if "differ in size" not in str(e):
+            raise
+    if patch is None:
+        raise DataError(f"{spec.path}: images differ in size; pass a patch size (train.patch_size)")
+    items = load_items([spec.path])[spec.start : spec.stop]
+    return [it.pixels for it in items]
+
+
+class Distributed:
+    """torchrun environment: rank/world from env vars; gloo on CPU, nccl on CUDA."""
+
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.enabled = self.world > 1
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", self.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.enabled and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self):
+        if self.enabled:
+            dist.barrier()
+
+    def mean(self, v: float) -> float:
+        if not self.enabled:
+            return v
+        t = torch.tensor([v], dtype=torch.float64)
+        dist.all_reduce(t)
+        return float(t) / self.world
+
+    def close(self):
+        if self.enabled and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, out: Path, data: DataSpec, val: DataSpec | None = None,
+                 resume: bool = False, progress: bool = True, card: dict | None = None):
+        self.cfg, self.out, self.progress = cfg, Path(out), progress
+        self.card_extra = card or {}
+        self.dist = Distributed()
+        tc = cfg.train
+        if tc.threads:
+            torch.set_num_threads(tc.threads)
+        torch.manual_seed(tc.seed)
+        self.device = self.dist.device
+        self.data_spec, self.val_spec = data, val
+        self.images = load_training_images(data, tc.patch_size)
+        self.sampler = PatchSampler(self.images, tc.patch_size, seed=tc.seed * 1000 + self.dist.rank)
+        self.val_images = None
+        if val is not None:
+            v = load_array(val.path, val.start, val.stop)
+            self.val_images = v[: tc.eval_images]
+        self.model = VDM(cfg.model).to(self.device)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
+        self.step = 0
+        self.cpu_seconds = 0.0
+        self.generator = torch.Generator().manual_seed(tc.seed * 7919 + self.dist.rank)
+        self.eval_history: list[dict] = []
+        if resume:
+            self._load_checkpoint()
+        elif (self.out / "checkpoint.pt").exists():
+            raise DataError(f"{self.out}: holds a checkpoint already; pass --resume to continue it, or choose another --out")
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(self.out / "run.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
+        self.ddp = DDP(self.model) if self.dist.enabled else self.model
+        self._stop = False
+
+    # ---- state ------------------------------------------------------------------
+    def _state(self) -> dict:
+        return {
+            "step": self.step,
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict(),
+            "opt": self.opt.state_dict(),
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "sampler": self.sampler.state(),
+            "cpu_seconds": self.cpu_seconds,
+            "eval_history": self.eval_history,
+            "config": self.cfg.to_dict(),
+        }
+
+    def _load_checkpoint(self):
+        path = self.out / "checkpoint.pt"
+        if not path.exists():
+            raise DataError(f"{path}: no checkpoint to resume from")
+        st = torch.load(path, map_location=self.device, weights_only=False)
+        self.model.load_state_dict(st["model"])
+        self.ema.load_state_dict(st["ema"])
+        self.opt.load_state_dict(st["opt"])
+        self.step = st["step"]
+        self.generator.set_state(st["generator"])
+        torch.set_rng_state(st["torch_rng"])
+        # each rank keeps its own sampler stream; rank 0's state is saved, others re-seed
+        if self.dist.main:
+            self.sampler.set_state(st["sampler"])
+        else:
+            self.sampler = PatchSampler(self.images, self.cfg.train.patch_size, seed=self.step * 7 + self.dist.rank)
+        self.cpu_seconds = st.get("cpu_seconds", 0.0)
+        self.eval_history = st.get("eval_history", [])
+
+    def save(self):
+        if not self.dist.main:
+            return
+        buf = io.BytesIO()
+        torch.save(self._state(), buf)
+        atomic_write_bytes(self.out / "checkpoint.pt", buf.getvalue())
+        save_model(self.out, self.ema, self.card())
+
+    def card(self) -> dict:
+        last = self.eval_history[-1] if self.eval_history else {}
+        return {
+            **self.card_extra,
+            "data": str(self.data_spec.path.name),
+            "train_split": f"{self.data_spec.start}:{self.data_spec.stop if self.data_spec.stop is not None else ''}",
+            "val_split": (f"{self.val_spec.path.name} {self.val_spec.start}:{self.val_spec.stop if self.val_spec.stop is not None else ''}" if self.val_spec else None),
+            "steps": self.step,
+            "batch_size": self.cfg.train.batch_size * self.dist.world,
+            "cpu_hours": round(self.cpu_seconds / 3600.0, 3),
+            "val_bpd_continuous": last.get("val_bpd"),
+            "val_bpd_stderr": last.get("val_bpd_se"),
+            "val_images": last.get("val_images"),
+            "params": sum(p.numel() for p in self.model.parameters()),
+        }
+
+    def log(self, record: dict):
+        if not self.dist.main:
+            return
+        with open(self.out / "train.log", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    # ---- one step -----------------------------------------------------------------
+    def lr_at(self, step: int) -> float:
+        tc = self.cfg.train
+        return tc.lr * min(1.0, (step + 1) / max(1, tc.lr_warmup))
+
+    def train_step(self, x: torch.Tensor) -> dict:
+        tc = self.cfg.train
+        B = x.shape[0]
+        dims = x[0].numel()
+        t = low_discrepancy_t(B, self.generator, self.device, offset=self.dist.rank, world=self.dist.world)
+        eps = torch.randn(x.shape, generator=self.generator).to(self.device)
+        eps_0 = torch.randn(x.shape, generator=self.generator).to(self.device)
+        self.model.amp_dtype = torch.bfloat16 if tc.bf16 else None
+        terms = self.ddp(x, t, eps, eps_0)
+        L = terms.loss
+        # optimise bpd (nats / dims / ln 2) so that the learning rate does not depend on size
+        scale = 1.0 / (dims * math.log(2.0))
+        loss = L.total.mean() * scale
+        roots, grads = [loss], [None]
+        if terms.gamma_t.requires_grad:
+            # VDM: the schedule minimises the variance of the diffusion loss estimate,
+            # d E[L^2] / d eta = E[2 L dL/d eta]; the net and endpoints minimise the VLB.
+            g_gamma, g_dgamma = torch.autograd.grad(loss, [terms.gamma_leaf, terms.dgamma_leaf], retain_graph=True)
+            w = 2.0 * (L.loss_diff.detach() * scale)
+            roots += [terms.gamma_t, terms.dgamma_dt]
+            grads += [g_gamma * w, g_dgamma * w]
+        self.opt.zero_grad(set_to_none=True)
+        torch.autograd.backward(roots, grads)
+        gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        for g in self.opt.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        self.opt.step()
+        self._ema_update()
+        self.model.amp_dtype = None
+        return {
+            "loss_bpd": float(loss.detach()),
+            "recon_bpd": float(L.loss_recon.mean() * scale),
+            "prior_bpd": float(L.loss_prior.mean() * scale),
+            "diff_bpd": float(L.loss_diff.mean() * scale),
+            "diff_bpd_var": float((L.loss_diff.detach() * scale).var()),
+            "grad_norm": float(gnorm),
+        }
+
+    @torch.no_grad()
+    def _ema_update(self):
+        decay = min(self.cfg.train.ema_decay, (1 + self.step) / (10 + self.step))
+        for pe, pm in zip(self.ema.parameters(), self.model.parameters()):
+            pe.lerp_(pm.detach(), 1.0 - decay)
+        for be, bm in zip(self.ema.buffers(), self.model.buffers()):
+            be.copy_(bm)
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        """Continuous-time validation bpd of the EMA model (fixed noise seed each time)."""
+        if self.val_images is None:
+            return {}
+        g = torch.Generator().manual_seed(12345)
+        vals = []
+        for i in range(0, len(self.val_images), 100):
+            x = to_tensor(self.val_images[i : i + 100]).to(self.device)
+            vals.append(bpd_continuous(self.ema, x, g).total.cpu())
+        m, se = mean_and_stderr(torch.cat(vals))
+        gamma_0, gamma_1 = float(self.ema.gamma.gamma_0), float(self.ema.gamma.gamma_1)
+        return {"val_bpd": m, "val_bpd_se": se, "val_images": len(self.val_images), "gamma_0": gamma_0, "gamma_1": gamma_1}
+
+    # ---- the loop -----------------------------------------------------------------
+    def _on_signal(self, signum, frame):
+        self._stop = True
+
+    def fit(self, steps: int | None = None) -> dict:
+        tc = self.cfg.train
+        target = steps if steps is not None else tc.steps
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)} if self.dist.main else {}
+        bar = None
+        if self.dist.main and self.progress:
+            from tqdm import tqdm
+
+            bar = tqdm(total=target, initial=self.step, unit="step", dynamic_ncols=True, desc="train")
+        self.model.train()
+        last = {}
+        t_start = time.process_time()
+        wall0 = time.time()
+        try:
+            while self.step < target and not self._stop_all():
+                x = to_tensor(self.sampler.batch(tc.batch_size)).to(self.device)
+                last = self.train_step(x)
+                self.step += 1
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{last['loss_bpd']:.3f}", img_s=f"{bar.format_dict['rate'] * tc.batch_size if bar.format_dict.get('rate') else 0:.0f}")
+                if self.step % tc.log_every == 0:
+                    self.log({"step": self.step, "time": time.time(), **last})
+                if tc.eval_every and self.step % tc.eval_every == 0:
+                    self._account(t_start)
+                    t_start = time.process_time()
+                    ev = self.validate()
+                    if ev:
+                        ev = {"step": self.step, "cpu_hours": round(self.cpu_seconds / 3600, 4), **ev}
+                        self.eval_history.append(ev)
+                        self.log({"eval": True, **ev})
+                        if bar is not None:
+                            bar.write(f"step {self.step}: val bpd {ev['val_bpd']:.4f} +- {ev['val_bpd_se']:.4f}")
+                if self.step % tc.ckpt_every == 0:
+                    self._account(t_start)
+                    t_start = time.process_time()
+                    self.save()
+        finally:
+            self._account(t_start)
+            if bar is not None:
+                bar.close()
+            for s, h in old.items():
+                signal.signal(s, h)
+        self.save()
+        self.dist.barrier()
+        return {"step": self.step, "wall_seconds": time.time() - wall0, **last}
+
+    def _account(self, t_start: float):
+        # CPU time of this process (all its threads); summed over ranks under DDP
+        self.cpu_seconds += self.dist.mean(time.process_time() - t_start) * self.dist.world
+
+    def _stop_all(self) -> bool:
+        if not self.dist.enabled:
+            return self._stop
+        flag = torch.tensor([1.0 if self._stop else 0.0])
+        dist.all_reduce(flag)
+        return bool(flag.item() > 0)
