@@ -133,6 +133,9 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
         typer.echo(f"{r['name']:<12} data={r['data']}  val_bpd={bpd}  steps={r['steps']}  size={r['bytes'] / 1e6:.1f} MB")
 
 
+from cli.sampling import register as _register_sampling; _register_sampling(app)  # noqa: E402,E702
+
+
 def main():
     app()
 

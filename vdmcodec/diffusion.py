@@ -157,10 +157,11 @@ class VDM(nn.Module):
         return kl.flatten(1).sum(1)
 
     def loss_diff_continuous(self, x, t, eps, gamma_t=None, dgamma_dt=None):
-        """1/2 gamma'(t) ||eps - eps_hat(z_t; t)||^2 (VDM eq. 17), [B]."""
+        """1/2 gamma'(t) ||eps - eps_hat(z_t; t)||^2 (VDM eq. 17), [B]. x: uint8 pixels or
+        float data-scale values."""
         if gamma_t is None:
             gamma_t, dgamma_dt = self.gamma.gamma_and_derivative(t)
-        z_t = self.q_sample(scale_pixels(x), gamma_t, eps)
+        z_t = self.q_sample(_data_scale(x), gamma_t, eps)
         err = (eps - self.eps_hat(z_t, gamma_t)).float().square().flatten(1).sum(1)
         return 0.5 * dgamma_dt * err
 
@@ -171,7 +172,7 @@ class VDM(nn.Module):
         t = i.to(x.device, torch.float32) / T
         s = (i.to(x.device, torch.float32) - 1) / T
         gamma_t, gamma_s = self.gamma(t), self.gamma(s)
-        z_t = self.q_sample(scale_pixels(x), gamma_t, eps)
+        z_t = self.q_sample(_data_scale(x), gamma_t, eps)
         err = (eps - self.eps_hat(z_t, gamma_t)).float().square().flatten(1).sum(1)
         return 0.5 * T * torch.expm1(gamma_t - gamma_s) * err
 
@@ -209,6 +210,12 @@ def low_discrepancy_t(batch: int, generator: torch.Generator, device, offset: in
     u = torch.rand((), generator=generator)
     idx = torch.arange(batch, dtype=torch.float64) + offset * batch
     return ((u + idx / (world * batch)) % 1.0).float().to(device)
+
+
+def _data_scale(x: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels are mapped to bin centres; float input is taken as data scale already
+    (the diffusion terms are defined for continuous data too, which the tests use)."""
+    return x if x.is_floating_point() else scale_pixels(x)
 
 
 def _bc(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

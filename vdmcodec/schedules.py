@@ -175,7 +175,10 @@ class LinearBeta(NoiseSchedule):
 
 
 def make_schedule(cfg: ScheduleConfig) -> NoiseSchedule:
-    kind = ScheduleKind(cfg.kind)
+    try:
+        kind = ScheduleKind(cfg.kind)
+    except ValueError:
+        raise ValueError(f"unknown schedule {cfg.kind!r}; choose one of {[k.value for k in ScheduleKind]}") from None
     if kind is ScheduleKind.learned:
         return LearnedMonotone(cfg.gamma_min, cfg.gamma_max, cfg.hidden)
     if kind is ScheduleKind.learned_linear:

@@ -235,9 +235,9 @@ class Trainer:
         self.model.amp_dtype = None
         return {
             "loss_bpd": float(loss.detach()),
-            "recon_bpd": float(L.loss_recon.mean() * scale),
-            "prior_bpd": float(L.loss_prior.mean() * scale),
-            "diff_bpd": float(L.loss_diff.mean() * scale),
+            "recon_bpd": float(L.loss_recon.detach().mean() * scale),
+            "prior_bpd": float(L.loss_prior.detach().mean() * scale),
+            "diff_bpd": float(L.loss_diff.detach().mean() * scale),
             "diff_bpd_var": float((L.loss_diff.detach() * scale).var()),
             "grad_norm": float(gnorm),
         }
