@@ -49,8 +49,10 @@ def sample(
     s_tmax: Optional[float] = typer.Option(None, "--s-tmax", min=0.0, help="edm: S_tmax (default inf)."),
     s_noise: Optional[float] = typer.Option(None, "--s-noise", min=0.0, help="edm: S_noise (default 1)."),
     rho: Optional[float] = typer.Option(None, min=0.0, help="karras schedule: rho (default 7)."),
-    trained_steps: Optional[int] = typer.Option(None, "--trained-steps", min=1,
-                                                help="model schedule: pick STEPS of the T+1 levels of a T-step model (iDDPM respacing; --steps T+1 is the full chain)."),
+    trained_steps: Optional[int] = typer.Option(
+        None, "--trained-steps", min=1,
+        help="model schedule: pick STEPS of the T+1 levels of a T-step model (iDDPM respacing; "
+             "--steps T+1 is the full chain)."),
     size: Optional[str] = typer.Option(None, help="Image size N or HxW (default: the model card's image_size, else 28x28)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples per network call."),
     device: str = typer.Option("cpu", help="Torch device."),

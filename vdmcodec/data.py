@@ -30,6 +30,7 @@ class ImageItem:
 
 
 def _open(path: Path):
+    path = Path(path)
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 
 
@@ -40,6 +41,7 @@ def is_idx(path: Path) -> bool:
 
 def read_idx(path: Path) -> np.ndarray:
     """MNIST IDX (ubyte, 3-d) -> uint8 [N, H, W, 1]; .gz or raw."""
+    path = Path(path)
     try:
         with _open(path) as f:
             data = f.read()

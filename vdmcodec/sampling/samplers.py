@@ -196,16 +196,17 @@ def sample_ddim(denoiser, x, sigmas, *, noise=None, callback=None, progress=Fals
 
 
 def sample_ancestral(denoiser, x, sigmas, *, noise=None, callback=None, progress=False, **options):
-    """DDPM / VDM ancestral sampling: x_s ~ p(x_s | x_t) = N(mu, sigma_rev^2) with
-    mu = x0_hat + (SNR_t / SNR_s) (x_t - x0_hat), the posterior mean of q(x_s | x_t, x0_hat)
-    (VDM eq. 26-29 in VE units, SNR = 1 / sigma^2). On a subset of a model's T levels this
-    is iDDPM respacing (``schedules.respace``). The reverse std sigma_rev is, in VE units
-    and with the VP frame alpha = 1/sqrt(1 + sigma^2) of the VP/VE equivalence:
-      small:   sigma_s^2 (1 - SNR_t/SNR_s)                          (DDPM's beta-tilde)
-      large:   (1 + sigma_s^2)/(1 + sigma_t^2) (sigma_t^2 - sigma_s^2) (sigma_{t|s}^2 / alpha_s^2)
-      learned: exp(frac log large + (1 - frac) log small), frac = (v + 1)/2 (iDDPM eq. 15)
-    (each a variance; the std is its square root). The final step to sigma = 0 returns the
-    mean x0_hat, as in DDPM."""
+    """DDPM / VDM ancestral sampling, one draw from p(z_s | z_t) per step, written in VE units.
+
+    With VE levels sigma (now) and sigma_next, SNR = 1 / sigma^2 and the VP frame of EDM's
+    VP/VE equivalence (alpha = 1/sqrt(1 + sigma^2), z = alpha x):
+      mean = x0_hat + (SNR_t / SNR_s) (x - x0_hat), the posterior mean of q(x_s | x_t, x0_hat)
+      (VDM eq. 26-29), and the reverse std sigma_rev from one of these variances:
+        small:   sigma_next^2 (1 - SNR_t/SNR_s)                      DDPM's beta-tilde = VDM's p(z_s|z_t)
+        large:   (1 + sigma_next^2)/(1 + sigma^2) (sigma^2 - sigma_next^2)  = sigma_{t|s}^2 / alpha_s^2, DDPM's beta
+        learned: exp(frac log large + (1 - frac) log small), frac = (v + 1)/2  (iDDPM eq. 15)
+    On a subset of a model's T levels this is iDDPM respacing (``schedules.respace``). The
+    final step to sigma = 0 returns the mean x0_hat without noise, as in DDPM."""
     opts = make_options(AncestralOptions, options, "ancestral")
     learned = opts.variance is ReverseVariance.learned
     if learned and not getattr(denoiser, "learned_variance", False):

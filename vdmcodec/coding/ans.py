@@ -1,0 +1,231 @@
+"""A small craystack-style layer over constriction's ANS stack.
+
+A *message* is the ANS stack (``Message``, wrapping ``constriction.stream.stack.AnsCoder``).
+A *codec* is a push/pop pair: ``push(msg, data)`` puts ``data`` on the stack and
+``pop(msg) -> data`` takes it off again, so ``pop(push(m, x)) == (m, x)``. Leaf codecs wrap
+constriction's vectorised models (one call per array, never a Python loop per symbol);
+combinators build bigger codecs from smaller ones (``serial``, ``bits_back``).
+
+Popping from an empty stack would return degenerate symbols without consuming bits
+(constriction 0.5), which silently breaks bits-back coding; ``Message.pop`` refuses with
+``EmptyMessageError`` instead (craystack invents random bits there: we raise).
+
+Everything that parameterises a distribution is float64 numpy, computed identically by
+encoder and decoder; symbols are int32 arrays.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import constriction
+import numpy as np
+
+from ..errors import FormatError
+
+_model = constriction.stream.model
+
+
+class EmptyMessageError(RuntimeError):
+    """A pop would read from an empty (or exhausted) ANS stack."""
+
+
+class Message:
+    """The ANS stack. ``initial`` (uint32 words) seeds it with real bits, e.g. the bytes of
+    a classically coded image; ``sealed`` marks that those words are arbitrary data that
+    constriction must seal (HiLLoC's trick: the decoder recovers them exactly at the end)."""
+
+    def __init__(self, words: np.ndarray | None = None, sealed: bool = False):
+        if words is None:
+            self.coder = constriction.stream.stack.AnsCoder()
+        else:
+            words = np.ascontiguousarray(words, dtype=np.uint32)
+            try:
+                self.coder = constriction.stream.stack.AnsCoder(words, seal=sealed)
+            except Exception as e:  # constriction reports invalid data as a plain exception
+                raise FormatError(f"invalid ANS payload ({str(e).splitlines()[0]})") from None
+
+    def push(self, symbols: np.ndarray, model, *params: np.ndarray) -> None:
+        self.coder.encode_reverse(np.ascontiguousarray(symbols, dtype=np.int32), model, *params)
+
+    def pop(self, model, *params: np.ndarray) -> np.ndarray:
+        if self.coder.is_empty():
+            raise EmptyMessageError("pop from an empty ANS stack: the chain needs more initial bits")
+        out = self.coder.decode(model, *params)
+        if self.coder.is_empty():
+            # the stack ran dry during this pop: its last symbols may be degenerate
+            raise EmptyMessageError("the ANS stack ran out of bits during a pop")
+        return out
+
+    @property
+    def num_bits(self) -> int:
+        return int(self.coder.num_bits())
+
+    @property
+    def is_empty(self) -> bool:
+        return bool(self.coder.is_empty())
+
+    def words(self, unseal: bool = False) -> np.ndarray:
+        return self.coder.get_compressed(unseal=unseal) if unseal else self.coder.get_compressed()
+
+    def to_bytes(self, unseal: bool = False) -> bytes:
+        return self.words(unseal).astype("<u4").tobytes()
+
+    @staticmethod
+    def from_bytes(data: bytes, sealed: bool = False) -> "Message":
+        if len(data) % 4:
+            raise FormatError("ANS payload length is not a multiple of 4 bytes")
+        return Message(np.frombuffer(data, dtype="<u4").astype(np.uint32), sealed=sealed)
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A push/pop pair over a Message."""
+
+    push: Callable[[Message, Any], None]
+    pop: Callable[[Message], Any]
+
+
+# ---- leaf codecs ------------------------------------------------------------------
+def quantized_gaussian(mean: np.ndarray, std: np.ndarray, lo: int, hi: int) -> Codec:
+    """Integer symbols in [lo, hi] under a Gaussian quantised to unit bins (mean and std in
+    bin units, float64, one per symbol). constriction's model is leaky: every symbol in
+    the range keeps a non-zero probability."""
+    model = _model.QuantizedGaussian(int(lo), int(hi))
+    mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
+    std = np.ascontiguousarray(std, dtype=np.float64).ravel()
+
+    def push(msg: Message, k: np.ndarray) -> None:
+        k = np.asarray(k).ravel()
+        if k.size and (k.min() < lo or k.max() > hi):
+            raise ValueError(f"symbol outside the coder's range [{lo}, {hi}]")
+        msg.push(k, model, mean, std)
+
+    def pop(msg: Message) -> np.ndarray:
+        return msg.pop(model, mean, std)
+
+    return Codec(push, pop)
+
+
+def windowed_gaussian(mean: np.ndarray, std: np.ndarray, width: int, escape: bool = True) -> Codec:
+    """Integers k under N(mean, std^2) quantised to unit bins, coded as the offset from
+    round(mean) within [-width, width]; offsets at or beyond +-width escape to 32 raw bits.
+
+    Why a window: constriction's leaky models give every symbol of the range at least
+    2^-24, so over a global range of 10^5 symbols about 1% of the mass sits in a flat
+    floor, and popped latents land there 1% of the time (measured). Centring a narrow range
+    on the mean keeps the floor's mass below 1e-4 while any integer stays codable.
+
+    With ``escape=False`` the window is the whole support: pops never leave it, and pushing
+    a value outside it is an error (for posteriors, whose samples come from their own pops).
+    """
+    mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
+    centre = np.rint(mean).astype(np.int64)
+    rel_mean = mean - centre
+    std = np.ascontiguousarray(std, dtype=np.float64).ravel()
+    width = int(width)
+    model = _model.QuantizedGaussian(-width, width)
+    raw = _model.Uniform(1 << 16)
+
+    def push(msg: Message, k: np.ndarray) -> None:
+        k = np.asarray(k, dtype=np.int64).ravel()
+        o = k - centre
+        if not escape:
+            if o.size and np.abs(o).max() > width:
+                raise ValueError("symbol outside the window of a codec without escapes")
+            msg.push(o, model, rel_mean, std)
+            return
+        esc = np.abs(o) >= width
+        if esc.any():
+            u = (k[esc] + (1 << 31)).astype(np.uint64)
+            if (u >= (1 << 32)).any():
+                raise ValueError("escaped symbol outside the 32-bit range")
+            words = np.stack([u >> 16, u & 0xFFFF], axis=1).ravel().astype(np.int32)
+            msg.push(words, raw)
+        msg.push(np.clip(o, -width, width), model, rel_mean, std)
+
+    def pop(msg: Message) -> np.ndarray:
+        o = msg.pop(model, rel_mean, std).astype(np.int64)
+        k = centre + o
+        if not escape:
+            return k
+        esc = np.abs(o) >= width
+        n = int(esc.sum())
+        if n:
+            words = _pop_n(msg, raw, 2 * n).astype(np.int64).reshape(n, 2)
+            k[esc] = ((words[:, 0] << 16) | words[:, 1]) - (1 << 31)
+        return k
+
+    return Codec(push, pop)
+
+
+def categorical(probs: np.ndarray) -> Codec:
+    """Symbols 0..K-1, one probability row per symbol ([n, K], rows need not sum to 1)."""
+    model = _model.Categorical(perfect=False)
+    probs = np.ascontiguousarray(probs, dtype=np.float64)
+
+    def push(msg: Message, x: np.ndarray) -> None:
+        msg.push(np.asarray(x).ravel(), model, probs)
+
+    def pop(msg: Message) -> np.ndarray:
+        return msg.pop(model, probs)
+
+    return Codec(push, pop)
+
+
+def uniform(n_symbols: int, count: int) -> Codec:
+    """``count`` symbols uniform on {0..n_symbols-1} (e.g. raw bytes with 256)."""
+    model = _model.Uniform(int(n_symbols))
+
+    def push(msg: Message, x: np.ndarray) -> None:
+        x = np.asarray(x).ravel()
+        if x.size != count:
+            raise ValueError(f"uniform codec expects {count} symbols, got {x.size}")
+        msg.push(x, model)
+
+    def pop(msg: Message) -> np.ndarray:
+        return _pop_n(msg, model, count)
+
+    return Codec(push, pop)
+
+
+def _pop_n(msg: Message, model, count: int) -> np.ndarray:
+    # constriction decodes `count` i.i.d. symbols of a fully parameterised model
+    if msg.is_empty and count:
+        raise EmptyMessageError("pop from an empty ANS stack")
+    out = np.asarray(msg.coder.decode(model, count), dtype=np.int32)
+    if count and msg.is_empty:
+        raise EmptyMessageError("the ANS stack ran out of bits during a pop")
+    return out
+
+
+# ---- combinators --------------------------------------------------------------------
+def serial(codecs: Sequence[Codec]) -> Codec:
+    """A codec for a sequence: element j with codecs[j]; popped back in the same order."""
+
+    def push(msg: Message, xs: Sequence[Any]) -> None:
+        for c, x in reversed(list(zip(codecs, xs))):
+            c.push(msg, x)
+
+    def pop(msg: Message) -> list:
+        return [c.pop(msg) for c in codecs]
+
+    return Codec(push, pop)
+
+
+def bits_back(prior: Codec, likelihood: Callable[[Any], Codec], posterior: Callable[[Any], Codec]) -> Codec:
+    """BB-ANS (Townsend et al. 2019): push x = pop z from q(z|x), push x with p(x|z), push z
+    with p(z); pop mirrors it exactly. Net cost -log p(x,z) + log q(z|x) per item."""
+
+    def push(msg: Message, x: Any) -> None:
+        z = posterior(x).pop(msg)
+        likelihood(z).push(msg, x)
+        prior.push(msg, z)
+
+    def pop(msg: Message) -> Any:
+        z = prior.pop(msg)
+        x = likelihood(z).pop(msg)
+        posterior(x).push(msg, z)
+        return x
+
+    return Codec(push, pop)

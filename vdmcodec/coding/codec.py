@@ -1,0 +1,316 @@
+"""The user-facing codec: ``load_codec(...).compress(images) -> bytes`` and back.
+
+How an archive is coded:
+1. every image gets its best classical encoding (PNG / WebP lossless);
+2. images the model can code (same channel count) go through the bits-back chain, in
+   chunks whose size grows with the bits already on the stack; the chain's first pops need
+   real bits, so the classical bytes of the first few images ("seeds") are the initial
+   ANS message (HiLLoC's trick): the decoder gets them back at the very end;
+3. if the whole archive would be smaller with every image classical, it is written so.
+A SHA-256 of all pixels is stored and verified on decode.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import FormatError, ModelError, VdmcodecError
+from ..zoo import load_model
+from . import classical
+from .ans import EmptyMessageError, Message
+from .chain import ChainConfig, DiffusionChain
+from .container import Header, pack, run_length, unpack
+
+DEFAULT_STEPS = 64
+DEFAULT_GRID_BITS = 6
+MAX_CHUNK_IMAGES = 64
+MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound
+INIT_MARGIN = 1.25              # safety factor on the estimated initial bits
+
+
+@dataclass(frozen=True)
+class ImageEntry:
+    pixels: np.ndarray  # uint8 [H, W, C]
+    name: str
+    squeeze: bool       # the caller passed (H, W): return (H, W)
+
+
+def as_hwc(img, name: str = "image") -> tuple[np.ndarray, bool]:
+    """numpy (H, W) / (H, W, 1|3) uint8 or a PIL image -> uint8 [H, W, C]."""
+    try:
+        from PIL import Image
+
+        if isinstance(img, Image.Image):
+            from ..data import pil_to_array
+
+            arr = pil_to_array(img, name)
+            return arr, arr.shape[-1] == 1
+    except ImportError:  # pragma: no cover
+        pass
+    arr = np.asarray(img)
+    if arr.dtype != np.uint8:
+        raise VdmcodecError(f"{name}: pixels must be uint8, got {arr.dtype}")
+    if arr.ndim == 2:
+        return np.ascontiguousarray(arr[..., None]), True
+    if arr.ndim == 3 and arr.shape[-1] in (1, 3):
+        return np.ascontiguousarray(arr), False
+    raise VdmcodecError(f"{name}: image shape {arr.shape} is not (H, W), (H, W, 1) or (H, W, 3)")
+
+
+def pixels_digest(images: Sequence[np.ndarray]) -> str:
+    h = hashlib.sha256()
+    for im in images:
+        h.update(np.asarray(im.shape, dtype="<u4").tobytes())
+        h.update(np.ascontiguousarray(im).tobytes())
+    return h.hexdigest()
+
+
+def _encode_order(shapes: list[tuple], methods: list[str]) -> list[int]:
+    """Model-coded images in chain order: by size (small first, so the stack grows before
+    large images need their initial bits), stable within a size."""
+    vdm = [k for k, m in enumerate(methods) if m == "vdm"]
+    return sorted(vdm, key=lambda k: (shapes[k][0] * shapes[k][1] * shapes[k][2], shapes[k]))
+
+
+class Codec:
+    """Lossless compression with one VDM. ``steps`` is the default T of ``compress``."""
+
+    def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS):
+        self.model, self.info = model, info
+        self.steps, self.grid_bits = steps, grid_bits
+        self._chains: dict[tuple[int, int], DiffusionChain] = {}
+
+    @property
+    def channels(self) -> int:
+        return self.model.cfg.network.image_channels
+
+    def chain(self, steps: int, grid_bits: int) -> DiffusionChain:
+        key = (steps, grid_bits)
+        if key not in self._chains:
+            self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits))
+        return self._chains[key]
+
+    # ---- compress --------------------------------------------------------------------
+    def compress(self, images: Iterable, steps: int | None = None, names: Sequence[str] | None = None,
+                 progress: bool = False, classical_only: bool = False, force_model: bool = False) -> bytes:
+        """Compress images (uint8 numpy (H, W) / (H, W, 1|3) or PIL) into one container.
+        ``force_model`` keeps the model-coded result even where all-classical is smaller
+        (for measurements); ``classical_only`` skips the model."""
+        entries = self._entries(images, names)
+        T = int(steps or self.steps)
+        if T < 1:
+            raise VdmcodecError(f"steps must be >= 1, got {T}")
+        pix = [e.pixels for e in entries]
+        shapes = [p.shape for p in pix]
+        best = [classical.encode_best(p) for p in pix]
+        all_classical = self._pack_classical(entries, best, T)
+        eligible = [k for k, p in enumerate(pix) if p.shape[-1] == self.channels]
+        if classical_only or not eligible:
+            return all_classical
+        chain = self.chain(T, self.grid_bits)
+        per_dim = chain.initial_bits_per_dim() * INIT_MARGIN
+        # seeds: classical images whose bytes start the stack; first the ones the model
+        # cannot code, then eligible images in order until the smallest chunk can start
+        methods = ["vdm" if k in set(eligible) else best[k][0] for k in range(len(pix))]
+        order = _encode_order(shapes, methods)
+        need = per_dim * math.prod(shapes[order[0]]) + 64
+        have = 8 * sum(len(best[k][1]) for k in range(len(pix)) if methods[k] != "vdm")
+        for k in eligible:
+            if have >= need:
+                break
+            methods[k] = best[k][0]
+            have += 8 * len(best[k][1])
+            order = [j for j in order if j != k]
+            if order:
+                need = per_dim * math.prod(shapes[order[0]]) + 64
+        if not order or have < need:
+            return all_classical
+        try:
+            blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress)
+        except EmptyMessageError:
+            if force_model:
+                raise
+            return all_classical  # the estimate was short: classical is still lossless
+        return blob if force_model or len(blob) < len(all_classical) else all_classical
+
+    def _entries(self, images, names) -> list[ImageEntry]:
+        imgs = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
+        if isinstance(images, np.ndarray) and images.ndim == 4:
+            imgs = list(images)
+        if not imgs:
+            raise VdmcodecError("no images to compress")
+        if names is not None and len(names) != len(imgs):
+            raise VdmcodecError(f"{len(names)} names for {len(imgs)} images")
+        out = []
+        for k, im in enumerate(imgs):
+            name = names[k] if names is not None else f"{k:05d}.png"
+            arr, squeeze = as_hwc(im, name)
+            out.append(ImageEntry(arr, name, squeeze))
+        return out
+
+    def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model) -> Header:
+        names = [e.name for e in entries]
+        seq = [f"{k:05d}.png" for k in range(len(entries))]
+        return Header(
+            model=self.info["name"] if uses_model else None,
+            model_sha256=self.info["sha256"] if uses_model else None,
+            steps=T if uses_model else 0,
+            grid_bits=self.grid_bits,
+            torch=torch.__version__,
+            dtype="float32",
+            threads=torch.get_num_threads(),
+            shapes=run_length([tuple(e.pixels.shape) for e in entries]),
+            names={"sequence": ["", 5, ".png"]} if names == seq else {"list": names},
+            methods=run_length(methods),
+            classical_sizes=classical_sizes,
+            chunks=chunks,
+            init_pad=init_pad,
+            pixels_sha256=pixels_digest([e.pixels for e in entries]),
+            extra={"squeeze": run_length([int(e.squeeze) for e in entries])},
+        )
+
+    def _pack_classical(self, entries, best, T) -> bytes:
+        methods = [b[0] for b in best]
+        blob = b"".join(b[1] for b in best)
+        header = self._header(entries, methods, [len(b[1]) for b in best], [], T, 0, uses_model=False)
+        return pack(header, blob)
+
+    def _compress_chain(self, entries, best, methods, order, chain, per_dim, progress) -> bytes:
+        classical_idx = [k for k, m in enumerate(methods) if m != "vdm"]
+        cblob = b"".join(best[k][1] for k in classical_idx)
+        pad = (-len(cblob)) % 4
+        init = np.frombuffer(cblob + b"\0" * pad, dtype="<u4").astype(np.uint32)
+        msg = Message(init, sealed=True)
+        chunks: list[list[int]] = []
+        # plan and code chunk by chunk: a chunk holds images of one shape, as many as the
+        # stack's bits can start (estimated), bounded for memory
+        pos = 0
+        bar = _bar(progress, len(order), "compress")
+        while pos < len(order):
+            shape = entries[order[pos]].pixels.shape
+            dims = math.prod(shape)
+            run = 1
+            while pos + run < len(order) and entries[order[pos + run]].pixels.shape == shape:
+                run += 1
+            fit = int((msg.num_bits - 64) // (per_dim * dims))
+            size = max(1, min(fit, run, MAX_CHUNK_IMAGES, max(1, MAX_CHUNK_SUBPIXELS // dims)))
+            x = np.stack([entries[k].pixels for k in order[pos : pos + size]]).transpose(0, 3, 1, 2).copy()
+            chain.push(msg, x)
+            chunks.append([pos, size])
+            pos += size
+            if bar is not None:
+                bar.update(size)
+        if bar is not None:
+            bar.close()
+        header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad, uses_model=True)
+        return pack(header, msg.to_bytes())
+
+    # ---- decompress ------------------------------------------------------------------
+    def decompress(self, blob: bytes, progress: bool = False) -> list[np.ndarray]:
+        return [im for im, _ in self.decompress_named(blob, progress)]
+
+    def decompress_named(self, blob: bytes, progress: bool = False) -> list[tuple[np.ndarray, str]]:
+        header, payload = unpack(blob)
+        return decode_payload(header, payload, self, progress)
+
+    # ---- estimates -------------------------------------------------------------------
+    def estimate_bpd(self, images: Iterable, steps: int | None = None, seed: int = 0) -> dict:
+        """The model's negative ELBO (continuous and T-step) on these images, in bpd."""
+        from ..data import ImageItem
+        from ..evaluate import evaluate
+
+        entries = self._entries(images, None)
+        items = [ImageItem(e.pixels, e.name) for e in entries]
+        return evaluate(self.model, items, steps=int(steps or self.steps), seed=seed, progress=False)
+
+
+def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progress: bool = False) -> list[tuple[np.ndarray, str]]:
+    shapes = header.image_shapes()
+    methods = header.image_methods()
+    names = header.image_names()
+    out: list[np.ndarray | None] = [None] * len(shapes)
+    order = _encode_order(shapes, methods)
+    if order:
+        if codec is None:
+            raise ModelError(f"this file needs model {header.model!r}")
+        if codec.info["sha256"] != header.model_sha256:
+            raise ModelError(f"file was coded with model {header.model!r} (weights sha256 {str(header.model_sha256)[:12]}...); "
+                             f"the loaded model {codec.info['name']!r} has {codec.info['sha256'][:12]}...")
+        if len(payload) % 4:
+            raise FormatError("corrupted payload (not whole ANS words)")
+        chain = codec.chain(header.steps, header.grid_bits)
+        msg = Message.from_bytes(payload)
+        bar = _bar(progress, len(order), "decompress")
+        try:
+            for start, size in reversed(header.chunks):
+                idx = order[start : start + size]
+                h, w, c = shapes[idx[0]]
+                if any(shapes[k] != (h, w, c) for k in idx):
+                    raise FormatError("corrupted header (a chunk mixes image sizes)")
+                x = chain.pop(msg, (size, c, h, w))
+                for j, k in enumerate(idx):
+                    out[k] = np.ascontiguousarray(x[j].transpose(1, 2, 0))
+                if bar is not None:
+                    bar.update(size)
+            cblob = msg.to_bytes(unseal=True)
+        except EmptyMessageError:
+            raise FormatError("corrupted payload (the ANS stream ended early)") from None
+        except (ValueError, RuntimeError, OverflowError, IndexError) as e:
+            raise FormatError(f"corrupted payload ({type(e).__name__} while decoding)") from None
+        finally:
+            if bar is not None:
+                bar.close()
+        if header.init_pad:
+            if cblob[-header.init_pad:] != b"\0" * header.init_pad:
+                raise _mismatch(header)
+            cblob = cblob[: -header.init_pad]
+    else:
+        cblob = payload
+    classical_idx = [k for k, m in enumerate(methods) if m != "vdm"]
+    if sum(header.classical_sizes) != len(cblob):
+        raise _mismatch(header) if order else FormatError("corrupted payload (classical data size mismatch)")
+    pos = 0
+    for k, size in zip(classical_idx, header.classical_sizes):
+        out[k] = classical.decode(cblob[pos : pos + size], methods[k], shapes[k])
+        pos += size
+    if pixels_digest(out) != header.pixels_sha256:
+        raise _mismatch(header)
+    squeeze = [bool(v) for v, n in header.extra.get("squeeze", []) for _ in range(n)] or [False] * len(out)
+    if len(squeeze) != len(out):
+        raise FormatError("corrupted header (squeeze flags)")
+    return [(im[..., 0] if sq else im, name) for im, sq, name in zip(out, squeeze, names)]
+
+
+def _mismatch(header: Header) -> FormatError:
+    here = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    there = f"torch {header.torch}, {header.threads} threads, {header.dtype}"
+    return FormatError(f"checksum mismatch: decoded pixels differ from the original (encoded with {there}; decoding with {here})")
+
+
+def _bar(progress: bool, total: int, desc: str):
+    if not progress:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
+
+
+def load_codec(name_or_dir: str | Path | None = None, steps: int = DEFAULT_STEPS, device: str = "cpu") -> Codec:
+    """A Codec for a shipped model name (default: the default model) or a model directory."""
+    model, info = load_model(name_or_dir, device=device)
+    return Codec(model, info, steps=steps)
+
+
+def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress: bool = False) -> list[tuple[np.ndarray, str]]:
+    """Decode a container, loading the model it names (or ``model``) only if needed."""
+    header, payload = unpack(blob)
+    codec = None
+    if any(m == "vdm" for m in header.image_methods()):
+        codec = load_codec(model if model is not None else header.model, steps=max(1, header.steps))
+    return decode_payload(header, payload, codec, progress)
