@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -23,6 +24,8 @@ def run_guarded(fn):
 
     try:
         return fn()
+    except (typer.Exit, typer.Abort):
+        raise
     except VdmcodecError as e:
         _fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
     except KeyboardInterrupt:
@@ -31,6 +34,10 @@ def run_guarded(fn):
         _fail("out of memory")
     except OSError as e:
         _fail(f"{e.filename or ''}: {e.strerror or e}".lstrip(": "))
+    except Exception as e:  # a bug, not bad input: still one line (VDMCODEC_DEBUG=1 for the traceback)
+        if os.environ.get("VDMCODEC_DEBUG"):
+            raise
+        _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set VDMCODEC_DEBUG=1 for details)")
 
 
 @app.command()
@@ -134,6 +141,11 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
 
 
 from cli.sampling import register as _register_sampling; _register_sampling(app)  # noqa: E402,E702
+
+
+from cli.coding import register as _register_coding  # noqa: E402
+
+_register_coding(app, run_guarded, _fail)
 
 
 def main():

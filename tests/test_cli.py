@@ -65,3 +65,70 @@ def test_models_lists_shipped():
     res = runner.invoke(app, ["models", "--json"])
     assert res.exit_code == 0
     json.loads(res.stdout)
+
+
+def _digits(tmp_path, n=3):
+    rng = np.random.default_rng(1)
+    d = tmp_path / "in"
+    (d / "sub").mkdir(parents=True)
+    for k in range(n):
+        Image.fromarray(rng.integers(0, 256, (9, 7), dtype=np.uint8)).save(d / ("sub" if k == 0 else ".") / f"{k}.png")
+    return d
+
+
+def test_compress_decompress_info_roundtrip(tmp_path, tiny_model_dir):
+    d = _digits(tmp_path)
+    arc = tmp_path / "a.vdmc"
+    res = runner.invoke(app, ["compress", str(d), "-o", str(arc), "--model", str(tiny_model_dir), "--steps", "2", "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["images"] == 3 and out["bytes"] == arc.stat().st_size and out["steps"] == 2
+    res = runner.invoke(app, ["info", str(arc), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["images"] == 3
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    for f in d.rglob("*.png"):
+        rel = f.relative_to(d)
+        assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(tmp_path / "out" / rel)))
+    # existing outputs are refused without --force, and nothing is written
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir)])
+    _one_line_error(res)
+    res = runner.invoke(app, ["compress", str(d), "-o", str(arc), "--model", str(tiny_model_dir)])
+    _one_line_error(res)
+    # an input is never overwritten, even with --force
+    target = d / "1.png"
+    before = target.read_bytes()
+    res = runner.invoke(app, ["compress", str(d), "-o", str(target), "--model", str(tiny_model_dir), "--force"])
+    _one_line_error(res)
+    assert target.read_bytes() == before
+
+
+@pytest.mark.parametrize("mangle", ["magic", "truncate", "flip", "empty"])
+def test_decompress_bad_archive_one_line(tmp_path, tiny_model_dir, mangle):
+    d = _digits(tmp_path, 2)
+    arc = tmp_path / "a.vdmc"
+    assert runner.invoke(app, ["compress", str(d), "-o", str(arc), "--model", str(tiny_model_dir), "--steps", "2", "--no-progress"]).exit_code == 0
+    blob = bytearray(arc.read_bytes())
+    if mangle == "magic":
+        blob[:4] = b"XXXX"
+    elif mangle == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif mangle == "flip":
+        blob[len(blob) // 2] ^= 0x40
+    else:
+        blob = bytearray()
+    arc.write_bytes(bytes(blob))
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir)])
+    _one_line_error(res)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    _one_line_error(runner.invoke(app, ["info", str(arc)]))
+
+
+def test_compress_non_image_and_missing_model(tmp_path, tiny_model_dir):
+    junk = tmp_path / "x.png"
+    junk.write_text("hello")
+    _one_line_error(runner.invoke(app, ["compress", str(junk), "-o", str(tmp_path / "a.vdmc"), "--model", str(tiny_model_dir)]))
+    img = tmp_path / "g.png"
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(img)
+    _one_line_error(runner.invoke(app, ["compress", str(img), "-o", str(tmp_path / "b.vdmc"), "--model", str(tmp_path / "nomodel")]))
+    assert not (tmp_path / "b.vdmc").exists()

@@ -1,0 +1,149 @@
+"""`vdmcodec compress`, `decompress` and `info`: thin commands over vdmcodec.coding."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+
+def _write_png(path: Path, pixels) -> None:
+    import io
+
+    from PIL import Image
+
+    from vdmcodec.zoo import atomic_write_bytes
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels).save(buf, format="PNG")
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def safe_relative(name: str) -> Path:
+    """An archive's image name as a path inside the output folder (no escaping it)."""
+    from vdmcodec.errors import FormatError
+
+    p = Path(name)
+    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
+        raise FormatError(f"unsafe image name in archive: {name!r}")
+    return p
+
+
+def register(app: typer.Typer, run_guarded, fail) -> None:
+    @app.command()
+    def compress(
+        inputs: List[Path] = typer.Argument(..., help="Image files, folders (recursive), MNIST IDX, CIFAR batches or .npy/.npz."),
+        output: Path = typer.Option(..., "-o", "--output", help="The .vdmc file to write."),
+        model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
+        steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with (default: the codec's)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite an existing output file (never an input)."),
+        json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ):
+        """Compress images losslessly into one archive.
+
+        Example: vdmcodec compress samples/mnist -o digits.vdmc
+        """
+
+        def go():
+            from vdmcodec.coding import classical
+            from vdmcodec.coding.codec import load_codec
+            from vdmcodec.data import iter_inputs, load_items
+
+            out = output.resolve()
+            if any(out == f.resolve() for f, _ in iter_inputs(list(inputs))):
+                fail(f"{output}: is one of the inputs; refusing to overwrite an input")
+            if output.exists() and not force:
+                fail(f"{output}: exists (use --force to overwrite)")
+            if output.exists() and output.is_dir():
+                fail(f"{output}: is a folder")
+            items = load_items(list(inputs))
+            codec = load_codec(model)
+            blob = codec.compress([it.pixels for it in items], steps=steps, names=[it.name for it in items], progress=progress)
+            from vdmcodec.zoo import atomic_write_bytes
+
+            atomic_write_bytes(output, blob)
+            dims = sum(it.pixels.size for it in items)
+            png = sum(len(classical.encode(it.pixels, "png")) for it in items)
+            res = {"images": len(items), "bytes": len(blob), "bpd": 8 * len(blob) / dims,
+                   "png_bytes": png, "png_bpd": 8 * png / dims, "steps": steps or codec.steps,
+                   "model": codec.info["name"], "output": str(output)}
+            typer.echo(f"{len(items)} images -> {output}: {len(blob)} bytes, {res['bpd']:.4f} bpd "
+                       f"(PNG: {png} bytes, {res['png_bpd']:.4f} bpd; {png / len(blob):.2f}x)")
+            if json_out:
+                typer.echo(json.dumps(res))
+
+        run_guarded(go)
+
+    @app.command()
+    def decompress(
+        archive: Path = typer.Argument(..., help="A .vdmc file."),
+        output: Path = typer.Option(..., "-o", "--output", help="Folder to write PNG images into."),
+        model: Optional[str] = typer.Option(None, help="Model name or directory (default: the one the file names)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite existing image files in the folder."),
+        progress: bool = typer.Option(True, help="Show a progress bar."),
+    ):
+        """Restore the exact images of an archive as PNG files under their original names."""
+
+        def go():
+            from vdmcodec.coding.codec import decompress_file_bytes
+
+            try:
+                blob = archive.read_bytes()
+            except OSError as e:
+                fail(f"{archive}: {e.strerror}")
+            images = decompress_file_bytes(blob, model=model, progress=progress)
+            targets = [output / safe_relative(name) for _, name in images]
+            if output.exists() and not output.is_dir():
+                fail(f"{output}: exists and is not a folder")
+            clash = [t for t in targets if t.exists()]
+            if clash and not force:
+                fail(f"{clash[0]}: exists (use --force to overwrite); nothing was written")
+            if len(set(targets)) != len(targets):
+                fail("archive holds duplicate image names")
+            written = []
+            try:
+                for (pixels, _), t in zip(images, targets):
+                    _write_png(t, pixels)
+                    written.append(t)
+            except BaseException:
+                for t in written:  # a failed decompress leaves no partial output
+                    t.unlink(missing_ok=True)
+                raise
+            typer.echo(f"{len(images)} images -> {output}")
+
+        run_guarded(go)
+
+    @app.command()
+    def info(
+        archive: Path = typer.Argument(..., help="A .vdmc file."),
+        json_out: bool = typer.Option(False, "--json", help="Print the header as JSON."),
+    ):
+        """Print an archive's header: model, steps, images and how each was coded."""
+
+        def go():
+            from collections import Counter
+            from dataclasses import asdict
+
+            from vdmcodec.coding.container import unpack
+
+            try:
+                blob = archive.read_bytes()
+            except OSError as e:
+                fail(f"{archive}: {e.strerror}")
+            header, payload = unpack(blob)
+            methods = Counter(header.image_methods())
+            d = asdict(header)
+            d.update({"images": header.count, "bytes": len(blob), "payload_bytes": len(payload),
+                      "method_counts": dict(methods)})
+            if json_out:
+                typer.echo(json.dumps(d))
+                return
+            dims = sum(h * w * c for h, w, c in header.image_shapes())
+            typer.echo(f"{archive}: {header.count} images, {len(blob)} bytes, {8 * len(blob) / dims:.4f} bpd")
+            typer.echo(f"model: {header.model} ({str(header.model_sha256)[:16]}...)  steps: {header.steps}  grid_bits: {header.grid_bits}")
+            typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}")
+            typer.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in methods.items()))
+
+        run_guarded(go)
