@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from ..diffusion import VDM, VOCAB, scale_pixels
-from .ans import Codec, Message, categorical, windowed_gaussian
+from .ans import Codec, Message, categorical, permuted, whiten, windowed_gaussian
 
 LOG2_SQRT_2PI_E = 0.5 * math.log2(2 * math.pi * math.e)
 MAX_CATEGORICAL_SYMBOLS = 1 << 17  # probability rows per constriction call (memory bound)
@@ -42,6 +42,7 @@ Q_WINDOW_STDS = 6.0  # q's support: truncated at +-6 std (mass outside: 2e-9)
 class ChainConfig:
     steps: int = 100    # T
     grid_bits: int = 6  # latent bin = 2^-grid_bits of the narrower of the two stds
+    whiten: bool = True  # mask the stack top before each posterior pop
 
 
 class DiffusionChain:
@@ -106,6 +107,12 @@ class DiffusionChain:
         c = -math.expm1(g_s - g_t)
         return self.alpha[i - 1] / self.alpha[i] * (z_i - c * self.sigma[i] * eps_hat)
 
+    def _whiten(self, msg: Message, i: int, n: int) -> None:
+        """Mask the bits the next posterior pop will read (see ans.whiten)."""
+        if self.cfg.whiten:
+            h_q = math.log2(self.std_q[i] / self.delta[i]) + LOG2_SQRT_2PI_E
+            whiten(msg, math.ceil(n * h_q / 16) + 2, key=i)
+
     # ---- codecs for one level ------------------------------------------------------------
     def _q_codec(self, i: int, mean: np.ndarray) -> Codec:
         """q(z_i | z_{i-1}) (level 0: q(z_0 | x)), truncated to +-Q_WINDOW_STDS std.
@@ -117,7 +124,9 @@ class DiffusionChain:
         the ELBO with a +-16 std window and escapes, +16% truncated at 6 std; with
         independent random pops the same grid costs the ELBO)."""
         d, s = self.delta[i], self.std_q[i] / self.delta[i]
-        return windowed_gaussian(mean.ravel() / d, np.full(mean.size, s), math.ceil(Q_WINDOW_STDS * s), escape=False)
+        perm = far_order(mean.size)
+        base = windowed_gaussian(mean.ravel()[perm] / d, np.full(mean.size, s), math.ceil(Q_WINDOW_STDS * s), escape=False)
+        return permuted(base, perm)
 
     def _p_codec(self, i: int, mean: np.ndarray):
         d, s = self.delta[i], self.std_p[i] / self.delta[i]
@@ -150,11 +159,13 @@ class DiffusionChain:
         """Encode a batch x (uint8 [B, C, H, W]) onto the stack."""
         T = self.cfg.steps
         x_s = scale_pixels(torch.from_numpy(x)).double().numpy()
+        self._whiten(msg, 0, x.size)
         k = self._q_codec(0, self.alpha[0] * x_s).pop(msg)
         z_prev = (k * self.delta[0]).reshape(x.shape)
         k_prev = k
         self._push_x(msg, x, z_prev)
         for i in range(1, T + 1):
+            self._whiten(msg, i, x.size)
             k = self._q_codec(i, self.a_q[i] * z_prev).pop(msg)
             z = (k * self.delta[i]).reshape(x.shape)
             self._p_codec(i - 1, self._p_mean(z, i)).push(msg, k_prev)
@@ -172,13 +183,22 @@ class DiffusionChain:
             k_prev = self._p_codec(i - 1, self._p_mean(z, i)).pop(msg)
             z_prev = (k_prev * self.delta[i - 1]).reshape(shape)
             self._q_codec(i, self.a_q[i] * z_prev).push(msg, k)
+            self._whiten(msg, i, z_prev.size)
             z, k = z_prev, k_prev
             if progress is not None:
                 progress(1)
         x = self._pop_x(msg, z)
         x_s = scale_pixels(torch.from_numpy(x)).double().numpy()
         self._q_codec(0, self.alpha[0] * x_s).push(msg, k)
+        self._whiten(msg, 0, x.size)
         return x
+
+
+def far_order(n: int) -> np.ndarray:
+    """Visit order for posterior pops: start half-way through the batch. A pop reads the
+    bits of the push just before it, element by element from the start, so this pairs each
+    popped latent with a pushed one from half a batch away (another image when B >= 2)."""
+    return np.roll(np.arange(n), -(n // 2))
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:
