@@ -146,6 +146,7 @@ from cli.sampling import register as _register_sampling; _register_sampling(app)
 from cli.coding import register as _register_coding  # noqa: E402
 
 _register_coding(app, run_guarded, _fail)
+from cli.bench import register as _register_bench; _register_bench(app, run_guarded, _fail)  # noqa: E402,E702
 
 
 def main():

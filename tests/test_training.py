@@ -122,3 +122,28 @@ def test_torchrun_two_processes(tmp_path, mnist_path):
     assert card["steps"] == 4 and card["batch_size"] == 16
     ck = torch.load(out / "checkpoint.pt", weights_only=False)
     assert ck["step"] == 4
+
+
+def test_train_then_eval_on_png_folder(tmp_path):
+    """`vdmcodec train` then `vdmcodec eval --json` end to end on a folder of PNG images of
+    mixed sizes (random patches for training)."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "pngs"
+    folder.mkdir()
+    for k, (h, w) in enumerate([(20, 24), (17, 30), (32, 18)]):
+        Image.fromarray(rng.integers(0, 256, (h, w), dtype=np.uint8)).save(folder / f"{k}.png")
+    cfg = RunConfig(model=tiny_model_config(), train=replace(TINY_TRAIN, batch_size=4, patch_size=16))
+    (tmp_path / "cfg.json").write_text(json.dumps(cfg.to_dict()))
+    runner = CliRunner()
+    res = runner.invoke(app, ["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--steps", "3",
+                              "--config", str(tmp_path / "cfg.json"), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["eval", "--data", str(folder), "--model", str(tmp_path / "run"), "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["images"] == 3 and out["bpd_continuous"] > 0

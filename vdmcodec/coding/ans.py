@@ -6,9 +6,13 @@ A *codec* is a push/pop pair: ``push(msg, data)`` puts ``data`` on the stack and
 constriction's vectorised models (one call per array, never a Python loop per symbol);
 combinators build bigger codecs from smaller ones (``serial``, ``bits_back``).
 
-Popping from an empty stack would return degenerate symbols without consuming bits
-(constriction 0.5), which silently breaks bits-back coding; ``Message.pop`` refuses with
-``EmptyMessageError`` instead (craystack invents random bits there: we raise).
+Popping past the end of the stack would return degenerate symbols without consuming bits
+(constriction 0.5 decodes from zero bits once its state runs dry, and does not report it),
+which silently breaks bits-back coding; ``Message.pop`` refuses with ``EmptyMessageError``
+instead (craystack invents random bits there: we raise). "Past the end" is detected from
+constriction's invariant: its 64-bit state stays >= 2^32 while words remain under it, so a
+state below 2^32 with no words under it (fewer than 32 valid bits) means the stack is dry.
+A message therefore keeps its bottom 32 bits: only bits above them can be popped.
 
 Everything that parameterises a distribution is float64 numpy, computed identically by
 encoder and decoder; symbols are int32 arrays.
@@ -49,13 +53,19 @@ class Message:
         self.coder.encode_reverse(np.ascontiguousarray(symbols, dtype=np.int32), model, *params)
 
     def pop(self, model, *params: np.ndarray) -> np.ndarray:
-        if self.coder.is_empty():
+        if self.is_dry:
             raise EmptyMessageError("pop from an empty ANS stack: the chain needs more initial bits")
         out = self.coder.decode(model, *params)
-        if self.coder.is_empty():
+        if self.is_dry:
             # the stack ran dry during this pop: its last symbols may be degenerate
             raise EmptyMessageError("the ANS stack ran out of bits during a pop")
         return out
+
+    @property
+    def is_dry(self) -> bool:
+        """No real bits left to pop (see the module docstring): constriction's state fell
+        below 2^32 with no words under it. Once dry, further decodes stay dry."""
+        return int(self.coder.num_valid_bits()) < 32
 
     @property
     def num_bits(self) -> int:
@@ -66,7 +76,12 @@ class Message:
         return bool(self.coder.is_empty())
 
     def words(self, unseal: bool = False) -> np.ndarray:
-        return self.coder.get_compressed(unseal=unseal) if unseal else self.coder.get_compressed()
+        if not unseal:
+            return self.coder.get_compressed()
+        try:
+            return self.coder.get_compressed(unseal=True)
+        except Exception:  # constriction raises AssertionError when the seal is not on top
+            raise FormatError("invalid ANS payload (the message does not end in its seal)") from None
 
     def to_bytes(self, unseal: bool = False) -> bytes:
         return self.words(unseal).astype("<u4").tobytes()
@@ -91,6 +106,7 @@ def quantized_gaussian(mean: np.ndarray, std: np.ndarray, lo: int, hi: int) -> C
     """Integer symbols in [lo, hi] under a Gaussian quantised to unit bins (mean and std in
     bin units, float64, one per symbol). constriction's model is leaky: every symbol in
     the range keeps a non-zero probability."""
+    _check_support(int(hi) - int(lo) + 1)
     model = _model.QuantizedGaussian(int(lo), int(hi))
     mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
     std = np.ascontiguousarray(std, dtype=np.float64).ravel()
@@ -124,6 +140,7 @@ def windowed_gaussian(mean: np.ndarray, std: np.ndarray, width: int, escape: boo
     rel_mean = mean - centre
     std = np.ascontiguousarray(std, dtype=np.float64).ravel()
     width = int(width)
+    _check_support(2 * width + 1)
     model = _model.QuantizedGaussian(-width, width)
     raw = _model.Uniform(1 << 16)
 
@@ -175,6 +192,7 @@ def categorical(probs: np.ndarray) -> Codec:
 
 def uniform(n_symbols: int, count: int) -> Codec:
     """``count`` symbols uniform on {0..n_symbols-1} (e.g. raw bytes with 256)."""
+    _check_support(int(n_symbols))
     model = _model.Uniform(int(n_symbols))
 
     def push(msg: Message, x: np.ndarray) -> None:
@@ -189,12 +207,21 @@ def uniform(n_symbols: int, count: int) -> Codec:
     return Codec(push, pop)
 
 
+MAX_SUPPORT = 1 << 24  # constriction's 24-bit models: every symbol needs a non-zero count
+
+
+def _check_support(n: int) -> None:
+    # constriction panics on these (pyo3's PanicException is a BaseException): refuse first
+    if not 2 <= n <= MAX_SUPPORT:
+        raise ValueError(f"a codec's support must hold 2..{MAX_SUPPORT} symbols, got {n}")
+
+
 def _pop_n(msg: Message, model, count: int) -> np.ndarray:
     # constriction decodes `count` i.i.d. symbols of a fully parameterised model
-    if msg.is_empty and count:
+    if msg.is_dry and count:
         raise EmptyMessageError("pop from an empty ANS stack")
     out = np.asarray(msg.coder.decode(model, count), dtype=np.int32)
-    if count and msg.is_empty:
+    if count and msg.is_dry:
         raise EmptyMessageError("the ANS stack ran out of bits during a pop")
     return out
 
@@ -210,7 +237,7 @@ def whiten(msg: Message, n: int, key: int) -> None:
     accounting assumes (measured effect: see chain.py)."""
     if n <= 0:
         return
-    if msg.is_empty:
+    if msg.is_dry:
         raise EmptyMessageError("whiten on an empty ANS stack")
     digits = _pop_n(msg, _UNIFORM16, n).astype(np.uint64)
     msg.push((digits ^ _mask16(n, key)).astype(np.int32), _UNIFORM16)

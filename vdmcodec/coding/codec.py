@@ -27,7 +27,7 @@ from .ans import EmptyMessageError, Message
 from .chain import ChainConfig, DiffusionChain
 from .container import Header, pack, run_length, unpack
 
-DEFAULT_STEPS = 64
+DEFAULT_STEPS = 128
 DEFAULT_GRID_BITS = 6
 MAX_CHUNK_IMAGES = 64
 MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound
@@ -140,9 +140,14 @@ class Codec:
         return blob if force_model or len(blob) < len(all_classical) else all_classical
 
     def _entries(self, images, names) -> list[ImageEntry]:
-        imgs = list(images) if not isinstance(images, np.ndarray) or images.ndim == 4 else [images]
-        if isinstance(images, np.ndarray) and images.ndim == 4:
-            imgs = list(images)
+        single = isinstance(images, np.ndarray) and images.ndim < 4
+        try:
+            from PIL import Image
+
+            single = single or isinstance(images, Image.Image)  # a PIL image is not iterable
+        except ImportError:  # pragma: no cover
+            pass
+        imgs = [images] if single else list(images)
         if not imgs:
             raise VdmcodecError("no images to compress")
         if names is not None and len(names) != len(imgs):
@@ -244,7 +249,13 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
                              f"the loaded model {codec.info['name']!r} has {codec.info['sha256'][:12]}...")
         if len(payload) % 4:
             raise FormatError("corrupted payload (not whole ANS words)")
-        chain = codec.chain(header.steps, header.grid_bits)
+        for start, size in header.chunks:  # the encoder's bounds, checked before any batch is allocated
+            if size > MAX_CHUNK_IMAGES or (size > 1 and size * math.prod(shapes[order[start]]) > MAX_CHUNK_SUBPIXELS):
+                raise FormatError("corrupted header (a chunk is larger than the encoder writes)")
+        try:
+            chain = codec.chain(header.steps, header.grid_bits)
+        except ValueError as e:  # steps / grid_bits this model cannot run: a forged header
+            raise FormatError(f"invalid header for this model ({e})") from None
         msg = Message.from_bytes(payload)
         bar = _bar(progress, len(order), "decompress")
         try:
@@ -281,10 +292,20 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         pos += size
     if pixels_digest(out) != header.pixels_sha256:
         raise _mismatch(header)
-    squeeze = [bool(v) for v, n in header.extra.get("squeeze", []) for _ in range(n)] or [False] * len(out)
-    if len(squeeze) != len(out):
-        raise FormatError("corrupted header (squeeze flags)")
+    squeeze = _squeeze_flags(header.extra.get("squeeze", []), len(out))
     return [(im[..., 0] if sq else im, name) for im, sq, name in zip(out, squeeze, names)]
+
+
+def _squeeze_flags(runs, count: int) -> list[bool]:
+    """The run-length (H, W) flags of ``extra``; checked before expanding (it is not
+    validated by the container, and a forged run length could be huge)."""
+    if runs == []:
+        return [False] * count
+    if not (isinstance(runs, list) and all(isinstance(r, list) and len(r) == 2 and r[0] in (0, 1)
+                                           and isinstance(r[1], int) and r[1] >= 1 for r in runs)
+            and sum(r[1] for r in runs) == count):
+        raise FormatError("corrupted header (squeeze flags)")
+    return [bool(v) for v, n in runs for _ in range(n)]
 
 
 def _mismatch(header: Header) -> FormatError:
