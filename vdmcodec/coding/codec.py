@@ -117,7 +117,8 @@ class Codec:
         per_dim = chain.initial_bits_per_dim() * INIT_MARGIN
         # seeds: classical images whose bytes start the stack; first the ones the model
         # cannot code, then eligible images in order until the smallest chunk can start
-        methods = ["vdm" if k in set(eligible) else best[k][0] for k in range(len(pix))]
+        eligible_set = set(eligible)
+        methods = ["vdm" if k in eligible_set else best[k][0] for k in range(len(pix))]
         order = _encode_order(shapes, methods)
         need = per_dim * math.prod(shapes[order[0]]) + 64
         have = 8 * sum(len(best[k][1]) for k in range(len(pix)) if methods[k] != "vdm")
