@@ -10,6 +10,7 @@ from .adaptive import (AdaptiveConfig, ScoreOptimalCost, adaptive_sigmas, cached
                        score_optimal_cost)
 from .denoiser import Denoiser, VDMDenoiser
 from .generate import generate, image_grid, to_pixels
+from .mixture import GaussianMixture, make_mixture
 from .noise import NoiseSource, sample_generator
 from .registry import SamplingError
 from .samplers import (SAMPLERS, AncestralOptions, DDIMOptions, EDMOptions, NoOptions, ReverseVariance,
@@ -19,7 +20,8 @@ from .schedules import SCHEDULES, ScheduleInfo, karras_sigmas, loglinear_sigmas,
 
 __all__ = [
     "AdaptiveConfig", "ScoreOptimalCost", "adaptive_sigmas", "cached_score_optimal_cost", "score_optimal_cost",
-    "Denoiser", "VDMDenoiser", "generate", "image_grid", "to_pixels", "NoiseSource", "sample_generator",
+    "Denoiser", "VDMDenoiser", "GaussianMixture", "make_mixture", "generate", "image_grid", "to_pixels",
+    "NoiseSource", "sample_generator",
     "SamplingError", "SAMPLERS", "AncestralOptions", "DDIMOptions", "EDMOptions", "NoOptions", "ReverseVariance",
     "SamplerInfo", "get_sampler", "sample_ancestral", "sample_ddim", "sample_dpmpp_2m", "sample_edm",
     "sample_euler", "sample_heun", "SCHEDULES", "ScheduleInfo", "karras_sigmas", "loglinear_sigmas",
