@@ -45,6 +45,19 @@ class NoiseSchedule(nn.Module):
             (dgamma_dt,) = torch.autograd.grad(gamma_t.sum(), t, create_graph=True)
         return gamma_t, dgamma_dt
 
+    @torch.no_grad()
+    def t_of_gamma(self, gamma: torch.Tensor, iterations: int = 40) -> torch.Tensor:
+        """The inverse t = gamma^-1(gamma) by bisection on [0, 1] (every schedule is
+        increasing); values outside [gamma(0), gamma(1)] map to the nearest end."""
+        lo = torch.zeros_like(gamma)
+        hi = torch.ones_like(gamma)
+        for _ in range(iterations):
+            mid = 0.5 * (lo + hi)
+            below = self(mid) < gamma
+            lo = torch.where(below, mid, lo)
+            hi = torch.where(below, hi, mid)
+        return 0.5 * (lo + hi)
+
     @property
     def gamma_0(self) -> torch.Tensor:
         return self(torch.zeros(1, device=self._device(), dtype=self._dtype()))[0]

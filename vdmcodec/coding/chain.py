@@ -97,15 +97,23 @@ class DiffusionChain:
 
     # ---- the network -----------------------------------------------------------------
     @torch.no_grad()
-    def _p_mean(self, z_i: np.ndarray, i: int) -> np.ndarray:
-        """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output."""
+    def _p_mean(self, z_i: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
+        learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
+        and beta), else None (std_p)."""
         device = next(self.model.parameters()).device
         z32 = torch.from_numpy(z_i.astype(np.float32)).to(device)
         gam = self.gamma_f32[i].expand(z32.shape[0]).to(device)
-        eps_hat = self.model.eps_hat(z32, gam).to("cpu", torch.float32).numpy().astype(np.float64)
+        eps_hat, v = self.model.eps_and_v(z32, gam)
+        eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
         g_t, g_s = self.gamma[i], self.gamma[i - 1]
         c = -math.expm1(g_s - g_t)
-        return self.alpha[i - 1] / self.alpha[i] * (z_i - c * self.sigma[i] * eps_hat)
+        mean = self.alpha[i - 1] / self.alpha[i] * (z_i - c * self.sigma[i] * eps_hat)
+        if v is None:
+            return mean, None
+        frac = (v.to("cpu", torch.float32).numpy().astype(np.float64) + 1.0) / 2.0
+        log_ratio = 2.0 * (math.log(self.sigma[i]) - math.log(self.sigma[i - 1]))  # log beta / beta-tilde
+        return mean, self.std_p[i - 1] * np.exp(0.5 * frac * log_ratio)
 
     def _whiten(self, msg: Message, i: int, n: int) -> None:
         """Mask the bits the next posterior pop will read (see ans.whiten)."""
@@ -128,9 +136,11 @@ class DiffusionChain:
         base = windowed_gaussian(mean.ravel()[perm] / d, np.full(mean.size, s), math.ceil(Q_WINDOW_STDS * s), escape=False)
         return permuted(base, perm)
 
-    def _p_codec(self, i: int, mean: np.ndarray):
-        d, s = self.delta[i], self.std_p[i] / self.delta[i]
-        return windowed_gaussian(mean.ravel() / d, np.full(mean.size, s), math.ceil(WINDOW_STDS * s))
+    def _p_codec(self, i: int, mean: np.ndarray, std: np.ndarray | None = None):
+        """p(z_i | z_{i+1}) with the schedule's std_p[i], or a learned std per element."""
+        d = self.delta[i]
+        s = np.full(mean.size, self.std_p[i] / d) if std is None else np.asarray(std, dtype=np.float64).ravel() / d
+        return windowed_gaussian(mean.ravel() / d, s, math.ceil(WINDOW_STDS * s.max()))
 
     def _x_probs(self, z_0: np.ndarray) -> np.ndarray:
         """p(x | z_0) as probability rows [n, 256], float64 (VDM's decoder)."""
@@ -168,7 +178,7 @@ class DiffusionChain:
             self._whiten(msg, i, x.size)
             k = self._q_codec(i, self.a_q[i] * z_prev).pop(msg)
             z = (k * self.delta[i]).reshape(x.shape)
-            self._p_codec(i - 1, self._p_mean(z, i)).push(msg, k_prev)
+            self._p_codec(i - 1, *self._p_mean(z, i)).push(msg, k_prev)
             z_prev, k_prev = z, k
             if progress is not None:
                 progress(1)
@@ -180,7 +190,7 @@ class DiffusionChain:
         k = self._p_codec(T, np.zeros(shape)).pop(msg)
         z = (k * self.delta[T]).reshape(shape)
         for i in range(T, 0, -1):
-            k_prev = self._p_codec(i - 1, self._p_mean(z, i)).pop(msg)
+            k_prev = self._p_codec(i - 1, *self._p_mean(z, i)).pop(msg)
             z_prev = (k_prev * self.delta[i - 1]).reshape(shape)
             self._q_codec(i, self.a_q[i] * z_prev).push(msg, k)
             self._whiten(msg, i, z_prev.size)

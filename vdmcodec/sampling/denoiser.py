@@ -68,9 +68,8 @@ class VDMDenoiser(Denoiser):
         c_in = alpha_t.reshape((-1,) + (1,) * (x.dim() - 1))
         c_out = -sigma.to(torch.float64).reshape(c_in.shape)
         z_t = (c_in * x).to(self.param.device, self.param.dtype)
-        with torch.no_grad():
-            out = self.model.net(z_t, self.model.t_norm(gamma_t.to(self.param.device, self.param.dtype)))
-        channels = x.shape[1]
-        eps_hat = out[:, :channels].to(x.device, torch.float64)
-        v = out[:, channels:].to(x.device, torch.float64) if self.learned_variance else None
+        with torch.no_grad():  # the model's own eps_hat and v (its preconditioning, v in [-1, 1])
+            eps_hat, v = self.model.eps_and_v(z_t, gamma_t.to(self.param.device, self.param.dtype))
+        eps_hat = eps_hat.to(x.device, torch.float64)
+        v = v.to(x.device, torch.float64) if v is not None else None
         return x + c_out * eps_hat, v                                      # c_skip = 1

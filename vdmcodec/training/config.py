@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..diffusion import ModelConfig
 from ..errors import DataError
+from ..objective import ObjectiveConfig
 
 
 @dataclass(frozen=True)
@@ -29,6 +30,8 @@ class TrainConfig:
     bf16: bool = False
     patch_size: int | None = None  # random crops for folders of large images
     threads: int | None = None     # torch.set_num_threads; None keeps torch's default
+    # training-objective options (vdmcodec/objective.py): t sampling, weighting, STF, L_hybrid
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
 
 @dataclass(frozen=True)
@@ -37,7 +40,9 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def to_dict(self) -> dict:
-        return {"model": self.model.to_dict(), "train": asdict(self.train)}
+        train = asdict(self.train)
+        train["objective"] = self.train.objective.to_dict()
+        return {"model": self.model.to_dict(), "train": train}
 
     @staticmethod
     def from_dict(d: dict) -> "RunConfig":
@@ -51,6 +56,15 @@ class RunConfig:
             raise DataError(f"config: unknown train options {sorted(bad)}; valid: {sorted(names)}")
         if "adam_betas" in t:
             t["adam_betas"] = tuple(t["adam_betas"])
+        if "objective" in t:
+            o = dict(t["objective"])
+            onames = {f.name for f in fields(ObjectiveConfig)}
+            if set(o) - onames:
+                raise DataError(f"config: unknown train.objective options {sorted(set(o) - onames)}; valid: {sorted(onames)}")
+            try:
+                t["objective"] = ObjectiveConfig(**o)
+            except (TypeError, ValueError) as e:
+                raise DataError(f"config: bad train.objective ({e})") from None
         try:
             model = ModelConfig.from_dict(d.get("model", {}))
         except (TypeError, ValueError) as e:

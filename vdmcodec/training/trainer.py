@@ -28,8 +28,10 @@ from ..data import PatchSampler, load_array, load_items, to_tensor
 from ..diffusion import VDM, low_discrepancy_t, training_terms
 from ..errors import DataError
 from ..likelihood import bpd_continuous, mean_and_stderr, nats_to_bpd
+from ..objective import Target, TimeSampling
 from ..zoo import atomic_write_bytes, save_model
 from .config import RunConfig
+from .resampler import LossSecondMomentResampler
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,9 @@ class Trainer:
         self.cpu_seconds = 0.0
         self.generator = torch.Generator().manual_seed(tc.seed * 7919 + self.dist.rank)
         self.eval_history: list[dict] = []
+        obj = tc.objective
+        self.resampler = (LossSecondMomentResampler(obj.is_bins, obj.is_history, obj.is_uniform_prob)
+                          if obj.t_sampling is TimeSampling.importance else None)
         if resume:
             self._load_checkpoint()
         elif (self.out / "checkpoint.pt").exists():
@@ -148,6 +153,7 @@ class Trainer:
             "cpu_seconds": self.cpu_seconds,
             "eval_history": self.eval_history,
             "config": self.cfg.to_dict(),
+            **({"resampler": self.resampler.state_dict()} if self.resampler is not None else {}),
         }
 
     def _load_checkpoint(self):
@@ -168,6 +174,9 @@ class Trainer:
             self.sampler = PatchSampler(self.images, self.cfg.train.patch_size, seed=self.step * 7 + self.dist.rank)
         self.cpu_seconds = st.get("cpu_seconds", 0.0)
         self.eval_history = st.get("eval_history", [])
+        if self.resampler is not None and "resampler" in st:
+            # (a checkpoint of a run without importance sampling starts a fresh, uniform one)
+            self.resampler.load_state_dict(st["resampler"])
 
     def save(self):
         if not self.dist.main:
@@ -208,15 +217,22 @@ class Trainer:
         tc = self.cfg.train
         B = x.shape[0]
         dims = x[0].numel()
+        obj = tc.objective
         t = low_discrepancy_t(B, self.generator, self.device, offset=self.dist.rank, world=self.dist.world)
         eps = torch.randn(x.shape, generator=self.generator).to(self.device)
         eps_0 = torch.randn(x.shape, generator=self.generator).to(self.device)
+        is_weight = None
+        if self.resampler is not None:
+            t, is_weight = self.resampler.sample(t)
+        x_extra = None
+        if obj.target is Target.stf and obj.stf_reference > B:
+            x_extra = to_tensor(self.sampler.batch(obj.stf_reference - B)).to(self.device)
         self.model.amp_dtype = torch.bfloat16 if tc.bf16 else None
-        terms = self.ddp(x, t, eps, eps_0)
+        terms = self.ddp(x, t, eps, eps_0, obj, is_weight, x_extra)
         L = terms.loss
         # optimise bpd (nats / dims / ln 2) so that the learning rate does not depend on size
         scale = 1.0 / (dims * math.log(2.0))
-        loss = L.total.mean() * scale
+        loss = terms.objective.mean() * scale
         roots, grads = [loss], [None]
         if terms.gamma_t.requires_grad:
             # VDM: the schedule minimises the variance of the diffusion loss estimate,
@@ -233,14 +249,33 @@ class Trainer:
         self.opt.step()
         self._ema_update()
         self.model.amp_dtype = None
-        return {
+        if self.resampler is not None:
+            trained = L.loss_diff.detach() + (terms.extra.detach() if terms.extra is not None else 0.0)
+            self._update_resampler(t, trained if is_weight is None else trained / is_weight)
+        elbo_diff = terms.elbo_diff * scale
+        out = {
             "loss_bpd": float(loss.detach()),
             "recon_bpd": float(L.loss_recon.detach().mean() * scale),
             "prior_bpd": float(L.loss_prior.detach().mean() * scale),
             "diff_bpd": float(L.loss_diff.detach().mean() * scale),
-            "diff_bpd_var": float((L.loss_diff.detach() * scale).var()),
+            "diff_bpd_var": float(elbo_diff.var()),
             "grad_norm": float(gnorm),
         }
+        if not obj.is_default or terms.extra is not None:
+            # the unweighted ELBO estimate beside the trained objective
+            out["elbo_bpd"] = float((L.loss_recon.detach() + L.loss_prior.detach()).mean() * scale + elbo_diff.mean())
+        if terms.extra is not None:
+            out["extra_bpd"] = float(terms.extra.detach().mean() * scale)
+        return out
+
+    def _update_resampler(self, t: torch.Tensor, losses: torch.Tensor):
+        """Every rank records every rank's losses (iDDPM's update_with_all_losses)."""
+        if self.dist.enabled:
+            ts, ls = [torch.empty_like(t) for _ in range(self.dist.world)], [torch.empty_like(losses) for _ in range(self.dist.world)]
+            dist.all_gather(ts, t.contiguous())
+            dist.all_gather(ls, losses.contiguous())
+            t, losses = torch.cat(ts), torch.cat(ls)
+        self.resampler.update(t, losses)
 
     @torch.no_grad()
     def _ema_update(self):
