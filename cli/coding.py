@@ -142,8 +142,11 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 return
             dims = sum(h * w * c for h, w, c in header.image_shapes())
             typer.echo(f"{archive}: {header.count} images, {len(blob)} bytes, {8 * len(blob) / dims:.4f} bpd")
-            typer.echo(f"model: {header.model} ({str(header.model_sha256)[:16]}...)  steps: {header.steps}  grid_bits: {header.grid_bits}")
-            typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}")
+            if header.model is not None:
+                typer.echo(f"model: {header.model} (weights {header.model_hash}...)  steps: {header.steps}  grid_bits: {header.grid_bits}")
+                typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}")
+            else:
+                typer.echo("model: none (every image is coded classically)")
             typer.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in methods.items()))
 
         run_guarded(go)

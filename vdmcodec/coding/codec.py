@@ -25,7 +25,7 @@ from ..zoo import load_model
 from . import classical
 from .ans import EmptyMessageError, Message
 from .chain import ChainConfig, DiffusionChain
-from .container import Header, pack, run_length, unpack
+from .container import HASH_BYTES, Header, pack, run_length, unpack
 
 DEFAULT_STEPS = 128
 DEFAULT_GRID_BITS = 6
@@ -64,11 +64,17 @@ def as_hwc(img, name: str = "image") -> tuple[np.ndarray, bool]:
 
 
 def pixels_digest(images: Sequence[np.ndarray]) -> str:
+    """Hex of the first 8 bytes of SHA-256 over (shape as u32 LE, pixels) of each image."""
     h = hashlib.sha256()
     for im in images:
         h.update(np.asarray(im.shape, dtype="<u4").tobytes())
         h.update(np.ascontiguousarray(im).tobytes())
-    return h.hexdigest()
+    return h.hexdigest()[: 2 * HASH_BYTES]
+
+
+def model_digest(info: dict) -> str:
+    """The weights' identity as stored in a file: the first 8 bytes of their SHA-256."""
+    return info["sha256"][: 2 * HASH_BYTES]
 
 
 def _encode_order(shapes: list[tuple], methods: list[str]) -> list[int]:
@@ -165,20 +171,20 @@ class Codec:
         seq = [f"{k:05d}.png" for k in range(len(entries))]
         return Header(
             model=self.info["name"] if uses_model else None,
-            model_sha256=self.info["sha256"] if uses_model else None,
+            model_hash=model_digest(self.info) if uses_model else None,
             steps=T if uses_model else 0,
-            grid_bits=self.grid_bits,
-            torch=torch.__version__,
+            grid_bits=self.grid_bits if uses_model else 0,
+            torch=torch.__version__ if uses_model else "",
             dtype="float32",
-            threads=torch.get_num_threads(),
+            threads=torch.get_num_threads() if uses_model else 0,
             shapes=run_length([tuple(e.pixels.shape) for e in entries]),
             names={"sequence": ["", 5, ".png"]} if names == seq else {"list": names},
             methods=run_length(methods),
             classical_sizes=classical_sizes,
             chunks=chunks,
             init_pad=init_pad,
-            pixels_sha256=pixels_digest([e.pixels for e in entries]),
-            extra={"squeeze": run_length([int(e.squeeze) for e in entries])},
+            pixels_hash=pixels_digest([e.pixels for e in entries]),
+            squeeze=run_length([int(e.squeeze) for e in entries]) if any(e.squeeze for e in entries) else [],
         )
 
     def _pack_classical(self, entries, best, T) -> bytes:
@@ -245,9 +251,9 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
     if order:
         if codec is None:
             raise ModelError(f"this file needs model {header.model!r}")
-        if codec.info["sha256"] != header.model_sha256:
-            raise ModelError(f"file was coded with model {header.model!r} (weights sha256 {str(header.model_sha256)[:12]}...); "
-                             f"the loaded model {codec.info['name']!r} has {codec.info['sha256'][:12]}...")
+        if model_digest(codec.info) != header.model_hash:
+            raise ModelError(f"file was coded with model {header.model!r} (weights sha256 {header.model_hash}...); "
+                             f"the loaded model {codec.info['name']!r} has {model_digest(codec.info)}...")
         if len(payload) % 4:
             raise FormatError("corrupted payload (not whole ANS words)")
         for start, size in header.chunks:  # the encoder's bounds, checked before any batch is allocated
@@ -291,22 +297,10 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
     for k, size in zip(classical_idx, header.classical_sizes):
         out[k] = classical.decode(cblob[pos : pos + size], methods[k], shapes[k])
         pos += size
-    if pixels_digest(out) != header.pixels_sha256:
+    if pixels_digest(out) != header.pixels_hash:
         raise _mismatch(header)
-    squeeze = _squeeze_flags(header.extra.get("squeeze", []), len(out))
+    squeeze = header.image_squeeze()
     return [(im[..., 0] if sq else im, name) for im, sq, name in zip(out, squeeze, names)]
-
-
-def _squeeze_flags(runs, count: int) -> list[bool]:
-    """The run-length (H, W) flags of ``extra``; checked before expanding (it is not
-    validated by the container, and a forged run length could be huge)."""
-    if runs == []:
-        return [False] * count
-    if not (isinstance(runs, list) and all(isinstance(r, list) and len(r) == 2 and r[0] in (0, 1)
-                                           and isinstance(r[1], int) and r[1] >= 1 for r in runs)
-            and sum(r[1] for r in runs) == count):
-        raise FormatError("corrupted header (squeeze flags)")
-    return [bool(v) for v, n in runs for _ in range(n)]
 
 
 def _mismatch(header: Header) -> FormatError:

@@ -1,48 +1,54 @@
-"""The .vdmc container: parsing never trusts a length or count without a bound.
+"""The .vdmc container (format version 2): a compact binary header, then the payload.
 
-Layout (all integers little-endian):
+Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (1)
-    5       4     header length H (u32, at most MAX_HEADER_BYTES)
-    9       H     header: zlib-compressed UTF-8 JSON (decompressed at most MAX_JSON_BYTES)
-    9+H     8     payload length P (u64, must equal the bytes that remain minus 4)
-    17+H    P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
-    17+H+P  4     CRC-32 of every byte before it
+    4       1     format version (2)
+    5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
+    5+v     H     header (``Header``), binary, every field bounds-checked
+    5+v+H   P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
+    end-4   4     CRC-32 (u32 LE) of every byte before it
 
-The header (see ``Header``) names the model and its weights hash, T, the latent grid, the
-torch version / dtype / thread count that encoded it, the images (shapes run-length
-coded, names as a pattern or a list, per-image coding method), the chunk schedule of the
-bits-back chain, the sizes of the classically coded images, and a SHA-256 of all pixels.
+The header is small on purpose: a one-image file of a 28x28 digit is about 30 bytes of
+container around its payload. Hashes are 64-bit prefixes of SHA-256 (identity and
+decode verification, not security). Parsing never trusts a length or a count: each is
+checked against the bytes that remain and against the limits below before anything is
+allocated for it.
 """
 from __future__ import annotations
 
-import json
 import struct
 import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 from ..errors import FormatError
 
 MAGIC = b"VDMC"
-VERSION = 1
-MAX_HEADER_BYTES = 16 << 20
-MAX_JSON_BYTES = 64 << 20
+VERSION = 2
+HASH_BYTES = 8
+MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
 MAX_SIDE = 1 << 16
 MAX_TOTAL_SUBPIXELS = 1 << 32
 MAX_STEPS = 100_000
+MAX_NAME_BYTES = 4096
+MAX_SHORT_STR = 255
 METHODS = ("vdm", "png", "webp")
+DTYPES = ("float32",)
+DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
+
+_F_MODEL, _F_NAME_LIST, _F_NAME_SEQ, _F_SQUEEZE, _F_SQUEEZE_ALL = 1, 2, 4, 8, 64
+_PAD_SHIFT = 4  # bits 4-5: init_pad; bit 7 is reserved
 
 
 @dataclass(frozen=True)
 class Header:
     model: str | None               # model name (None when no image uses the model)
-    model_sha256: str | None
-    steps: int                      # T
+    model_hash: str | None          # hex, first 8 bytes of the weights' SHA-256
+    steps: int                      # T (0 when no image uses the model)
     grid_bits: int
-    torch: str
+    torch: str                      # what the encoder ran ("" when no image uses the model)
     dtype: str
     threads: int
     shapes: list                    # run-length: [[H, W, C, count], ...] in image order
@@ -51,8 +57,8 @@ class Header:
     classical_sizes: list           # bytes of each classically coded image, in order
     chunks: list                    # [[start, size], ...] over the vdm images, encode order
     init_pad: int                   # zero bytes padding the classical blob to whole words
-    pixels_sha256: str
-    extra: dict = field(default_factory=dict)
+    pixels_hash: str                # hex, first 8 bytes of SHA-256 over all images
+    squeeze: list = field(default_factory=list)  # run-length [[0|1, count]]: return (H, W)
 
     @property
     def count(self) -> int:
@@ -70,6 +76,11 @@ class Header:
             return [f"{prefix}{k:0{digits}d}{suffix}" for k in range(self.count)]
         return list(self.names["list"])
 
+    def image_squeeze(self) -> list[bool]:
+        if not self.squeeze:
+            return [False] * self.count
+        return [bool(v) for v, n in self.squeeze for _ in range(n)]
+
 
 def run_length(values: list) -> list:
     out: list = []
@@ -81,11 +92,180 @@ def run_length(values: list) -> list:
     return out
 
 
-def pack(header: Header, payload: bytes) -> bytes:
-    hjson = json.dumps(asdict(header), separators=(",", ":")).encode()
-    hz = zlib.compress(hjson, 9)
-    body = MAGIC + struct.pack("<BI", VERSION, len(hz)) + hz + struct.pack("<Q", len(payload)) + payload
+# ---- writing --------------------------------------------------------------------------
+def _varint(v: int) -> bytes:
+    if v < 0:
+        raise ValueError(f"varint of a negative value {v}")
+    out = bytearray()
+    while True:
+        b = v & 0x7F
+        v >>= 7
+        if v:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _str(s: str, limit: int) -> bytes:
+    b = s.encode()
+    if len(b) > limit:
+        raise ValueError(f"string of {len(b)} bytes over the limit {limit}")
+    return _varint(len(b)) + b
+
+
+def encode_header(h: Header) -> bytes:
+    """The header's bytes. Writes what ``parse_header`` reads; it does not validate
+    (tests forge headers with it), ``pack`` does."""
+    seq = h.names.get("sequence")
+    default_names = seq is not None and tuple(seq) == DEFAULT_NAMES
+    squeeze_all = len(h.squeeze) == 1 and h.squeeze[0][0] == 1 and h.squeeze[0][1] == h.count
+    flags = ((_F_MODEL if h.model is not None else 0) | (_F_NAME_LIST if "list" in h.names else 0)
+             | (_F_NAME_SEQ if seq is not None and not default_names else 0)
+             | (_F_SQUEEZE_ALL if squeeze_all else _F_SQUEEZE if h.squeeze else 0) | (h.init_pad << _PAD_SHIFT))
+    out = bytearray([flags])
+    if h.model is not None:
+        out += _str(h.model, MAX_SHORT_STR) + bytes.fromhex(h.model_hash or "")
+        out += _varint(h.steps) + bytes([h.grid_bits, DTYPES.index(h.dtype)]) + _varint(h.threads)
+        out += _str(h.torch, MAX_SHORT_STR)
+    out += _varint(len(h.shapes))
+    for r in h.shapes:
+        out += b"".join(_varint(v) for v in r)
+    out += _varint(len(h.methods))
+    for m, n in h.methods:
+        out += bytes([METHODS.index(m)]) + _varint(n)
+    out += b"".join(_varint(v) for v in h.classical_sizes)
+    if h.model is not None or h.chunks:
+        out += _varint(len(h.chunks)) + b"".join(_varint(size) for _, size in h.chunks)
+    if "list" in h.names:
+        out += b"".join(_str(s, MAX_NAME_BYTES) for s in h.names["list"])
+    elif not default_names:
+        prefix, digits, suffix = seq
+        out += _str(prefix, MAX_SHORT_STR) + bytes([digits]) + _str(suffix, MAX_SHORT_STR)
+    if h.squeeze and not squeeze_all:
+        out += _varint(len(h.squeeze))
+        for v, n in h.squeeze:
+            out += bytes([v]) + _varint(n)
+    out += bytes.fromhex(h.pixels_hash)
+    return bytes(out)
+
+
+def frame(header_bytes: bytes, payload: bytes) -> bytes:
+    body = MAGIC + bytes([VERSION]) + _varint(len(header_bytes)) + header_bytes + payload
     return body + struct.pack("<I", zlib.crc32(body))
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    hb = encode_header(header)
+    _validate(parse_header(hb))  # never write what we would refuse to read
+    return frame(hb, payload)
+
+
+# ---- reading --------------------------------------------------------------------------
+class _Reader:
+    """Bounds-checked reads over the header bytes; every failure is a FormatError."""
+
+    def __init__(self, data: bytes):
+        self.data, self.pos = data, 0
+
+    def bad(self, what: str):
+        raise FormatError(f"invalid header: {what}")
+
+    def take(self, n: int, what: str) -> bytes:
+        if n > len(self.data) - self.pos:
+            self.bad(f"{what} runs past the header")
+        b = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return b
+
+    def byte(self, what: str) -> int:
+        return self.take(1, what)[0]
+
+    def varint(self, what: str, hi: int) -> int:
+        v, shift = 0, 0
+        while True:
+            b = self.byte(what)
+            v |= (b & 0x7F) << shift
+            if not b & 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                self.bad(f"{what} is not a valid varint")
+        if v > hi:
+            self.bad(f"{what} {v} exceeds the limit {hi}")
+        return v
+
+    def count(self, what: str, hi: int, min_bytes_each: int = 1) -> int:
+        """A count of items that each take at least ``min_bytes_each`` bytes: bounded by
+        what remains before anything is allocated for it."""
+        n = self.varint(what, hi)
+        if n * min_bytes_each > len(self.data) - self.pos:
+            self.bad(f"{what} {n} is more than the header holds")
+        return n
+
+    def string(self, what: str, limit: int) -> str:
+        n = self.varint(f"{what} length", limit)
+        try:
+            return self.take(n, what).decode()
+        except UnicodeDecodeError:
+            self.bad(f"{what} is not UTF-8")
+
+
+def parse_header(data: bytes) -> Header:
+    r = _Reader(data)
+    flags = r.byte("flags")
+    if flags & 0x80 or (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
+        r.bad("unknown flags")
+    model = model_hash = None
+    steps, grid_bits, torch_v, dtype, threads = 0, 0, "", "float32", 0
+    if flags & _F_MODEL:
+        model = r.string("model name", MAX_SHORT_STR)
+        model_hash = r.take(HASH_BYTES, "model hash").hex()
+        steps = r.varint("steps", MAX_STEPS)
+        grid_bits = r.byte("grid_bits")
+        d = r.byte("dtype")
+        if d >= len(DTYPES):
+            r.bad(f"unknown dtype code {d}")
+        dtype = DTYPES[d]
+        threads = r.varint("threads", 1 << 16)
+        torch_v = r.string("torch version", MAX_SHORT_STR)
+    shapes = [[r.varint("height", MAX_SIDE), r.varint("width", MAX_SIDE), r.byte("channels"), r.varint("count", MAX_IMAGES)]
+              for _ in range(r.count("shape runs", MAX_IMAGES, 4))]
+    methods = []
+    for _ in range(r.count("method runs", MAX_IMAGES, 2)):
+        m = r.byte("method")
+        if m >= len(METHODS):
+            r.bad(f"unknown coding method {m}")
+        methods.append([METHODS[m], r.varint("method count", MAX_IMAGES)])
+    n_images = sum(s[3] for s in shapes)
+    n_classical = sum(n for m, n in methods if m != "vdm")
+    if n_images > MAX_IMAGES or n_classical > n_images:
+        r.bad("image counts out of range")
+    if n_classical > len(data) - r.pos:
+        r.bad("more classical sizes than the header holds")
+    classical_sizes = [r.varint("classical size", 1 << 40) for _ in range(n_classical)]
+    chunks, pos = [], 0
+    for _ in range(r.count("chunks", MAX_IMAGES) if flags & _F_MODEL else 0):
+        size = r.varint("chunk size", MAX_IMAGES)
+        chunks.append([pos, size])
+        pos += size
+    if flags & _F_NAME_LIST:
+        if n_images > len(data) - r.pos:
+            r.bad("more names than the header holds")
+        names = {"list": [r.string("name", MAX_NAME_BYTES) for _ in range(n_images)]}
+    elif flags & _F_NAME_SEQ:
+        names = {"sequence": [r.string("name prefix", MAX_SHORT_STR), r.byte("name digits"), r.string("name suffix", MAX_SHORT_STR)]}
+    else:
+        names = {"sequence": list(DEFAULT_NAMES)}
+    squeeze = [[1, n_images]] if flags & _F_SQUEEZE_ALL else []
+    if flags & _F_SQUEEZE:
+        squeeze = [[r.byte("squeeze flag"), r.varint("squeeze count", MAX_IMAGES)] for _ in range(r.count("squeeze runs", MAX_IMAGES, 2))]
+    pixels_hash = r.take(HASH_BYTES, "pixel hash").hex()
+    if r.pos != len(data):
+        r.bad(f"{len(data) - r.pos} unread bytes at its end")
+    return Header(model=model, model_hash=model_hash, steps=steps, grid_bits=grid_bits, torch=torch_v, dtype=dtype,
+                  threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
+                  chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze)
 
 
 def unpack(blob: bytes) -> tuple[Header, bytes]:
@@ -95,103 +275,58 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
     blob = bytes(blob)
     if len(blob) < 4 or blob[:4] != MAGIC:
         raise FormatError("not a vdmcodec file (bad magic bytes)")
-    if len(blob) < 9:
+    if len(blob) < 5 + 1 + 4:
         raise FormatError("truncated file (header missing)")
-    version, hlen = struct.unpack_from("<BI", blob, 4)
+    version = blob[4]
     if version != VERSION:
         raise FormatError(f"unsupported format version {version} (this build reads version {VERSION})")
-    if hlen > MAX_HEADER_BYTES:
-        raise FormatError(f"header length {hlen} exceeds the limit {MAX_HEADER_BYTES}")
-    if len(blob) < 9 + hlen + 8 + 4:
-        raise FormatError("truncated file")
-    (plen,) = struct.unpack_from("<Q", blob, 9 + hlen)
-    if 9 + hlen + 8 + plen + 4 != len(blob):
-        raise FormatError("truncated or extended file (payload length does not match the file size)")
     (crc,) = struct.unpack_from("<I", blob, len(blob) - 4)
     if zlib.crc32(blob[:-4]) != crc:
-        raise FormatError("corrupted file (CRC-32 mismatch)")
-    try:
-        d = zlib.decompressobj()
-        hjson = d.decompress(blob[9 : 9 + hlen], MAX_JSON_BYTES)
-        if d.unconsumed_tail or not d.eof:
-            raise FormatError("header too large or truncated")
-        h = json.loads(hjson.decode())
-    except FormatError:
-        raise
-    except (zlib.error, UnicodeDecodeError, ValueError):
-        raise FormatError("corrupted header") from None
-    header = _validate(h)
-    return header, blob[9 + hlen + 8 : 9 + hlen + 8 + plen]
+        raise FormatError("truncated or corrupted file (CRC-32 mismatch)")
+    r = _Reader(blob[:-4])
+    r.pos = 5
+    hlen = r.varint("header length", MAX_HEADER_BYTES)
+    start = r.pos
+    if hlen > len(blob) - 4 - start:
+        raise FormatError("truncated file (header length exceeds the file)")
+    header = _validate(parse_header(blob[start : start + hlen]))
+    return header, blob[start + hlen : -4]
 
 
-def _validate(h) -> Header:
+def _validate(h: Header) -> Header:
+    """Consistency of a parsed header (the parser already bounded every value)."""
     def bad(what):
         raise FormatError(f"invalid header: {what}")
 
-    if not isinstance(h, dict):
-        bad("not an object")
-    names = {f for f in Header.__dataclass_fields__}
-    if set(h) - names or (names - {"extra"}) - set(h):
-        bad("unexpected or missing fields")
-
-    def is_int(v, lo, hi):
-        return isinstance(v, int) and not isinstance(v, bool) and lo <= v <= hi
-
-    if not is_int(h["steps"], 0, MAX_STEPS) or not is_int(h["grid_bits"], 0, 16):
+    if (h.model is None) != (h.steps == 0) or (h.model is not None and not 1 <= h.grid_bits <= 16):
         bad("steps / grid_bits out of range")
-    if not is_int(h["threads"], 0, 1 << 16) or not is_int(h["init_pad"], 0, 3):
-        bad("threads / init_pad out of range")
-    for key in ("torch", "dtype", "pixels_sha256"):
-        if not isinstance(h[key], str) or len(h[key]) > 200:
-            bad(key)
-    for key in ("model", "model_sha256"):
-        if h[key] is not None and (not isinstance(h[key], str) or len(h[key]) > 4096):
-            bad(key)
-    shapes = h["shapes"]
-    if not isinstance(shapes, list) or len(shapes) > MAX_IMAGES:
-        bad("shapes")
     total, count = 0, 0
-    for r in shapes:
-        if not (isinstance(r, list) and len(r) == 4 and is_int(r[0], 1, MAX_SIDE) and is_int(r[1], 1, MAX_SIDE)
-                and r[2] in (1, 3) and is_int(r[3], 1, MAX_IMAGES)):
+    for hh, w, c, n in h.shapes:
+        if hh < 1 or w < 1 or c not in (1, 3) or n < 1:
             bad("shape entry")
-        count += r[3]
-        total += r[0] * r[1] * r[2] * r[3]
+        count += n
+        total += hh * w * c * n
+    if count < 1:
+        bad("no images")
     if count > MAX_IMAGES or total > MAX_TOTAL_SUBPIXELS:
         bad(f"claims {count} images / {total} subpixels, over the limits")
-    methods = h["methods"]
-    if not isinstance(methods, list) or not all(isinstance(r, list) and len(r) == 2 and r[0] in METHODS and is_int(r[1], 1, MAX_IMAGES) for r in methods):
-        bad("methods")
-    if sum(r[1] for r in methods) != count:
+    if any(n < 1 for _, n in h.methods) or sum(n for _, n in h.methods) != count:
         bad("methods do not cover the images")
-    n_classical = sum(r[1] for r in methods if r[0] != "vdm")
-    cs = h["classical_sizes"]
-    if not isinstance(cs, list) or len(cs) != n_classical or not all(is_int(v, 1, 1 << 40) for v in cs):
+    if any(v < 1 for v in h.classical_sizes):
         bad("classical_sizes")
-    n_vdm = count - n_classical
-    chunks = h["chunks"]
-    if not isinstance(chunks, list) or not all(isinstance(c, list) and len(c) == 2 and is_int(c[0], 0, MAX_IMAGES) and is_int(c[1], 1, MAX_IMAGES) for c in chunks):
-        bad("chunks")
-    pos = 0
-    for start, size in chunks:
-        if start != pos:
-            bad("chunks are not contiguous")
-        pos += size
-    if pos != n_vdm:
+    n_vdm = sum(n for m, n in h.methods if m == "vdm")
+    if (n_vdm > 0) != (h.model is not None):
+        bad("model named without model-coded images, or the reverse")
+    if any(size < 1 for _, size in h.chunks) or sum(size for _, size in h.chunks) != n_vdm:
         bad("chunks do not cover the model-coded images")
-    nm = h["names"]
-    if not isinstance(nm, dict) or len(nm) != 1:
-        bad("names")
-    if "sequence" in nm:
-        seq = nm["sequence"]
-        if not (isinstance(seq, list) and len(seq) == 3 and isinstance(seq[0], str) and len(seq[0]) < 256
-                and is_int(seq[1], 1, 12) and isinstance(seq[2], str) and len(seq[2]) < 256):
+    if n_vdm == 0 and h.init_pad:
+        bad("init_pad without model-coded images")
+    if "sequence" in h.names:
+        prefix, digits, suffix = h.names["sequence"]
+        if not 1 <= digits <= 12:
             bad("names sequence")
-    elif "list" in nm:
-        if not isinstance(nm["list"], list) or len(nm["list"]) != count or not all(isinstance(s, str) and 0 < len(s) < 4096 for s in nm["list"]):
-            bad("names list")
-    else:
-        bad("names")
-    if not isinstance(h.get("extra", {}), dict):
-        bad("extra")
-    return Header(**h)
+    elif any(len(s) == 0 for s in h.names["list"]):
+        bad("empty name")
+    if h.squeeze and (any(v not in (0, 1) or n < 1 for v, n in h.squeeze) or sum(n for _, n in h.squeeze) != count):
+        bad("squeeze flags")
+    return h
