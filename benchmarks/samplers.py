@@ -297,6 +297,7 @@ def main(argv=None):
     args.cache_dir.mkdir(parents=True, exist_ok=True)
     (args.cache_dir / ".gitignore").write_text("*\n")  # weights and quick runs stay out of git
     started, t_start = datetime.datetime.now().astimezone(), time.perf_counter()
+    machine_info = machine()  # at the start: the load average is the one the timings ran under
     timing = {}
 
     # the MNIST model: per-evaluation cost first, and the plan's time estimate
@@ -355,8 +356,9 @@ def main(argv=None):
     timing["total"] = time.perf_counter() - t_start
 
     results = {
-        "command": "python -m benchmarks.samplers " + shlex.join(sys.argv[1:] if argv is None else argv),
-        "started": started.isoformat(timespec="seconds"), "machine": machine(),
+        "command": ("python -m benchmarks.samplers " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip(),
+        "started": started.isoformat(timespec="seconds"), "machine": machine_info,
+        "load_average_1min_end": os.getloadavg()[0],
         "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "config": cfg.to_dict(),
         "options": OPTIONS, "schedule_proxy": SCHEDULE_PROXY,
         "model": {"name": minfo["name"], "sha256": minfo["sha256"], "sigma_min": vdm.sigma_min,

@@ -181,7 +181,10 @@ def write_report(results: dict, grids: dict, out: Path) -> None:
         f"Command: `{results['command']}`", "",
         f"Machine: {m['cpu']}, {m['cpu_count']} CPUs, {m['torch_threads']} torch thread(s) "
         f"(OMP_NUM_THREADS={results['omp_num_threads']}), torch {m['torch']}, Python {m['python']}, "
-        f"load average {m['load_average_1min']:.2f} at the start (another job shares the machine). "
+        f"1-minute load average {m['load_average_1min']:.2f} at the start and "
+        f"{results['load_average_1min_end']:.2f} at the end"
+        + (" (more runnable jobs than CPUs: timings are slower than on an idle machine). "
+           if max(m["load_average_1min"], results["load_average_1min_end"]) > m["cpu_count"] else ". ") +
         f"Started {results['started']}; took {t['total'] / 60:.1f} min "
         f"(estimated {results['estimate_s'] / 60:.0f} min before the run).", "",
         f"Model: shipped `{results['model']['name']}` (sha256 {results['model']['sha256'][:12]}, "
