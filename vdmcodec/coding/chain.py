@@ -13,8 +13,21 @@ chain has not pushed itself (Bit-Swap), so one level's worth of "initial bits" s
 Discretisation: z_i lives on the grid delta_i * Z with delta_i = 2^-grid_bits *
 min(std of q(z_i | z_{i-1}), std of p(z_i | z_{i+1})). Both distributions that touch z_i (the
 posterior it is popped from and the model it is pushed with) use that same grid, so the
-log delta_i terms cancel and the rate approaches the continuous-latent ELBO as grid_bits
-grows. Each grid depends on the schedule only, never on the data.
+log delta_i terms cancel. Each grid depends on the schedule only, never on the data.
+
+The grid is coarse by default (grid_bits = 2, bins of a quarter std). Measured with the
+shipped MNIST model (step 9.5k), T = 128, validation images 8000-8047, one coding run
+each, against a discrete ELBO of 1.196-1.199 bpd (three noise seeds):
+
+    grid_bits      0      1      2      3      4      6      8
+    rate (bpd)   1.2032 1.1973 1.1956 1.1939 1.2007 1.2185 1.2585
+    initial bits   6.0    8.0   10.0   12.0   14.0   18.0   22.0   (per dimension)
+
+Finer grids do not approach the ELBO here: they cost more (+1.7% at 6, +5% at 8),
+and every extra grid bit costs two more initial bits per dimension (the first two pops
+happen before any push returns bits). Why fine grids lose is not settled; the rate of
+popping from a stack whose top was just written by the level below is the suspect (see
+``_whiten``). At 2 bits the rate is within the measurement noise of the ELBO.
 
 Determinism: the coder's parameters are float64 numpy computed from (a) the schedule in
 float64 and (b) the network's float32 output on the float32 latent; the decoder feeds the
@@ -41,7 +54,7 @@ Q_WINDOW_STDS = 6.0  # q's support: truncated at +-6 std (mass outside: 2e-9)
 @dataclass(frozen=True)
 class ChainConfig:
     steps: int = 100    # T
-    grid_bits: int = 6  # latent bin = 2^-grid_bits of the narrower of the two stds
+    grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (see above)
     whiten: bool = True  # mask the stack top before each posterior pop
 
 

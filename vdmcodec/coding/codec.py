@@ -28,10 +28,10 @@ from .chain import ChainConfig, DiffusionChain
 from .container import HASH_BYTES, Header, pack, run_length, unpack
 
 DEFAULT_STEPS = 128
-DEFAULT_GRID_BITS = 6
+DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
 MAX_CHUNK_IMAGES = 64
 MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound
-INIT_MARGIN = 1.25              # safety factor on the estimated initial bits
+INIT_MARGINS = (1.1, 1.5, 3.0)  # safety factors on the estimated initial bits, tried in turn
 
 
 @dataclass(frozen=True)
@@ -84,6 +84,28 @@ def _encode_order(shapes: list[tuple], methods: list[str]) -> list[int]:
     return sorted(vdm, key=lambda k: (shapes[k][0] * shapes[k][1] * shapes[k][2], shapes[k]))
 
 
+def _plan_seeds(shapes, best, eligible, per_dim: float):
+    """Which images are classical seeds (their bytes start the stack) and the chain order of
+    the rest: first the images the model cannot code, then eligible images in input order
+    until the first chunk's estimated initial bits are covered. None if they never are."""
+    eligible_set = set(eligible)
+    methods = ["vdm" if k in eligible_set else best[k][0] for k in range(len(shapes))]
+    order = _encode_order(shapes, methods)
+    need = per_dim * math.prod(shapes[order[0]]) + 64
+    have = 8 * sum(len(best[k][1]) for k in range(len(shapes)) if methods[k] != "vdm")
+    for k in eligible:
+        if have >= need:
+            break
+        methods[k] = best[k][0]
+        have += 8 * len(best[k][1])
+        order = [j for j in order if j != k]
+        if order:
+            need = per_dim * math.prod(shapes[order[0]]) + 64
+    if not order or have < need:
+        return None
+    return methods, order
+
+
 class Codec:
     """Lossless compression with one VDM. ``steps`` is the default T of ``compress``."""
 
@@ -120,30 +142,22 @@ class Codec:
         if classical_only or not eligible:
             return all_classical
         chain = self.chain(T, self.grid_bits)
-        per_dim = chain.initial_bits_per_dim() * INIT_MARGIN
-        # seeds: classical images whose bytes start the stack; first the ones the model
-        # cannot code, then eligible images in order until the smallest chunk can start
-        eligible_set = set(eligible)
-        methods = ["vdm" if k in eligible_set else best[k][0] for k in range(len(pix))]
-        order = _encode_order(shapes, methods)
-        need = per_dim * math.prod(shapes[order[0]]) + 64
-        have = 8 * sum(len(best[k][1]) for k in range(len(pix)) if methods[k] != "vdm")
-        for k in eligible:
-            if have >= need:
+        blob = None
+        for margin in INIT_MARGINS:  # a short estimate only costs a retry with more seeds
+            per_dim = chain.initial_bits_per_dim() * margin
+            plan = _plan_seeds(shapes, best, eligible, per_dim)
+            if plan is None:
+                return all_classical
+            methods, order = plan
+            try:
+                blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress)
                 break
-            methods[k] = best[k][0]
-            have += 8 * len(best[k][1])
-            order = [j for j in order if j != k]
-            if order:
-                need = per_dim * math.prod(shapes[order[0]]) + 64
-        if not order or have < need:
-            return all_classical
-        try:
-            blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress)
-        except EmptyMessageError:
+            except EmptyMessageError:
+                continue
+        if blob is None:
             if force_model:
-                raise
-            return all_classical  # the estimate was short: classical is still lossless
+                raise EmptyMessageError("the chain ran out of initial bits at every margin")
+            return all_classical
         return blob if force_model or len(blob) < len(all_classical) else all_classical
 
     def _entries(self, images, names) -> list[ImageEntry]:
@@ -204,22 +218,24 @@ class Codec:
         # stack's bits can start (estimated), bounded for memory
         pos = 0
         bar = _bar(progress, len(order), "compress")
-        while pos < len(order):
-            shape = entries[order[pos]].pixels.shape
-            dims = math.prod(shape)
-            run = 1
-            while pos + run < len(order) and entries[order[pos + run]].pixels.shape == shape:
-                run += 1
-            fit = int((msg.num_bits - 64) // (per_dim * dims))
-            size = max(1, min(fit, run, MAX_CHUNK_IMAGES, max(1, MAX_CHUNK_SUBPIXELS // dims)))
-            x = np.stack([entries[k].pixels for k in order[pos : pos + size]]).transpose(0, 3, 1, 2).copy()
-            chain.push(msg, x)
-            chunks.append([pos, size])
-            pos += size
+        try:
+            while pos < len(order):
+                shape = entries[order[pos]].pixels.shape
+                dims = math.prod(shape)
+                run = 1
+                while pos + run < len(order) and entries[order[pos + run]].pixels.shape == shape:
+                    run += 1
+                fit = int((msg.num_bits - 64) // (per_dim * dims))
+                size = max(1, min(fit, run, MAX_CHUNK_IMAGES, max(1, MAX_CHUNK_SUBPIXELS // dims)))
+                x = np.stack([entries[k].pixels for k in order[pos : pos + size]]).transpose(0, 3, 1, 2).copy()
+                chain.push(msg, x)
+                chunks.append([pos, size])
+                pos += size
+                if bar is not None:
+                    bar.update(size)
+        finally:
             if bar is not None:
-                bar.update(size)
-        if bar is not None:
-            bar.close()
+                bar.close()
         header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad, uses_model=True)
         return pack(header, msg.to_bytes())
 
