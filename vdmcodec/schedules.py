@@ -45,6 +45,12 @@ class NoiseSchedule(nn.Module):
             (dgamma_dt,) = torch.autograd.grad(gamma_t.sum(), t, create_graph=True)
         return gamma_t, dgamma_dt
 
+    def endpoint_parameters(self) -> list[nn.Parameter]:
+        """Parameters that move gamma(0) or gamma(1) (VDM trains them on the VLB; the rest of
+        a learned schedule only shapes the path between them, which leaves the continuous
+        VLB unchanged, and is trained to minimise the loss variance)."""
+        return []
+
     @torch.no_grad()
     def t_of_gamma(self, gamma: torch.Tensor, iterations: int = 40) -> torch.Tensor:
         """The inverse t = gamma^-1(gamma) by bisection on [0, 1] (every schedule is
@@ -109,6 +115,9 @@ class LearnedLinear(NoiseSchedule):
     def forward(self, t):
         return self.b + self.w.abs() * t
 
+    def endpoint_parameters(self) -> list[nn.Parameter]:
+        return [self.b, self.w]
+
 
 class DenseMonotone(nn.Linear):
     """Linear layer with non-negative weights (|W|), hence monotone non-decreasing."""
@@ -140,6 +149,9 @@ class LearnedMonotone(NoiseSchedule):
         span = float(gamma_max - gamma_min)
         # inverse softplus so that softplus(d) == span
         self.log_span = nn.Parameter(torch.tensor(span + math.log(-math.expm1(-span))))
+
+    def endpoint_parameters(self) -> list[nn.Parameter]:
+        return [self.gamma_0_param, self.log_span]
 
     def _gamma_tilde(self, t):
         h = self.l1(t.reshape(-1, 1))

@@ -234,15 +234,30 @@ class Trainer:
         scale = 1.0 / (dims * math.log(2.0))
         loss = terms.objective.mean() * scale
         roots, grads = [loss], [None]
+        ends, endpoint_fix = [], []
         if terms.gamma_t.requires_grad:
-            # VDM: the schedule minimises the variance of the diffusion loss estimate,
-            # d E[L^2] / d eta = E[2 L dL/d eta]; the net and endpoints minimise the VLB.
+            # VDM: the schedule's interior minimises the variance of the diffusion loss
+            # estimate, d E[L^2] / d eta = E[2 L dL/d eta]; the net and the endpoints
+            # minimise the VLB (the endpoints' share of dL/d eta is not zero, the interior's is
+            # in expectation).
             g_gamma, g_dgamma = torch.autograd.grad(loss, [terms.gamma_leaf, terms.dgamma_leaf], retain_graph=True)
             w = 2.0 * (L.loss_diff.detach() * scale)
             roots += [terms.gamma_t, terms.dgamma_dt]
             grads += [g_gamma * w, g_dgamma * w]
+            # the endpoints get the VLB's gradient instead: add (VLB - variance) gradient
+            ends = [p for p in self.model.gamma.endpoint_parameters() if p.requires_grad]
+            if ends:
+                endpoint_fix = torch.autograd.grad([terms.gamma_t, terms.dgamma_dt], ends,
+                                                   [g_gamma * (1.0 - w), g_dgamma * (1.0 - w)],
+                                                   retain_graph=True, allow_unused=True)
         self.opt.zero_grad(set_to_none=True)
         torch.autograd.backward(roots, grads)
+        for p, fix in zip(ends, endpoint_fix):
+            if fix is not None:
+                if self.dist.enabled:  # DDP averaged the backward's gradients: average this too
+                    dist.all_reduce(fix)
+                    fix /= self.dist.world
+                p.grad = fix if p.grad is None else p.grad + fix
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         for g in self.opt.param_groups:
             g["lr"] = self.lr_at(self.step)
