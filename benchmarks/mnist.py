@@ -273,9 +273,15 @@ def main(argv=None):
     result = compare(codec, images, steps=args.steps, seed=args.seed, progress=True)
     speed = speed_summary(result, load_s)
     print("\n".join(format_table(result)), file=sys.stderr, flush=True)
+    # the main table is written at once (a long sweep may be cut short), then again with the sweep
+    write_results(args, meta, result, speed, [], codec)
     sweep_rows = sweep(codec, images[: args.sweep_limit], sweep_steps, args.sweep_archive_max, args.seed) if sweep_steps else []
+    if sweep_rows:
+        write_results(args, meta, result, speed, sweep_rows, codec)
 
-    meta["load_average_end"] = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+
+def write_results(args, meta: dict, result: dict, speed: dict, sweep_rows: list[dict], codec) -> None:
+    meta = {**meta, "load_average_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
     out = Path(args.out)
     plot_path = out.with_name(out.stem + "_bpd_vs_T.png")
     if sweep_rows:
