@@ -5,7 +5,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
@@ -42,11 +42,11 @@ def run_guarded(fn):
 
 @app.command()
 def train(
-    data: Path = typer.Option(..., help="Training data: MNIST IDX, CIFAR batch, .npy/.npz, or an image folder."),
+    data: List[Path] = typer.Option(..., help="Training data: MNIST IDX, CIFAR batch, .npy/.npz, or an image folder; repeat for several."),
     out: Path = typer.Option(..., help="Output directory (checkpoint, weights, log)."),
-    val: Optional[Path] = typer.Option(None, help="Validation data (same formats)."),
-    data_range: Optional[str] = typer.Option(None, help="Slice of the training data, START:STOP (e.g. 0:8000)."),
-    val_range: Optional[str] = typer.Option(None, help="Slice of the validation data, e.g. 8000:9000."),
+    val: Optional[List[Path]] = typer.Option(None, help="Validation data (same formats); repeat for several. Must not share an image with --data."),
+    data_range: Optional[str] = typer.Option(None, help="Slice of the training data, START:STOP (e.g. 0:8000); only with one --data."),
+    val_range: Optional[str] = typer.Option(None, help="Slice of the validation data, e.g. 8000:9000; only with one --val."),
     steps: Optional[int] = typer.Option(None, min=1, help="Train until this many steps in total (default: config)."),
     config: Optional[Path] = typer.Option(None, help="Run config file (JSON or TOML) with 'model' and 'train' sections."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
@@ -58,6 +58,10 @@ def train(
     Example: vdmcodec train --data ../shared/data/mnist/mnist9k-images-idx3-ubyte.gz
     --data-range 0:8000 --val ../shared/data/mnist/mnist9k-images-idx3-ubyte.gz
     --val-range 8000:9000 --out runs/mnist --steps 20000
+
+    Several paths: vdmcodec train --data ../shared/data/natural/CBSD68
+    --data ../shared/data/natural/CUrban100 --val ../shared/data/natural/CSet14
+    --val ../shared/data/natural/CSet5 --config configs/natural.json --out runs/natural
     """
 
     def go():
@@ -65,12 +69,15 @@ def train(
         from vdmcodec.training.trainer import DataSpec, Trainer, parse_range
 
         cfg = load_config(config)
+        if data_range and len(data) > 1:
+            _fail("--data-range needs exactly one --data")
+        if val_range and len(val or []) != 1:
+            _fail("--val-range needs exactly one --val")
         a, b = parse_range(data_range)
-        vspec = None
-        if val is not None:
-            va, vb = parse_range(val_range)
-            vspec = DataSpec(val, va, vb)
-        trainer = Trainer(cfg, out, DataSpec(data, a, b), vspec, resume=resume, progress=progress,
+        va, vb = parse_range(val_range)
+        specs = [DataSpec(p, a, b) for p in data]
+        vspecs = [DataSpec(p, va, vb) for p in val or []]
+        trainer = Trainer(cfg, out, specs, vspecs or None, resume=resume, progress=progress,
                           card={"name": name or out.name})
         res = trainer.fit(steps)
         if trainer.dist.main:

@@ -220,12 +220,18 @@ def load_array(path: Path, start: int = 0, stop: int | None = None) -> np.ndarra
 class PatchSampler:
     """Random training batches: whole images from an equal-size array, or random crops of
     ``patch`` x ``patch`` from images of any size (images smaller than the patch are
-    padded by reflection only for training)."""
+    padded by reflection only for training). Crops from a list of images of different sizes
+    pick the image in proportion to its area, so that every pixel is equally likely to be
+    seen (a 1024x768 photo is not under-sampled next to a 481x321 one)."""
 
     def __init__(self, images: list[np.ndarray] | np.ndarray, patch: int | None, seed: int):
         self.images = images
         self.patch = patch
         self.rng = np.random.default_rng(seed)
+        self.weights = None
+        if patch is not None and not isinstance(images, np.ndarray):
+            area = np.array([im.shape[0] * im.shape[1] for im in images], dtype=np.float64)
+            self.weights = area / area.sum()
 
     def state(self) -> dict:
         return self.rng.bit_generator.state
@@ -234,7 +240,10 @@ class PatchSampler:
         self.rng.bit_generator.state = state
 
     def batch(self, n: int) -> np.ndarray:
-        idx = self.rng.integers(0, len(self.images), size=n)
+        if self.weights is None:
+            idx = self.rng.integers(0, len(self.images), size=n)
+        else:
+            idx = self.rng.choice(len(self.images), size=n, p=self.weights)
         if self.patch is None:
             return np.stack([self.images[i] for i in idx])
         out = []

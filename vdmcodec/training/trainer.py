@@ -16,7 +16,6 @@ import math
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,46 +23,15 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..data import PatchSampler, load_array, load_items, to_tensor
+from ..data import PatchSampler, to_tensor
 from ..diffusion import VDM, low_discrepancy_t, training_terms
 from ..errors import DataError
 from ..likelihood import bpd_continuous, mean_and_stderr, nats_to_bpd
 from ..objective import Target, TimeSampling
 from ..zoo import atomic_write_bytes, save_model
 from .config import RunConfig
+from .datasets import DataSpec, as_specs, check_disjoint, load_images, load_validation, parse_range  # noqa: F401  (re-exported)
 from .resampler import LossSecondMomentResampler
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    path: Path
-    start: int = 0
-    stop: int | None = None
-
-
-def parse_range(text: str | None) -> tuple[int, int | None]:
-    """'0:8000' -> (0, 8000); None -> (0, None)."""
-    if not text:
-        return 0, None
-    try:
-        a, b = text.split(":")
-        return int(a or 0), (int(b) if b else None)
-    except ValueError:
-        raise DataError(f"bad range {text!r}; expected START:STOP, e.g. 0:8000") from None
-
-
-def load_training_images(spec: DataSpec, patch: int | None):
-    """Equal-size arrays for dataset files and uniform folders; a list of images of any
-    size (which then needs a patch size) otherwise."""
-    try:
-        return load_array(spec.path, spec.start, spec.stop)
-    except DataError as e:
-        if "differ in size" not in str(e):
-            raise
-    if patch is None:
-        raise DataError(f"{spec.path}: images differ in size; pass a patch size (train.patch_size)")
-    items = load_items([spec.path])[spec.start : spec.stop]
-    return [it.pixels for it in items]
 
 
 class Distributed:
@@ -103,7 +71,7 @@ class Distributed:
 
 
 class Trainer:
-    def __init__(self, cfg: RunConfig, out: Path, data: DataSpec, val: DataSpec | None = None,
+    def __init__(self, cfg: RunConfig, out: Path, data: DataSpec | list[DataSpec], val: DataSpec | list[DataSpec] | None = None,
                  resume: bool = False, progress: bool = True, card: dict | None = None):
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.card_extra = card or {}
@@ -113,13 +81,16 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(tc.seed)
         self.device = self.dist.device
-        self.data_spec, self.val_spec = data, val
-        self.images = load_training_images(data, tc.patch_size)
+        # one or several training / validation paths (datasets.py); never overlapping
+        self.data_specs, self.val_specs = as_specs(data), as_specs(val)
+        check_disjoint(self.data_specs, self.val_specs)
+        self.images = load_images(self.data_specs, tc.patch_size)
         self.sampler = PatchSampler(self.images, tc.patch_size, seed=tc.seed * 1000 + self.dist.rank)
         self.val_images = None
-        if val is not None:
-            v = load_array(val.path, val.start, val.stop)
-            self.val_images = v[: tc.eval_images]
+        self.val_skipped = 0
+        if self.val_specs:
+            self.val_images, self.val_skipped = load_validation(self.val_specs, tc.val_patch_size or tc.patch_size,
+                                                                tc.eval_images, cfg.model.network.image_channels)
         self.model = VDM(cfg.model).to(self.device)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
@@ -190,9 +161,10 @@ class Trainer:
         last = self.eval_history[-1] if self.eval_history else {}
         return {
             **self.card_extra,
-            "data": str(self.data_spec.path.name),
-            "train_split": f"{self.data_spec.start}:{self.data_spec.stop if self.data_spec.stop is not None else ''}",
-            "val_split": (f"{self.val_spec.path.name} {self.val_spec.start}:{self.val_spec.stop if self.val_spec.stop is not None else ''}" if self.val_spec else None),
+            "data": " + ".join(s.path.name for s in self.data_specs),
+            "train_split": " + ".join(s.range_text() for s in self.data_specs),
+            "val_split": " + ".join(s.describe() for s in self.val_specs) if self.val_specs else None,
+            **({"val_skipped_images": self.val_skipped} if self.val_skipped else {}),
             "steps": self.step,
             "batch_size": self.cfg.train.batch_size * self.dist.world,
             "cpu_hours": round(self.cpu_seconds / 3600.0, 3),
