@@ -8,16 +8,21 @@ from typing import List, Optional
 import typer
 
 
-def _write_png(path: Path, pixels) -> None:
+def _png_bytes(pixels) -> bytes:
     import io
 
     from PIL import Image
 
-    from vdmcodec.zoo import atomic_write_bytes
-
     buf = io.BytesIO()
     Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels).save(buf, format="PNG")
-    atomic_write_bytes(path, buf.getvalue())
+    return buf.getvalue()
+
+
+def _set_threads(threads: Optional[int]) -> None:
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
 
 
 def safe_relative(name: str) -> Path:
@@ -38,15 +43,19 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
         steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with (default: the codec's)."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing output file (never an input)."),
+        threads: Optional[int] = typer.Option(None, min=1, max=1024, help="torch threads for the network (default: torch's); "
+                                              "recorded in the file, whose decoder runs the same count."),
         json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ):
-        """Compress images losslessly into one archive.
+        """Compress images losslessly into one archive. The file appears only when complete
+        (a kill or Ctrl-C leaves nothing, and an existing file stays as it was).
 
         Example: vdmcodec compress samples/mnist -o digits.vdmc
         """
 
         def go():
+            _set_threads(threads)
             from vdmcodec.coding import classical
             from vdmcodec.coding.codec import load_codec
             from vdmcodec.data import iter_inputs, load_items
@@ -82,12 +91,19 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="Folder to write PNG images into."),
         model: Optional[str] = typer.Option(None, help="Model name or directory (default: the one the file names)."),
         force: bool = typer.Option(False, "--force", help="Overwrite existing image files in the folder."),
+        threads: Optional[int] = typer.Option(None, min=1, max=1024, help="torch threads. A file decodes bit-exactly only at "
+                                              "the count it was coded with, used by default when this machine has that many CPUs."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ):
-        """Restore the exact images of an archive as PNG files under their original names."""
+        """Restore the exact images of an archive as PNG files under their original names.
+
+        Every image is decoded and verified before the first file is written; files appear
+        only complete, and an error or Ctrl-C removes the ones already written."""
 
         def go():
+            _set_threads(threads)
             from vdmcodec.coding.codec import decompress_file_bytes
+            from vdmcodec.files import write_files
 
             try:
                 blob = archive.read_bytes()
@@ -102,15 +118,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 fail(f"{clash[0]}: exists (use --force to overwrite); nothing was written")
             if len(set(targets)) != len(targets):
                 fail("archive holds duplicate image names")
-            written = []
-            try:
-                for (pixels, _), t in zip(images, targets):
-                    _write_png(t, pixels)
-                    written.append(t)
-            except BaseException:
-                for t in written:  # a failed decompress leaves no partial output
-                    t.unlink(missing_ok=True)
-                raise
+            write_files([(t, _png_bytes(pixels)) for (pixels, _), t in zip(images, targets)])
             typer.echo(f"{len(images)} images -> {output}")
 
         run_guarded(go)

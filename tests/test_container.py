@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from vdmcodec.coding import classical, container
 from vdmcodec.coding.codec import decode_payload, decompress_file_bytes, pixels_digest
-from vdmcodec.coding.container import MAX_IMAGES, MAX_SIDE, MAX_STEPS, Header, pack, run_length, unpack
+from vdmcodec.coding.container import MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, Header, pack, run_length, unpack
 from vdmcodec.errors import FormatError, ModelError
 
 
@@ -146,6 +146,8 @@ def test_length_fields_are_bounded():
     ("steps zero with a model", dict(MODEL, steps=0)),
     ("grid_bits", dict(MODEL, grid_bits=17)),
     ("grid_bits zero", dict(MODEL, grid_bits=0)),
+    ("threads zero with a model", dict(MODEL, threads=0)),
+    ("threads over the limit", dict(MODEL, threads=MAX_THREADS + 1)),
     ("channels", dict(shapes=[[2, 3, 2, 2], [4, 1, 3, 1]])),
     ("zero side", dict(shapes=[[0, 3, 1, 2], [4, 1, 3, 1]])),
     ("zero count", dict(shapes=[[2, 3, 1, 0], [4, 1, 3, 3]])),

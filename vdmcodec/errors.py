@@ -16,3 +16,11 @@ class ModelError(VdmcodecError):
 
 class FormatError(VdmcodecError):
     """A compressed file is truncated, corrupted, or of an unknown format/version."""
+
+
+class LimitError(FormatError):
+    """A file claims more work or memory than the decoder's limits allow (DecodeLimits)."""
+
+
+class RuntimeMismatchError(VdmcodecError):
+    """This process cannot replay the encoder's arithmetic (e.g. another torch thread count)."""

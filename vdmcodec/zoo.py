@@ -9,13 +9,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .diffusion import VDM, ModelConfig
 from .errors import ModelError
+from .files import atomic_write_bytes  # noqa: F401  (re-exported: callers import it from here)
 
 DEFAULT_MODEL = "mnist"
 WEIGHTS = "model.safetensors"
@@ -90,24 +90,6 @@ def load_model(name_or_dir: str | Path | None = None, device: str | torch.device
         "config": meta["config"],
     }
     return model, info
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_model(model_dir: Path, model: VDM, card: dict) -> None:

@@ -8,11 +8,21 @@ How an archive is coded:
    ANS message (HiLLoC's trick): the decoder gets them back at the very end;
 3. if the whole archive would be smaller with every image classical, it is written so.
 A SHA-256 of all pixels is stored and verified on decode.
+
+Decoding replays the encoder's float32 network arithmetic, which depends on torch's thread
+count (measured: an MNIST archive coded at 1 thread fails at 2 and the reverse). The header
+stores the encoder's count; the decoder runs the network at that count (switching torch's
+setting for the call and back) or, where it may not (``DecodeLimits``), refuses up front
+with what to match. ``DecodeLimits`` also bounds what a file may claim (steps, subpixels,
+images) before any work, for callers that decode untrusted files.
 """
 from __future__ import annotations
 
 import hashlib
 import math
+import os
+import platform
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -20,18 +30,38 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from ..errors import FormatError, ModelError, VdmcodecError
+from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
 from ..zoo import load_model
 from . import classical
 from .ans import EmptyMessageError, Message
 from .chain import ChainConfig, DiffusionChain
-from .container import HASH_BYTES, Header, pack, run_length, unpack
+from .container import (HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, Header, pack,
+                        run_length, unpack)
 
 DEFAULT_STEPS = 128
 DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
 MAX_CHUNK_IMAGES = 64
-MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound
+MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound; larger images are coded classically
 INIT_MARGINS = (1.1, 1.5, 3.0)  # safety factors on the estimated initial bits, tried in turn
+MAX_CACHED_CHAINS = 4           # per-(steps, grid_bits) chains a Codec keeps
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What a decoder accepts from a file, checked on the header before any work.
+
+    The defaults are the format's own limits, so that every file the encoder writes decodes.
+    Decode time is proportional to steps x model-coded subpixels (the same as encoding the
+    file) and memory to the subpixels (see docs/format.md): lower the limits to decode
+    untrusted files on a budget. ``match_threads``: run the network at the encoder's torch
+    thread count when it differs from this process's and is at most ``max_threads``
+    (default: the CPU count); otherwise refuse up front."""
+
+    max_steps: int = MAX_STEPS
+    max_subpixels: int = MAX_TOTAL_SUBPIXELS
+    max_images: int = MAX_IMAGES
+    match_threads: bool = True
+    max_threads: int | None = None
 
 
 @dataclass(frozen=True)
@@ -121,6 +151,8 @@ class Codec:
     def chain(self, steps: int, grid_bits: int) -> DiffusionChain:
         key = (steps, grid_bits)
         if key not in self._chains:
+            if len(self._chains) >= MAX_CACHED_CHAINS:  # files choose (steps, grid_bits): keep memory bounded
+                self._chains.pop(next(iter(self._chains)))
             self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits))
         return self._chains[key]
 
@@ -138,7 +170,8 @@ class Codec:
         shapes = [p.shape for p in pix]
         best = [classical.encode_best(p) for p in pix]
         all_classical = self._pack_classical(entries, best, T)
-        eligible = [k for k, p in enumerate(pix) if p.shape[-1] == self.channels]
+        # the chain's batch memory is bounded: a larger image is coded classically
+        eligible = [k for k, p in enumerate(pix) if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS]
         if classical_only or not eligible:
             return all_classical
         chain = self.chain(T, self.grid_bits)
@@ -173,11 +206,18 @@ class Codec:
             raise VdmcodecError("no images to compress")
         if names is not None and len(names) != len(imgs):
             raise VdmcodecError(f"{len(names)} names for {len(imgs)} images")
-        out = []
+        if len(imgs) > MAX_IMAGES:
+            raise VdmcodecError(f"{len(imgs)} images: an archive holds at most {MAX_IMAGES}")
+        out, total = [], 0
         for k, im in enumerate(imgs):
             name = names[k] if names is not None else f"{k:05d}.png"
             arr, squeeze = as_hwc(im, name)
+            if min(arr.shape[:2]) < 1 or max(arr.shape[:2]) > MAX_SIDE:
+                raise VdmcodecError(f"{name}: size {arr.shape[0]}x{arr.shape[1]}; sides must be 1..{MAX_SIDE}")
+            total += arr.size
             out.append(ImageEntry(arr, name, squeeze))
+        if total > MAX_TOTAL_SUBPIXELS:
+            raise VdmcodecError(f"{total} subpixels in all: an archive holds at most {MAX_TOTAL_SUBPIXELS}")
         return out
 
     def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model) -> Header:
@@ -240,12 +280,13 @@ class Codec:
         return pack(header, msg.to_bytes())
 
     # ---- decompress ------------------------------------------------------------------
-    def decompress(self, blob: bytes, progress: bool = False) -> list[np.ndarray]:
-        return [im for im, _ in self.decompress_named(blob, progress)]
+    def decompress(self, blob: bytes, progress: bool = False, limits: DecodeLimits | None = None) -> list[np.ndarray]:
+        return [im for im, _ in self.decompress_named(blob, progress, limits)]
 
-    def decompress_named(self, blob: bytes, progress: bool = False) -> list[tuple[np.ndarray, str]]:
+    def decompress_named(self, blob: bytes, progress: bool = False,
+                         limits: DecodeLimits | None = None) -> list[tuple[np.ndarray, str]]:
         header, payload = unpack(blob)
-        return decode_payload(header, payload, self, progress)
+        return decode_payload(header, payload, self, progress, limits)
 
     # ---- estimates -------------------------------------------------------------------
     def estimate_bpd(self, images: Iterable, steps: int | None = None, seed: int = 0) -> dict:
@@ -258,7 +299,44 @@ class Codec:
         return evaluate(self.model, items, steps=int(steps or self.steps), seed=seed, progress=False)
 
 
-def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progress: bool = False) -> list[tuple[np.ndarray, str]]:
+def check_limits(header: Header, limits: DecodeLimits) -> None:
+    """Refuse, before any work, a file that claims more than ``limits`` allow."""
+    subpixels = sum(h * w * c * n for h, w, c, n in header.shapes)
+    if header.steps > limits.max_steps:
+        raise LimitError(f"file is coded with T={header.steps} steps, over this decoder's limit of {limits.max_steps}")
+    if subpixels > limits.max_subpixels:
+        raise LimitError(f"file holds {subpixels} subpixels, over this decoder's limit of {limits.max_subpixels}")
+    if header.count > limits.max_images:
+        raise LimitError(f"file holds {header.count} images, over this decoder's limit of {limits.max_images}")
+
+
+@contextmanager
+def network_threads(header: Header, limits: DecodeLimits):
+    """Run the block at the encoder's torch thread count (see the module docstring)."""
+    here, there = torch.get_num_threads(), header.threads
+    if here == there:
+        yield
+        return
+    cap = limits.max_threads if limits.max_threads is not None else (os.cpu_count() or 1)
+    if not limits.match_threads or there > min(cap, MAX_THREADS):
+        why = "" if limits.match_threads else " (thread matching is off)"
+        raise RuntimeMismatchError(
+            f"this file was coded with {there} torch thread{'s' * (there != 1)} and decodes bit-exactly only with "
+            f"the same count; this process runs {here}{why}: call torch.set_num_threads({there}) first "
+            f"(CLI: vdmcodec decompress --threads {there})")
+    torch.set_num_threads(there)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(here)
+
+
+def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progress: bool = False,
+                   limits: DecodeLimits | None = None) -> list[tuple[np.ndarray, str]]:
+    limits = limits or DecodeLimits()
+    check_limits(header, limits)
+    if any(size > MAX_CHUNK_IMAGES for _, size in header.chunks):  # before the per-image lists are built
+        raise FormatError("corrupted header (a chunk is larger than the encoder writes)")
     shapes = header.image_shapes()
     methods = header.image_methods()
     names = header.image_names()
@@ -273,7 +351,7 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         if len(payload) % 4:
             raise FormatError("corrupted payload (not whole ANS words)")
         for start, size in header.chunks:  # the encoder's bounds, checked before any batch is allocated
-            if size > MAX_CHUNK_IMAGES or (size > 1 and size * math.prod(shapes[order[start]]) > MAX_CHUNK_SUBPIXELS):
+            if size > MAX_CHUNK_IMAGES or size * math.prod(shapes[order[start]]) > MAX_CHUNK_SUBPIXELS:
                 raise FormatError("corrupted header (a chunk is larger than the encoder writes)")
         try:
             chain = codec.chain(header.steps, header.grid_bits)
@@ -282,21 +360,13 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         msg = Message.from_bytes(payload)
         bar = _bar(progress, len(order), "decompress")
         try:
-            for start, size in reversed(header.chunks):
-                idx = order[start : start + size]
-                h, w, c = shapes[idx[0]]
-                if any(shapes[k] != (h, w, c) for k in idx):
-                    raise FormatError("corrupted header (a chunk mixes image sizes)")
-                x = chain.pop(msg, (size, c, h, w))
-                for j, k in enumerate(idx):
-                    out[k] = np.ascontiguousarray(x[j].transpose(1, 2, 0))
-                if bar is not None:
-                    bar.update(size)
-            cblob = msg.to_bytes(unseal=True)
+            with network_threads(header, limits):
+                cblob = _pop_chunks(chain, msg, header, shapes, order, out, bar)
         except EmptyMessageError:
             raise FormatError("corrupted payload (the ANS stream ended early)") from None
         except (ValueError, RuntimeError, OverflowError, IndexError) as e:
-            raise FormatError(f"corrupted payload ({type(e).__name__} while decoding)") from None
+            raise FormatError(f"corrupted payload, or this machine's arithmetic differs from the encoder's "
+                              f"({type(e).__name__} while decoding; {_environments(header)})") from None
         finally:
             if bar is not None:
                 bar.close()
@@ -306,9 +376,29 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
             cblob = cblob[: -header.init_pad]
     else:
         cblob = payload
+    return _finish(header, shapes, methods, names, out, cblob, bool(order))
+
+
+def _pop_chunks(chain: DiffusionChain, msg: Message, header: Header, shapes, order, out, bar) -> bytes:
+    """Decode the model-coded images into ``out``; return the initial message (the seeds)."""
+    for start, size in reversed(header.chunks):
+        idx = order[start : start + size]
+        h, w, c = shapes[idx[0]]
+        if any(shapes[k] != (h, w, c) for k in idx):
+            raise FormatError("corrupted header (a chunk mixes image sizes)")
+        x = chain.pop(msg, (size, c, h, w))
+        for j, k in enumerate(idx):
+            out[k] = np.ascontiguousarray(x[j].transpose(1, 2, 0))
+        if bar is not None:
+            bar.update(size)
+    return msg.to_bytes(unseal=True)
+
+
+def _finish(header: Header, shapes, methods, names, out, cblob: bytes, chained: bool) -> list[tuple[np.ndarray, str]]:
+    """Decode the classical images, verify every pixel, apply names and squeeze flags."""
     classical_idx = [k for k, m in enumerate(methods) if m != "vdm"]
     if sum(header.classical_sizes) != len(cblob):
-        raise _mismatch(header) if order else FormatError("corrupted payload (classical data size mismatch)")
+        raise _mismatch(header) if chained else FormatError("corrupted payload (classical data size mismatch)")
     pos = 0
     for k, size in zip(classical_idx, header.classical_sizes):
         out[k] = classical.decode(cblob[pos : pos + size], methods[k], shapes[k])
@@ -316,13 +406,22 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
     if pixels_digest(out) != header.pixels_hash:
         raise _mismatch(header)
     squeeze = header.image_squeeze()
+    if any(sq and im.shape[-1] != 1 for im, sq in zip(out, squeeze)):
+        raise FormatError("invalid header: a colour image flagged to come back as (H, W)")
     return [(im[..., 0] if sq else im, name) for im, sq, name in zip(out, squeeze, names)]
 
 
+def _environments(header: Header) -> str:
+    """Where the encoder's and this decoder's network arithmetic came from (the decoder ran
+    at the header's thread count: network_threads)."""
+    return (f"encoded with torch {header.torch} at {header.threads} threads, {header.dtype}; "
+            f"decoded with torch {torch.__version__} at the same count on {platform.machine()}")
+
+
 def _mismatch(header: Header) -> FormatError:
-    here = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
-    there = f"torch {header.torch}, {header.threads} threads, {header.dtype}"
-    return FormatError(f"checksum mismatch: decoded pixels differ from the original (encoded with {there}; decoding with {here})")
+    if header.model is None:
+        return FormatError("checksum mismatch: decoded pixels differ from the original (corrupted file)")
+    return FormatError(f"checksum mismatch: decoded pixels differ from the original ({_environments(header)})")
 
 
 def _bar(progress: bool, total: int, desc: str):
@@ -339,10 +438,13 @@ def load_codec(name_or_dir: str | Path | None = None, steps: int = DEFAULT_STEPS
     return Codec(model, info, steps=steps)
 
 
-def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress: bool = False) -> list[tuple[np.ndarray, str]]:
+def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress: bool = False,
+                          limits: DecodeLimits | None = None) -> list[tuple[np.ndarray, str]]:
     """Decode a container, loading the model it names (or ``model``) only if needed."""
     header, payload = unpack(blob)
+    limits = limits or DecodeLimits()
+    check_limits(header, limits)
     codec = None
-    if any(m == "vdm" for m in header.image_methods()):
+    if any(m == "vdm" for m, _ in header.methods):
         codec = load_codec(model if model is not None else header.model, steps=max(1, header.steps))
-    return decode_payload(header, payload, codec, progress)
+    return decode_payload(header, payload, codec, progress, limits)

@@ -32,6 +32,7 @@ MAX_IMAGES = 10_000_000
 MAX_SIDE = 1 << 16
 MAX_TOTAL_SUBPIXELS = 1 << 32
 MAX_STEPS = 100_000
+MAX_THREADS = 1024             # torch threads of the encoder (the decoder runs the same count)
 MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
 METHODS = ("vdm", "png", "webp")
@@ -227,7 +228,7 @@ def parse_header(data: bytes) -> Header:
         if d >= len(DTYPES):
             r.bad(f"unknown dtype code {d}")
         dtype = DTYPES[d]
-        threads = r.varint("threads", 1 << 16)
+        threads = r.varint("threads", MAX_THREADS)
         torch_v = r.string("torch version", MAX_SHORT_STR)
     shapes = [[r.varint("height", MAX_SIDE), r.varint("width", MAX_SIDE), r.byte("channels"), r.varint("count", MAX_IMAGES)]
               for _ in range(r.count("shape runs", MAX_IMAGES, 4))]
@@ -300,6 +301,8 @@ def _validate(h: Header) -> Header:
 
     if (h.model is None) != (h.steps == 0) or (h.model is not None and not 1 <= h.grid_bits <= 16):
         bad("steps / grid_bits out of range")
+    if h.model is not None and not 1 <= h.threads <= MAX_THREADS:
+        bad(f"threads {h.threads} out of range 1..{MAX_THREADS}")
     total, count = 0, 0
     for hh, w, c, n in h.shapes:
         if hh < 1 or w < 1 or c not in (1, 3) or n < 1:
