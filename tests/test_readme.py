@@ -36,7 +36,7 @@ def test_readme_first_command_runs(tmp_path):
     bindir = Path(sys.executable).parent
     env = {**os.environ, "PATH": f"{bindir}{os.pathsep}{os.environ['PATH']}"}
     res = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-2000:]
     assert "bpd" in res.stdout and "PNG" in res.stdout
     for f in sorted((ROOT / "samples" / "mnist").glob("*.png")):
