@@ -186,7 +186,7 @@ def test_unpack_refuses_headers_it_cannot_bound(what, over):
 
 def test_unknown_codes_are_refused():
     hb = bytearray(container.encode_header(header()))
-    for flags in (0x80, 0x06, 0x48):  # the reserved bit; two kinds of names; two kinds of squeeze
+    for flags in (0x80, 0x06, 0x48):  # tile layouts without tiled images; two kinds of names; two kinds of squeeze
         bad = bytearray(hb)
         bad[0] = flags
         with pytest.raises(FormatError):

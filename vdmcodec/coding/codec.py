@@ -32,11 +32,11 @@ import torch
 
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
 from ..zoo import load_model
-from . import classical
+from . import classical, tiles
 from .ans import EmptyMessageError, Message
 from .chain import ChainConfig, DiffusionChain
-from .container import (HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, Header, pack,
-                        run_length, unpack)
+from .container import (HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, Header,
+                        pack, run_length, unpack)
 
 DEFAULT_STEPS = 128
 DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
@@ -114,15 +114,16 @@ def _encode_order(shapes: list[tuple], methods: list[str]) -> list[int]:
     return sorted(vdm, key=lambda k: (shapes[k][0] * shapes[k][1] * shapes[k][2], shapes[k]))
 
 
-def _plan_seeds(shapes, best, eligible, per_dim: float):
+def _plan_seeds(shapes, best, eligible, per_dim: float, tiled=frozenset()):
     """Which images are classical seeds (their bytes start the stack) and the chain order of
     the rest: first the images the model cannot code, then eligible images in input order
-    until the first chunk's estimated initial bits are covered. None if they never are."""
+    until the first chunk's estimated initial bits are covered. None if they never are.
+    ``tiled`` images are coded after the chunks (tiles.py) and seed nothing here."""
     eligible_set = set(eligible)
-    methods = ["vdm" if k in eligible_set else best[k][0] for k in range(len(shapes))]
+    methods = ["vdm" if k in eligible_set else "tiled" if k in tiled else best[k][0] for k in range(len(shapes))]
     order = _encode_order(shapes, methods)
     need = per_dim * math.prod(shapes[order[0]]) + 64
-    have = 8 * sum(len(best[k][1]) for k in range(len(shapes)) if methods[k] != "vdm")
+    have = 8 * sum(len(best[k][1]) for k in range(len(shapes)) if methods[k] not in MODEL_METHODS)
     for k in eligible:
         if have >= need:
             break
@@ -139,9 +140,11 @@ def _plan_seeds(shapes, best, eligible, per_dim: float):
 class Codec:
     """Lossless compression with one VDM. ``steps`` is the default T of ``compress``."""
 
-    def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS):
+    def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
+                 tile: int = tiles.DEFAULT_TILE):
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
+        self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self._chains: dict[tuple[int, int], DiffusionChain] = {}
 
     @property
@@ -170,17 +173,22 @@ class Codec:
         shapes = [p.shape for p in pix]
         best = [classical.encode_best(p) for p in pix]
         all_classical = self._pack_classical(entries, best, T)
-        # the chain's batch memory is bounded: a larger image is coded classically
-        eligible = [k for k, p in enumerate(pix) if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS]
-        if classical_only or not eligible:
+        # images with a side longer than a tile are coded in tiles (tiles.py: bounded memory,
+        # their own seeds); smaller ones whole, in chunks of equal shapes
+        tiled = {k for k, p in enumerate(pix) if p.shape[-1] == self.channels and tiles.needs_tiling(p.shape, self.tile)}
+        eligible = [k for k, p in enumerate(pix)
+                    if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS and k not in tiled]
+        if classical_only or not (eligible or tiled):
             return all_classical
         chain = self.chain(T, self.grid_bits)
         blob = None
         for margin in INIT_MARGINS:  # a short estimate only costs a retry with more seeds
             per_dim = chain.initial_bits_per_dim() * margin
-            plan = _plan_seeds(shapes, best, eligible, per_dim)
+            plan = _plan_seeds(shapes, best, eligible, per_dim, tiled) if eligible else None
             if plan is None:
-                return all_classical
+                if not tiled:
+                    return all_classical
+                plan = (["tiled" if k in tiled else b[0] for k, b in enumerate(best)], [])
             methods, order = plan
             try:
                 blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress)
@@ -220,7 +228,7 @@ class Codec:
             raise VdmcodecError(f"{total} subpixels in all: an archive holds at most {MAX_TOTAL_SUBPIXELS}")
         return out
 
-    def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model) -> Header:
+    def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=()) -> Header:
         names = [e.name for e in entries]
         seq = [f"{k:05d}.png" for k in range(len(entries))]
         return Header(
@@ -239,6 +247,8 @@ class Codec:
             init_pad=init_pad,
             pixels_hash=pixels_digest([e.pixels for e in entries]),
             squeeze=run_length([int(e.squeeze) for e in entries]) if any(e.squeeze for e in entries) else [],
+            tile=self.tile if layouts else 0,
+            tiled=list(layouts),
         )
 
     def _pack_classical(self, entries, best, T) -> bytes:
@@ -248,7 +258,7 @@ class Codec:
         return pack(header, blob)
 
     def _compress_chain(self, entries, best, methods, order, chain, per_dim, progress) -> bytes:
-        classical_idx = [k for k, m in enumerate(methods) if m != "vdm"]
+        classical_idx = [k for k, m in enumerate(methods) if m not in MODEL_METHODS]
         cblob = b"".join(best[k][1] for k in classical_idx)
         pad = (-len(cblob)) % 4
         init = np.frombuffer(cblob + b"\0" * pad, dtype="<u4").astype(np.uint32)
@@ -276,8 +286,20 @@ class Codec:
         finally:
             if bar is not None:
                 bar.close()
-        header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad, uses_model=True)
+        layouts = self._push_tiled(entries, methods, chain, msg, per_dim, progress)
+        header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad,
+                              uses_model=True, layouts=layouts)
         return pack(header, msg.to_bytes())
+
+    def _push_tiled(self, entries, methods, chain, msg, per_dim, progress) -> list:
+        """The tiled images, after the chunks, in image order (tiles.py)."""
+        idx = [k for k, m in enumerate(methods) if m == "tiled"]
+        bar = _tile_bar(progress, [entries[k].pixels.shape for k in idx], self.tile, "compress")
+        try:
+            return [tiles.push_image(chain, msg, entries[k].pixels, self.tile, per_dim, bar and bar.update) for k in idx]
+        finally:
+            if bar is not None:
+                bar.close()
 
     # ---- decompress ------------------------------------------------------------------
     def decompress(self, blob: bytes, progress: bool = False, limits: DecodeLimits | None = None) -> list[np.ndarray]:
@@ -342,7 +364,8 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
     names = header.image_names()
     out: list[np.ndarray | None] = [None] * len(shapes)
     order = _encode_order(shapes, methods)
-    if order:
+    tiled_idx = [k for k, m in enumerate(methods) if m == "tiled"]
+    if order or tiled_idx:
         if codec is None:
             raise ModelError(f"this file needs model {header.model!r}")
         if model_digest(codec.info) != header.model_hash:
@@ -361,6 +384,7 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         bar = _bar(progress, len(order), "decompress")
         try:
             with network_threads(header, limits):
+                _pop_tiled(chain, msg, header, shapes, tiled_idx, out, progress)
                 cblob = _pop_chunks(chain, msg, header, shapes, order, out, bar)
         except EmptyMessageError:
             raise FormatError("corrupted payload (the ANS stream ended early)") from None
@@ -376,7 +400,27 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
             cblob = cblob[: -header.init_pad]
     else:
         cblob = payload
-    return _finish(header, shapes, methods, names, out, cblob, bool(order))
+    return _finish(header, shapes, methods, names, out, cblob, bool(order or tiled_idx))
+
+
+def _pop_tiled(chain: DiffusionChain, msg: Message, header: Header, shapes, tiled_idx, out, progress) -> None:
+    """Decode the tiled images (pushed last, so popped first) into ``out``."""
+    bar = _tile_bar(progress, [shapes[k] for k in tiled_idx], header.tile, "decompress")
+    try:
+        for k, layout in reversed(list(zip(tiled_idx, header.tiled))):
+            out[k] = tiles.pop_image(chain, msg, layout, shapes[k], header.tile, bar and bar.update)
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def _tile_bar(progress: bool, shapes, tile: int, desc: str):
+    if not progress or not shapes:
+        return None
+    from tqdm import tqdm
+
+    total = sum(math.ceil(s[0] / tile) * math.ceil(s[1] / tile) for s in shapes)
+    return tqdm(total=total, unit="tile", desc=f"{desc} (tiles)", dynamic_ncols=True)
 
 
 def _pop_chunks(chain: DiffusionChain, msg: Message, header: Header, shapes, order, out, bar) -> bytes:
@@ -396,7 +440,7 @@ def _pop_chunks(chain: DiffusionChain, msg: Message, header: Header, shapes, ord
 
 def _finish(header: Header, shapes, methods, names, out, cblob: bytes, chained: bool) -> list[tuple[np.ndarray, str]]:
     """Decode the classical images, verify every pixel, apply names and squeeze flags."""
-    classical_idx = [k for k, m in enumerate(methods) if m != "vdm"]
+    classical_idx = [k for k, m in enumerate(methods) if m not in MODEL_METHODS]
     if sum(header.classical_sizes) != len(cblob):
         raise _mismatch(header) if chained else FormatError("corrupted payload (classical data size mismatch)")
     pos = 0
@@ -445,6 +489,6 @@ def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress
     limits = limits or DecodeLimits()
     check_limits(header, limits)
     codec = None
-    if any(m == "vdm" for m, _ in header.methods):
+    if any(m in MODEL_METHODS for m, _ in header.methods):
         codec = load_codec(model if model is not None else header.model, steps=max(1, header.steps))
     return decode_payload(header, payload, codec, progress, limits)

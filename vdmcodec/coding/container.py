@@ -23,6 +23,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
+from .tilegrid import MAX_TILE, TileLayout, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
 VERSION = 2
@@ -35,12 +36,13 @@ MAX_STEPS = 100_000
 MAX_THREADS = 1024             # torch threads of the encoder (the decoder runs the same count)
 MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
-METHODS = ("vdm", "png", "webp")
+METHODS = ("vdm", "png", "webp", "tiled")
+MODEL_METHODS = ("vdm", "tiled")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
 DTYPES = ("float32",)
 DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
 
-_F_MODEL, _F_NAME_LIST, _F_NAME_SEQ, _F_SQUEEZE, _F_SQUEEZE_ALL = 1, 2, 4, 8, 64
-_PAD_SHIFT = 4  # bits 4-5: init_pad; bit 7 is reserved
+_F_MODEL, _F_NAME_LIST, _F_NAME_SEQ, _F_SQUEEZE, _F_SQUEEZE_ALL, _F_TILED = 1, 2, 4, 8, 64, 128
+_PAD_SHIFT = 4  # bits 4-5: init_pad
 
 
 @dataclass(frozen=True)
@@ -60,6 +62,8 @@ class Header:
     init_pad: int                   # zero bytes padding the classical blob to whole words
     pixels_hash: str                # hex, first 8 bytes of SHA-256 over all images
     squeeze: list = field(default_factory=list)  # run-length [[0|1, count]]: return (H, W)
+    tile: int = 0                   # tile side of the tiled images (0: none)
+    tiled: list = field(default_factory=list)  # a tilegrid.TileLayout per "tiled" image, in image order
 
     @property
     def count(self) -> int:
@@ -123,7 +127,8 @@ def encode_header(h: Header) -> bytes:
     squeeze_all = len(h.squeeze) == 1 and h.squeeze[0][0] == 1 and h.squeeze[0][1] == h.count
     flags = ((_F_MODEL if h.model is not None else 0) | (_F_NAME_LIST if "list" in h.names else 0)
              | (_F_NAME_SEQ if seq is not None and not default_names else 0)
-             | (_F_SQUEEZE_ALL if squeeze_all else _F_SQUEEZE if h.squeeze else 0) | (h.init_pad << _PAD_SHIFT))
+             | (_F_SQUEEZE_ALL if squeeze_all else _F_SQUEEZE if h.squeeze else 0) | (h.init_pad << _PAD_SHIFT)
+             | (_F_TILED if h.tiled else 0))
     out = bytearray([flags])
     if h.model is not None:
         out += _str(h.model, MAX_SHORT_STR) + bytes.fromhex(h.model_hash or "")
@@ -138,6 +143,8 @@ def encode_header(h: Header) -> bytes:
     out += b"".join(_varint(v) for v in h.classical_sizes)
     if h.model is not None or h.chunks:
         out += _varint(len(h.chunks)) + b"".join(_varint(size) for _, size in h.chunks)
+    if h.tiled:
+        out += _varint(h.tile) + b"".join(encode_layout(t) for t in h.tiled)
     if "list" in h.names:
         out += b"".join(_str(s, MAX_NAME_BYTES) for s in h.names["list"])
     elif not default_names:
@@ -215,7 +222,7 @@ class _Reader:
 def parse_header(data: bytes) -> Header:
     r = _Reader(data)
     flags = r.byte("flags")
-    if flags & 0x80 or (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
+    if (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
         r.bad("unknown flags")
     model = model_hash = None
     steps, grid_bits, torch_v, dtype, threads = 0, 0, "", "float32", 0
@@ -239,7 +246,7 @@ def parse_header(data: bytes) -> Header:
             r.bad(f"unknown coding method {m}")
         methods.append([METHODS[m], r.varint("method count", MAX_IMAGES)])
     n_images = sum(s[3] for s in shapes)
-    n_classical = sum(n for m, n in methods if m != "vdm")
+    n_classical = sum(n for m, n in methods if m not in MODEL_METHODS)
     if n_images > MAX_IMAGES or n_classical > n_images:
         r.bad("image counts out of range")
     if n_classical > len(data) - r.pos:
@@ -250,6 +257,15 @@ def parse_header(data: bytes) -> Header:
         size = r.varint("chunk size", MAX_IMAGES)
         chunks.append([pos, size])
         pos += size
+    tile, tiled = 0, []
+    if flags & _F_TILED:
+        tile = r.varint("tile side", MAX_TILE)
+        n_tiled = sum(n for m, n in methods if m == "tiled")
+        if not n_tiled:
+            r.bad("tile layouts flagged without tiled images")
+        if n_tiled > len(data) - r.pos:
+            r.bad("more tiled images than the header holds")
+        tiled = [parse_layout(r, MAX_SIDE) for _ in range(n_tiled)]
     if flags & _F_NAME_LIST:
         if n_images > len(data) - r.pos:
             r.bad("more names than the header holds")
@@ -266,7 +282,8 @@ def parse_header(data: bytes) -> Header:
         r.bad(f"{len(data) - r.pos} unread bytes at its end")
     return Header(model=model, model_hash=model_hash, steps=steps, grid_bits=grid_bits, torch=torch_v, dtype=dtype,
                   threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
-                  chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze)
+                  chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze,
+                  tile=tile, tiled=tiled)
 
 
 def unpack(blob: bytes) -> tuple[Header, bytes]:
@@ -318,12 +335,20 @@ def _validate(h: Header) -> Header:
     if any(v < 1 for v in h.classical_sizes):
         bad("classical_sizes")
     n_vdm = sum(n for m, n in h.methods if m == "vdm")
-    if (n_vdm > 0) != (h.model is not None):
+    n_model = sum(n for m, n in h.methods if m in MODEL_METHODS)
+    if (n_model > 0) != (h.model is not None):
         bad("model named without model-coded images, or the reverse")
     if any(size < 1 for _, size in h.chunks) or sum(size for _, size in h.chunks) != n_vdm:
         bad("chunks do not cover the model-coded images")
-    if n_vdm == 0 and h.init_pad:
+    if n_model == 0 and h.init_pad:
         bad("init_pad without model-coded images")
+    n_tiled = n_model - n_vdm
+    if len(h.tiled) != n_tiled or (n_tiled > 0) != (h.tile > 0) or h.tile > MAX_TILE:
+        bad("tiled images and their layouts disagree")
+    for layout, shape in zip(h.tiled, _shapes_of(h, "tiled")):
+        why = check_layout(layout, shape, h.tile)
+        if why:
+            bad(f"tile layout of a {shape[0]}x{shape[1]} image: {why}")
     if "sequence" in h.names:
         prefix, digits, suffix = h.names["sequence"]
         if not 1 <= digits <= 12:
@@ -333,3 +358,20 @@ def _validate(h: Header) -> Header:
     if h.squeeze and (any(v not in (0, 1) or n < 1 for v, n in h.squeeze) or sum(n for _, n in h.squeeze) != count):
         bad("squeeze flags")
     return h
+
+
+def _shapes_of(h: Header, method: str):
+    """The shapes of the images coded with ``method``, in image order, walking the two
+    run-length lists together (never expanding all images: a run may claim millions)."""
+    runs = iter(h.shapes)
+    shape, left = None, 0
+    for m, n in h.methods:
+        while n:
+            if not left:
+                hh, w, c, left = next(runs)
+                shape = (hh, w, c)
+            take = min(n, left)
+            if m == method:
+                for _ in range(take):
+                    yield shape
+            n, left = n - take, left - take
