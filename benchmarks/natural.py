@@ -31,7 +31,7 @@ from vdmcodec.coding.codec import DEFAULT_STEPS, load_codec
 from vdmcodec.coding.container import MODEL_METHODS, unpack
 from vdmcodec.data import ImageItem, load_items, to_tensor
 from vdmcodec.evaluate import evaluate
-from vdmcodec.likelihood import bpd_continuous
+from vdmcodec.likelihood import nats_to_bpd
 
 DATA = Path("../shared/data/natural")
 # the data README's figures (bits per subpixel, each image its own file): the issue's targets
@@ -80,7 +80,7 @@ def measure_classical(codecs, im: np.ndarray) -> dict:
     return out
 
 
-CONTINUOUS_DRAWS = 16  # t draws of the continuous-time estimate (one draw per image is far too noisy)
+CONTINUOUS_DRAWS = 32  # stratified t draws of the continuous-time estimate of one image
 
 
 def measure_elbo(codec, im: np.ndarray, T: int, seed: int) -> dict | None:
@@ -90,9 +90,25 @@ def measure_elbo(codec, im: np.ndarray, T: int, seed: int) -> dict | None:
         return None
     t0 = time.perf_counter()
     res = evaluate(codec.model, [ImageItem(im, "x.png")], steps=T, seed=seed, progress=False)
-    with torch.no_grad():
-        cont = bpd_continuous(codec.model, to_tensor(im[None]), torch.Generator().manual_seed(seed), CONTINUOUS_DRAWS)
-    return {"continuous": float(cont.total[0]), "discrete": res["bpd_discrete"], "seconds": time.perf_counter() - t0}
+    return {"continuous": continuous_bpd(codec.model, im, seed), "discrete": res["bpd_discrete"],
+            "seconds": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def continuous_bpd(model, im: np.ndarray, seed: int, draws: int = CONTINUOUS_DRAWS) -> float:
+    """The continuous-time -ELBO of one image with t stratified over ``draws`` strata
+    (t_k = (k + u) / draws): one image has a single t per network call, and independent
+    draws of t leave the estimate's error at about 0.5 bpd for 32 draws on a photo."""
+    x = to_tensor(im[None])
+    g = torch.Generator().manual_seed(seed)
+    dims = x[0].numel()
+    eps_0 = torch.randn(x.shape, generator=g)
+    nats = float(model.loss_recon(x, eps_0)[0] + model.loss_prior(x)[0])
+    u = float(torch.rand((), generator=g))
+    for k in range(draws):
+        t = torch.tensor([(k + u) / draws])
+        nats += float(model.loss_diff_continuous(x, t, torch.randn(x.shape, generator=g))[0]) / draws
+    return nats_to_bpd(nats, dims)
 
 
 # ---- memory ----------------------------------------------------------------------------------
@@ -273,7 +289,7 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "what `vdmcodec compress` writes (the smaller of the model-coded and the all-classical file: 'written as' says "
         "which); model-coded is that file's model-coded candidate, header and seeds included. The -ELBO columns are the model's estimates on the same image, not files: T-step "
         f"(every step evaluated, seed {meta['seed']}) is what the chain should cost; continuous time is the T -> infinity "
-        f"bound ({CONTINUOUS_DRAWS} draws of t).", "",
+        f"bound ({CONTINUOUS_DRAWS} stratified draws of t).", "",
         "Classical codecs: " + "; ".join(f"{c['name']}: {c['settings']}" for c in meta["codecs"]) + ".", "",
         "## Summary (mean bpd per image)", "",
     ]
