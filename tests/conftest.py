@@ -14,6 +14,16 @@ def _threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module: coding and sampling at 2 threads on this shared
+    2-core machine were many times slower. Use: pytestmark = pytest.mark.usefixtures("one_thread")."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def mnist_path() -> Path:
     if not MNIST.exists():

@@ -49,12 +49,7 @@ OVERHEAD = 5 + 4  # container bytes around the header and its length: magic, ver
 CLASSICAL = ("png", "webp")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---- helpers ---------------------------------------------------------------------------

@@ -11,13 +11,7 @@ from vdmcodec.metrics import (ClassifierConfig, GaussianStats, accuracy, extract
                               gaussian_stats, load_or_train, read_idx_labels, to_input, train_classifier)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the machine is shared with a training run: one thread is much faster than two here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def stats(mu, sigma) -> GaussianStats:

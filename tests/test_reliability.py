@@ -24,13 +24,7 @@ from vdmcodec.errors import FormatError, LimitError, RuntimeMismatchError, Vdmco
 from vdmcodec.files import atomic_write_bytes, write_files
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Coding at 2 threads on a 2-core machine shared with other work is many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

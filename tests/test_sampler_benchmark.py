@@ -12,12 +12,7 @@ from benchmarks.samplers import (EVALS_PER_STEP, FID_SAMPLERS, SCHEDULE_PROXY, S
 from vdmcodec.sampling import AdaptiveConfig, GaussianMixture, make_mixture, score_optimal_cost
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -18,47 +18,13 @@ from typer.testing import CliRunner
 
 from vdmcodec.diffusion import VDM, ModelConfig
 from vdmcodec.networks import NetworkConfig
+from vdmcodec.sampling.mixture import GaussianMixture, make_mixture  # noqa: F401  (GaussianMixture: used by tests below)
 from vdmcodec.sampling import (SAMPLERS, SCHEDULES, AdaptiveConfig, Denoiser, NoiseSource, ScoreOptimalCost,
                                VDMDenoiser, adaptive_sigmas, generate, get_sampler, image_grid, karras_sigmas,
                                loglinear_sigmas, make_sigmas, model_sigmas, respace, sample_ancestral, sample_ddim,
                                sample_euler, sample_heun, score_optimal_cost, to_pixels)
 from vdmcodec.schedules import alpha_sigma
 from vdmcodec.zoo import save_model
-
-
-class GaussianMixture(Denoiser):
-    """Exact denoiser of sum_k w_k N(mu_k, s_k^2 I); optional constant learned-variance output v."""
-
-    def __init__(self, means, stds, weights, sigma_min=0.002, sigma_max=80.0, v=None):
-        self.means = torch.as_tensor(means, dtype=torch.float64)      # [K, d]
-        self.stds = torch.as_tensor(stds, dtype=torch.float64)        # [K]
-        log_w = torch.as_tensor(weights, dtype=torch.float64).log()
-        self.log_w = log_w - log_w.logsumexp(0)
-        self.sigma_min, self.sigma_max = sigma_min, sigma_max
-        self.v = v
-        self.learned_variance = v is not None
-        self.calls = 0
-
-    def denoise_and_v(self, x, sigma):
-        self.calls += 1
-        d = x.shape[1]
-        var = self.stds**2 + sigma[:, None] ** 2                        # [B, K]
-        diff = x[:, None, :] - self.means[None]                         # [B, K, d]
-        log_p = self.log_w - 0.5 * diff.square().sum(-1) / var - 0.5 * d * var.log()
-        r = torch.softmax(log_p, dim=1)
-        x0_given_k = self.means[None] + (self.stds**2 / var)[..., None] * diff
-        x0_hat = (r[..., None] * x0_given_k).sum(1)
-        return x0_hat, (None if self.v is None else torch.full_like(x, self.v))
-
-    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        k = torch.multinomial(self.log_w.exp(), n, replacement=True, generator=generator)
-        eps = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
-        return self.means[k] + self.stds[k, None] * eps
-
-
-def make_mixture(**kw) -> GaussianMixture:
-    return GaussianMixture([[-1.0, -0.5], [0.8, -0.8], [0.2, 0.9], [1.2, 0.6]], [0.08, 0.15, 0.1, 0.05],
-                           [0.3, 0.3, 0.25, 0.15], **kw)
 
 
 def sliced_w1(a: torch.Tensor, b: torch.Tensor, n_dir: int = 64) -> float:
@@ -74,13 +40,7 @@ def run(denoiser, sampler, sigmas, count=256, seed=0, **options):
     return generate(denoiser, sampler, sigmas, (2,), count=count, seed=seed, batch_size=count, options=options)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the machine is shared with a training run: one thread is much faster than two here
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

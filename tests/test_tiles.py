@@ -24,12 +24,7 @@ from vdmcodec.errors import FormatError
 STEPS = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def tiny_codec(channels: int, tile: int) -> Codec:
