@@ -7,7 +7,9 @@ python -m benchmarks.ablation --out runs/ablation [--steps 2000] [--batch 64] [-
     [--threads 1] [--quick] [--estimate-only] [--report benchmarks/results/ablation.md]
 
 Each technique trains in its own run directory OUT/NAME (resumable: an interrupted run
-continues from its checkpoint; a run with OUT/NAME/result.json is not redone), then is measured
+continues from its checkpoint; a run with OUT/NAME/result.json, or with a finished row of the same config
+and measurement settings under benchmarks/results/runs/ablation/ (committed: sessions may start on a
+fresh machine), is not redone), then is measured
 with its EMA weights: the continuous-time and the T-step negative ELBO (bpd, the unweighted VDM
 bound whatever the technique trains), the spread of the technique's own loss estimator (std over
 many (t, eps) draws of the per-image estimate on a fixed batch, averaged over the batch: the
@@ -45,6 +47,7 @@ from vdmcodec.training.config import RunConfig, load_config
 from vdmcodec.training.trainer import DataSpec, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
+STORE = ROOT / "benchmarks" / "results" / "runs"  # finished rows, committed: sessions may start on a fresh machine
 DATA = Path("../shared/data/mnist/mnist9k-images-idx3-ubyte.gz")
 LABELS = Path("../shared/data/mnist/mnist9k-labels-idx1-ubyte.gz")
 TRAIN, VAL = slice(0, 8000), slice(8000, 9000)
@@ -158,6 +161,31 @@ def fid(model, classifier, reference, samples: int, nfe_steps: int, seed: int) -
     return frechet_distance(gaussian_stats(extract_features(classifier, pixels)), reference)
 
 
+# ---- finished rows, kept in the repository ---------------------------------------------------
+def stored(kind: str, name: str, cfg: RunConfig, extra: dict | None = None, root: Path = STORE) -> dict | None:
+    """A finished row of benchmark ``kind`` with this exact run config (and these measurement
+    settings, ``extra``), from ROOT/KIND/NAME.json; None if there is none or it differs."""
+    p = root / kind / f"{name}.json"
+    if not p.exists():
+        return None
+    row = json.loads(p.read_text())
+    same = json.loads(json.dumps({"config": cfg.to_dict(), "measured_with": extra or {}}))  # tuples as JSON lists
+    if row.get("config") != same["config"] or row.get("measured_with", {}) != same["measured_with"]:
+        return None
+    return row
+
+
+def store(kind: str, name: str, row: dict, extra: dict | None = None, root: Path = STORE) -> None:
+    p = root / kind / f"{name}.json"
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps({**row, "measured_with": extra or {}}, indent=1) + "\n")
+
+
+def _measured_with(args) -> dict:
+    return {"val_images": args.val_images, "T": args.T, "seed": args.seed, "spread_batch": args.spread_batch,
+            "spread_draws": args.spread_draws, "fid_samples": args.fid_samples, "fid_steps": args.fid_steps}
+
+
 # ---- one technique ----------------------------------------------------------------------------
 def run_technique(name: str, cfg: RunConfig, out: Path, data: DataSpec, val: np.ndarray, args, fid_ctx) -> dict:
     d = out / name
@@ -165,6 +193,10 @@ def run_technique(name: str, cfg: RunConfig, out: Path, data: DataSpec, val: np.
     if done.exists():
         print(f"{name}: done already ({done})", flush=True)
         return json.loads(done.read_text())
+    kept = None if args.quick else stored("ablation", name, cfg, _measured_with(args))
+    if kept is not None:
+        print(f"{name}: done in an earlier session ({STORE / 'ablation' / (name + '.json')})", flush=True)
+        return kept
     resume = (d / "checkpoint.pt").exists()
     if resume:
         saved = RunConfig.from_dict(json.loads((d / "run.json").read_text()))
@@ -186,6 +218,8 @@ def run_technique(name: str, cfg: RunConfig, out: Path, data: DataSpec, val: np.
         result["fid_samples"], result["fid_nfe"] = args.fid_samples, 2 * args.fid_steps - 1
     result["eval_seconds"] = time.perf_counter() - t0
     done.write_text(json.dumps(result, indent=1) + "\n")
+    if not args.quick:
+        store("ablation", name, result, _measured_with(args))
     print(f"{name}: bpd {result['bpd_continuous']:.4f} (continuous), {result[f'bpd_T{args.T}']:.4f} (T={args.T}); "
           f"ELBO-estimator std {result['elbo_estimator_std']:.4f}", flush=True)
     return result
