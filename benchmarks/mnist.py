@@ -182,7 +182,7 @@ def report(args, meta: dict, result: dict, speed: dict, sweep_rows: list[dict], 
     lines += format_table(result)
     lines += [""]
     if model_row["bytes"] is not None:
-        lines.append(f"The model-coded archive's container (magic, zlib JSON header, lengths, CRC) is "
+        lines.append(f"The model-coded archive's container (magic, binary header with chunk lengths, CRC-32; docs/format.md) is "
                      f"{model_row['container_bytes']} bytes; {model_row['classical_images']} images are stored as PNG/WebP and "
                      f"their bytes are the chain's initial bits. `vdmcodec compress` writes the smaller of the two archives "
                      f"(here: {written}).")
