@@ -197,6 +197,9 @@ def _archive_exact(path: Path, model_dir: Path, expected) -> bool:
 
 def _child(pause: str, cli_args: list[str]) -> None:
     """Run the CLI, pausing at ``pause`` (see the module docstring)."""
+    # as in a terminal: SIGINT raises KeyboardInterrupt. A child of a background job (`cmd &`
+    # in a script, as CI may run the tests) starts with SIGINT ignored and would never see it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     def hold():
         sys.stdout.write("PAUSED\n")
         sys.stdout.flush()

@@ -107,7 +107,8 @@ def test_classifier_trains_deterministically_and_gives_features():
     feats = extract_features(a, images, batch_size=50)
     assert feats.shape == (len(images), TINY.features) and feats.dtype == np.float64
     assert np.all(feats >= 0)                                                # post-ReLU
-    np.testing.assert_array_equal(feats[:7], extract_features(a, images[:7]))  # independent of the batch
+    # independent of the batch up to float rounding (oneDNN picks kernels by batch size on some CPUs)
+    np.testing.assert_allclose(feats[:7], extract_features(a, images[:7]), rtol=1e-5, atol=1e-5)
     assert accuracy(a, images, labels) > 0.9                                 # learns the easy fake digits
     gaussian_stats(feats)                                                    # and the features feed FID
 
