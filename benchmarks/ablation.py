@@ -107,18 +107,22 @@ def run_config(base: RunConfig, tech: Technique, size: str, steps: int, batch: i
 
 # ---- measurements -----------------------------------------------------------------------------
 @torch.no_grad()
-def validation_bpd(model, images: np.ndarray, T: int, seed: int, batch: int = 100) -> dict:
+def validation_bpd(model, images: np.ndarray, T: int | None, seed: int, batch: int = 100) -> dict:
+    """Continuous-time -ELBO (4 stratified t per image) and, unless T is None, the T-step one."""
     cont, disc = [], []
     for i in range(0, len(images), batch):
         x = to_tensor(images[i : i + batch])
         g = torch.Generator().manual_seed(seed + i)
         cont.append(bpd_continuous(model, x, g, t_samples=4).total)
-        g = torch.Generator().manual_seed(seed + i)
-        disc.append(bpd_discrete(model, x, T, g).total)
+        if T is not None:
+            g = torch.Generator().manual_seed(seed + i)
+            disc.append(bpd_discrete(model, x, T, g).total)
     c, c_se = mean_and_stderr(torch.cat(cont))
-    d, d_se = mean_and_stderr(torch.cat(disc))
-    return {"bpd_continuous": c, "bpd_continuous_se": c_se, f"bpd_T{T}": d, f"bpd_T{T}_se": d_se, "T": T,
-            "images": len(images)}
+    row = {"bpd_continuous": c, "bpd_continuous_se": c_se, "T": T, "images": len(images)}
+    if T is not None:
+        d, d_se = mean_and_stderr(torch.cat(disc))
+        row.update({f"bpd_T{T}": d, f"bpd_T{T}_se": d_se})
+    return row
 
 
 @torch.no_grad()
@@ -363,14 +367,28 @@ def parse_args(argv):
     return args
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    meta = {"command": "python -m benchmarks.ablation " + shlex.join(sys.argv[1:] if argv is None else argv),
+def start(prog: str, argv, threads: int) -> dict:
+    """Set the torch threads and describe the run (command, start, machine, commit)."""
+    torch.set_num_threads(threads)
+    return {"command": f"python -m {prog} " + shlex.join(sys.argv[1:] if argv is None else argv),
             "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
             "git": git_commit()}
-    base = load_config(args.config)
-    base = replace(base, train=replace(base.train, threads=args.threads))
+
+
+def base_config(path: Path, threads: int) -> RunConfig:
+    base = load_config(path)
+    return replace(base, train=replace(base.train, threads=threads))
+
+
+def write_raw(path: Path, meta: dict, args, results: list[dict]) -> None:
+    path.write_text(json.dumps({"meta": meta, "args": {k: str(v) for k, v in vars(args).items()},
+                                "results": results}, indent=1) + "\n")
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    meta = start("benchmarks.ablation", argv, args.threads)
+    base = base_config(args.config, args.threads)
     names = args.techniques.split(",")
     cfgs = {n: run_config(base, TECHNIQUES[n], args.model_size, args.steps, args.batch, args.seed) for n in names}
     path = resolve_data(args.data)
@@ -396,8 +414,7 @@ def main(argv=None):
     plot_path = out.with_suffix(".png")
     plot(results, args.T, plot_path)
     out.write_text("\n".join(report(results, args, meta, plot_path)))
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "args": {k: str(v) for k, v in vars(args).items()},
-                                                    "results": results}, indent=1) + "\n")
+    write_raw(out.with_suffix(".json"), meta, args, results)
     print(f"wrote {out}", flush=True)
     return results
 

@@ -19,24 +19,20 @@ report with the command and machine, and a plot of bpd against CPU-hours beside 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import shlex
-import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from benchmarks.ablation import DATA, STORE, TRAIN, VAL, git_commit, store, stored
-from benchmarks.mnist import machine, resolve_data
-from vdmcodec.data import load_array, to_tensor
-from vdmcodec.likelihood import bpd_continuous, mean_and_stderr
-from vdmcodec.networks import NetworkConfig, NetworkKind
+from benchmarks.ablation import (DATA, STORE, TRAIN, VAL, base_config, start, store, stored, validation_bpd,
+                                 write_raw)
+from benchmarks.mnist import resolve_data
+from vdmcodec.data import load_array
+from vdmcodec.networks import NetworkKind
 from vdmcodec.schedules import ScheduleKind
-from vdmcodec.training.config import RunConfig, load_config
+from vdmcodec.training.config import RunConfig
 from vdmcodec.training.datasets import DataSpec
 from vdmcodec.training.trainer import Trainer
 
@@ -73,15 +69,6 @@ def arch_config(base: RunConfig, arch: Architecture, batch: int) -> RunConfig:
     return RunConfig(model=model, train=train)
 
 
-@torch.no_grad()
-def val_bpd(model, images: np.ndarray, seed: int, batch: int = 100) -> tuple[float, float]:
-    vals = []
-    for i in range(0, len(images), batch):
-        g = torch.Generator().manual_seed(seed + i)
-        vals.append(bpd_continuous(model, to_tensor(images[i : i + batch]), g, t_samples=4).total)
-    return mean_and_stderr(torch.cat(vals))
-
-
 def train_to(trainer: Trainer, cpu_seconds: float, first_guess_s: float = 2.0) -> None:
     """Train until the run has used ``cpu_seconds`` of CPU time (overshoot: under one step's
     worth plus the last save), predicting the steps from the rate so far."""
@@ -116,7 +103,8 @@ def run_arch(name: str, cfg: RunConfig, out: Path, data: DataSpec, val: np.ndarr
             raise SystemExit(f"{name}: interrupted at step {trainer.step}; run again to resume")
         trainer.ema.eval()
         t0 = time.perf_counter()
-        m, se = val_bpd(trainer.ema, val, args.seed)
+        v = validation_bpd(trainer.ema, val, None, args.seed)
+        m, se = v["bpd_continuous"], v["bpd_continuous_se"]
         points.append({"step": trainer.step, "cpu_hours": trainer.cpu_seconds / 3600, "bpd": m, "bpd_se": se,
                        "eval_seconds": time.perf_counter() - t0})
         part.write_text(json.dumps(points, indent=1) + "\n")
@@ -203,12 +191,8 @@ def parse_args(argv):
 
 def main(argv=None):
     args = parse_args(argv)
-    torch.set_num_threads(args.threads)
-    meta = {"command": "python -m benchmarks.architectures " + shlex.join(sys.argv[1:] if argv is None else argv),
-            "started": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
-            "git": git_commit()}
-    base = load_config(args.config)
-    base = replace(base, train=replace(base.train, threads=args.threads))
+    meta = start("benchmarks.architectures", argv, args.threads)
+    base = base_config(args.config, args.threads)
     path = resolve_data(args.data)
     data = DataSpec(path, TRAIN.start, TRAIN.stop)
     val = load_array(path, VAL.start, VAL.start + args.val_images)
@@ -220,8 +204,7 @@ def main(argv=None):
     plot_path = out.with_suffix(".png")
     plot(results, plot_path)
     out.write_text("\n".join(report(results, args, meta, plot_path)) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "args": {k: str(v) for k, v in vars(args).items()},
-                                                    "results": results}, indent=1) + "\n")
+    write_raw(out.with_suffix(".json"), meta, args, results)
     print(f"wrote {out}", flush=True)
     return results
 
