@@ -5,7 +5,6 @@ import json
 import math
 from pathlib import Path
 
-import numpy as np
 
 SCHEDULE_ORDER = ("model", "karras", "loglinear", "adaptive")
 SAMPLER_LABEL = {"ancestral": "ancestral (small variance)", "ddim": "ddim (eta=0)", "euler": "euler",
@@ -134,7 +133,7 @@ def _plot_fid(results: dict, path: Path) -> None:
         ax.plot([c["nfe"] for c in cs], [c["fid"] for c in cs], "o-", label=label)
     fl = fid["floor"]
     ax.axhspan(fl["mean"] - fl["sd"], fl["mean"] + fl["sd"], color="gray", alpha=0.3,
-               label=f"floor: held training images (±1 sd)")
+               label="floor: held training images (±1 sd)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("NFE")

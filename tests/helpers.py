@@ -1,7 +1,6 @@
 """Small shared helpers for tests: tiny configs and closed-form denoisers."""
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from vdmcodec.diffusion import VDM, ModelConfig

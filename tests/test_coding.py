@@ -38,9 +38,10 @@ from vdmcodec.coding.ans import (
     whiten,
     windowed_gaussian,
 )
-from vdmcodec.coding.chain import ChainConfig, DiffusionChain
-from vdmcodec.coding.codec import _encode_order, decompress_file_bytes, load_codec
+from vdmcodec.coding.chain import ARITHMETIC, Q_WINDOW_STDS, ChainConfig, DiffusionChain
+from vdmcodec.coding.codec import Codec, _encode_order, decompress_file_bytes, load_codec
 from vdmcodec.errors import FormatError, ModelError
+from tests.helpers import gaussian_vdm
 
 LAWS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 RATES = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -406,6 +407,55 @@ def test_chain_round_trip_through_a_fresh_message(tiny_vdm, steps, grid_bits, wh
     np.testing.assert_array_equal(fresh.words(unseal=True), init)
 
 
+@pytest.mark.parametrize("g0", [-13.3, -10.0, -6.0, -3.0])
+def test_x_window_holds_every_pixel_q_can_produce_and_p_s_mass(g0):
+    """p(x | z_0) is coded on a window of pixel values: every x that the truncated q(z_0 | x)
+    can have produced lies in it, and it holds all but a negligible part of VDM's p(x | z_0)
+    over the 256 values (the window grows to the whole range when sigma_0 is large)."""
+    chain = DiffusionChain(gaussian_vdm(0.0, 0.5, g0=g0), ChainConfig(steps=8, grid_bits=2))
+    rng = np.random.default_rng(0)
+    x = np.concatenate([np.arange(256), rng.integers(0, 256, 1000)])
+    mean = chain.alpha[0] * (2.0 * (x + 0.5) / 256 - 1.0)
+    reach = Q_WINDOW_STDS * chain.sigma[0] + 2 * chain.delta[0]  # q's window, in latent units
+    z_0 = np.concatenate([mean - reach, mean + reach, mean + rng.uniform(-reach, reach, x.size)])
+    x = np.tile(x, 3)
+    lo, probs = chain._x_window(z_0)
+    assert probs.shape == (z_0.size, chain.x_width) and np.all((lo >= 0) & (lo + chain.x_width <= 256))
+    assert np.all((x >= lo) & (x < lo + chain.x_width))
+    if g0 >= -3.0:
+        assert chain.x_width == 256
+    vals = chain.alpha[0] * (2.0 * (np.arange(256) + 0.5) / 256 - 1.0)
+    full = -0.5 * ((z_0[:, None] - vals[None]) / chain.sigma[0]) ** 2
+    full = np.exp(full - full.max(axis=1, keepdims=True))
+    full /= full.sum(axis=1, keepdims=True)
+    inside = np.take_along_axis(full, lo[:, None] + np.arange(chain.x_width)[None], axis=1)
+    assert 1.0 - inside.sum(axis=1).min() < 1e-15
+    np.testing.assert_allclose(probs, inside / inside.sum(axis=1, keepdims=True), rtol=1e-9, atol=1e-300)
+
+
+@pytest.mark.parametrize("arithmetic", list(ARITHMETIC))
+def test_chain_round_trip_in_each_arithmetic_leaves_the_model_alone(tiny_vdm, arithmetic):
+    chain = DiffusionChain(tiny_vdm, ChainConfig(steps=3, grid_bits=4, arithmetic=arithmetic))
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 256, (2, 1, 9, 7), dtype=np.uint8)
+    init = chain_init_words(chain, x.size, rng)
+    msg = Message(init, sealed=True)
+    chain.push(msg, x)
+    np.testing.assert_array_equal(chain.pop(Message(msg.words()), x.shape), x)
+    convs = [m.weight for m in chain.network.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs and all(w.is_contiguous(memory_format=ARITHMETIC[arithmetic]) for w in convs)
+    # the caller's model keeps its layout (NCHW): the chain runs its own copy
+    assert all(m.weight.is_contiguous() for m in tiny_vdm.modules() if isinstance(m, torch.nn.Conv2d))
+
+
+def test_chain_and_codec_refuse_an_unknown_arithmetic(tiny_vdm):
+    with pytest.raises(ValueError, match="arithmetic"):
+        DiffusionChain(tiny_vdm, ChainConfig(steps=3, arithmetic="bfloat16"))
+    with pytest.raises(ValueError, match="arithmetic"):
+        Codec(tiny_vdm, {"name": "tiny"}, arithmetic="float64")
+    assert set(ARITHMETIC) == set(container.DTYPES)  # the wire table names every arithmetic
+
+
 def test_chain_with_too_few_initial_bits_raises(tiny_vdm):
     chain = DiffusionChain(tiny_vdm, ChainConfig(steps=3))
     x = np.random.default_rng(0).integers(0, 256, (2, 1, 6, 6), dtype=np.uint8)
@@ -462,6 +512,21 @@ def test_round_trip_mnist_archive(codec, mnist_path, force):
     # 2-d inputs come back 2-d
     blob2 = codec.compress([im[..., 0] for im in x[:3]], force_model=force)
     assert_same_images(codec.decompress(blob2), [im[..., 0] for im in x[:3]])
+
+
+@pytest.mark.parametrize("arithmetic", list(ARITHMETIC))
+def test_a_file_decodes_in_the_arithmetic_it_names(codec, tiny_model_dir, arithmetic):
+    """Files of either arithmetic decode with any codec: the decoder follows the header's dtype."""
+    rng = np.random.default_rng(11)
+    images = [rgb_seed(rng)] + [rng.integers(0, 256, (12, 10), dtype=np.uint8) for _ in range(3)]
+    writer = load_codec(tiny_model_dir, steps=2, arithmetic=arithmetic)
+    blob = writer.compress(images, force_model=True)
+    header = container.unpack(blob)[0]
+    assert header.dtype == arithmetic and "vdm" in header.image_methods()
+    other = next(a for a in ARITHMETIC if a != arithmetic)
+    reader = load_codec(tiny_model_dir, steps=2, arithmetic=other)  # what this reader would encode with
+    assert_same_images(reader.decompress(blob), images)
+    assert [k[2] for k in reader._chains] == [arithmetic]  # it ran the file's arithmetic, not its own
 
 
 def test_rgb_goes_classical_with_a_gray_model(codec):

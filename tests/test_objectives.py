@@ -17,10 +17,9 @@ from tests.helpers import gaussian_vdm, tiny_model_config
 from tests.test_diffusion import M, S, analytic_continuous, sample_data
 from vdmcodec.diffusion import VDM, ModelConfig, kl_step, log_variance_ratio, training_terms
 from vdmcodec.errors import DataError
-from vdmcodec.networks import NetworkConfig
 from vdmcodec.objective import ObjectiveConfig, edm_weight, truncated_normal_icdf
 from vdmcodec.preconditioning import Preconditioning, edm_coefficients, edm_vp_scales
-from vdmcodec.schedules import ScheduleConfig, ScheduleKind, alpha_sigma
+from vdmcodec.schedules import alpha_sigma
 from vdmcodec.stable_target import reference_mask, stf_eps_target
 from vdmcodec.training.config import RunConfig, TrainConfig, load_config
 from vdmcodec.training.resampler import LossSecondMomentResampler

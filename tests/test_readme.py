@@ -1,7 +1,6 @@
 """The README's first command runs (without its install part) and restores the sample."""
 import os
 import re
-import shlex
 import subprocess
 import sys
 from pathlib import Path

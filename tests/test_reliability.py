@@ -8,7 +8,6 @@ import dataclasses
 import os
 import signal
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest

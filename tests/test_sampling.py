@@ -19,7 +19,7 @@ from typer.testing import CliRunner
 from vdmcodec.diffusion import VDM, ModelConfig
 from vdmcodec.networks import NetworkConfig
 from vdmcodec.sampling.mixture import GaussianMixture, make_mixture  # noqa: F401  (GaussianMixture: used by tests below)
-from vdmcodec.sampling import (SAMPLERS, SCHEDULES, AdaptiveConfig, Denoiser, NoiseSource, ScoreOptimalCost,
+from vdmcodec.sampling import (SAMPLERS, SCHEDULES, AdaptiveConfig, NoiseSource, ScoreOptimalCost,
                                VDMDenoiser, adaptive_sigmas, generate, get_sampler, image_grid, karras_sigmas,
                                loglinear_sigmas, make_sigmas, model_sigmas, respace, sample_ancestral, sample_ddim,
                                sample_euler, sample_heun, score_optimal_cost, to_pixels)

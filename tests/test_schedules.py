@@ -2,7 +2,7 @@ import math
 import pytest
 import torch
 
-from vdmcodec.diffusion import VDM, ModelConfig, low_discrepancy_t
+from vdmcodec.diffusion import low_discrepancy_t
 from vdmcodec.schedules import ScheduleConfig, ScheduleKind, make_schedule
 
 T_GRID = torch.linspace(0, 1, 1001)

@@ -1,7 +1,6 @@
 """Trainer: learning happens, save/load is exact, resume continues, DDP under torchrun."""
 import json
 import os
-import shutil
 import subprocess
 import sys
 from dataclasses import replace

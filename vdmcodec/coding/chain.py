@@ -31,7 +31,8 @@ popping from a stack whose top was just written by the level below is the suspec
 
 Determinism: the coder's parameters are float64 numpy computed from (a) the schedule in
 float64 and (b) the network's float32 output on the float32 latent; the decoder feeds the
-network bit-identical inputs in the same batch shapes.
+network bit-identical inputs in the same batch shapes, in the same memory format (the
+container's dtype byte names it: ARITHMETIC below).
 """
 from __future__ import annotations
 
@@ -49,6 +50,14 @@ LOG2_SQRT_2PI_E = 0.5 * math.log2(2 * math.pi * math.e)
 MAX_CATEGORICAL_SYMBOLS = 1 << 17  # probability rows per constriction call (memory bound)
 WINDOW_STDS = 16.0  # p's coded window: +-16 std around its mean (then escape to raw bits)
 Q_WINDOW_STDS = 6.0  # q's support: truncated at +-6 std (mass outside: 2e-9)
+X_WINDOW_STDS = 12.0  # p(x | z_0)'s window holds at least +-12 std of its mass (outside: 2e-32)
+
+
+# The network arithmetics a chain can run, by the name the container records (its dtype
+# byte): float32 on NCHW activations, or on channels_last (NHWC) ones, which oneDNN runs
+# faster on photo-sized inputs (benchmarks/results/coding_arithmetic.md). Each replays itself
+# exactly; the two differ in the last bits, so a file decodes with the arithmetic it names.
+ARITHMETIC = {"float32": torch.contiguous_format, "float32-nhwc": torch.channels_last}
 
 
 @dataclass(frozen=True)
@@ -56,6 +65,7 @@ class ChainConfig:
     steps: int = 100    # T
     grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (see above)
     whiten: bool = True  # mask the stack top before each posterior pop
+    arithmetic: str = "float32"  # a key of ARITHMETIC
 
 
 class DiffusionChain:
@@ -66,7 +76,13 @@ class DiffusionChain:
             raise ValueError(f"steps must be >= 1, got {cfg.steps}")
         if not 0 <= cfg.grid_bits <= 16:
             raise ValueError(f"grid_bits must be in [0, 16], got {cfg.grid_bits}")
+        if cfg.arithmetic not in ARITHMETIC:
+            raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {cfg.arithmetic!r}")
         self.model, self.cfg = model, cfg
+        self._memory_format = ARITHMETIC[cfg.arithmetic]
+        # the network in that layout (a copy, so other users of the model keep theirs)
+        self.network = (model if self._memory_format == torch.contiguous_format
+                        else copy.deepcopy(model).to(memory_format=self._memory_format))
         T = cfg.steps
         sched = copy.deepcopy(model.gamma).to("cpu").double()
         with torch.no_grad():
@@ -88,6 +104,12 @@ class DiffusionChain:
         if not (np.all(self.std_q > 0) and np.all(self.std_p > 0)):
             raise ValueError("the schedule is not strictly increasing on this T: a step has zero variance")
         self.delta = 2.0 ** (-cfg.grid_bits) * np.minimum(self.std_q, self.std_p)
+        # p(x | z_0)'s window (_x_window): z_0 lies within (Q_WINDOW_STDS sigma_0 + 2 delta_0) of
+        # alpha_0 x, so x lies within twice that of the value nearest to z_0 / alpha_0
+        step = self.alpha[0] * 2.0 / VOCAB  # alpha_0 times the spacing of the scaled pixel values
+        reach = max(2.0 * (Q_WINDOW_STDS * self.sigma[0] + 2.0 * self.delta[0]), X_WINDOW_STDS * self.sigma[0])
+        self.x_half = min(VOCAB - 1, math.ceil(reach / step) + 1)
+        self.x_width = min(VOCAB, 2 * self.x_half + 1)
         # latent symbols are int32 (escapes code them raw): |z| up to 64 must fit
         if (64.0 / self.delta).max() >= 2**31 - 1:
             raise ValueError("latent grid too fine for 32-bit symbols; lower grid_bits")
@@ -114,10 +136,10 @@ class DiffusionChain:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
         and beta), else None (std_p)."""
-        device = next(self.model.parameters()).device
-        z32 = torch.from_numpy(z_i.astype(np.float32)).to(device)
+        device = next(self.network.parameters()).device
+        z32 = torch.from_numpy(z_i.astype(np.float32)).to(device).contiguous(memory_format=self._memory_format)
         gam = self.gamma_f32[i].expand(z32.shape[0]).to(device)
-        eps_hat, v = self.model.eps_and_v(z32, gam)
+        eps_hat, v = self.network.eps_and_v(z32, gam)
         eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
         g_t, g_s = self.gamma[i], self.gamma[i - 1]
         c = -math.expm1(g_s - g_t)
@@ -155,26 +177,42 @@ class DiffusionChain:
         s = np.full(mean.size, self.std_p[i] / d) if std is None else np.asarray(std, dtype=np.float64).ravel() / d
         return windowed_gaussian(mean.ravel() / d, s, math.ceil(WINDOW_STDS * s.max()))
 
-    def _x_probs(self, z_0: np.ndarray) -> np.ndarray:
-        """p(x | z_0) as probability rows [n, 256], float64 (VDM's decoder)."""
-        x_vals = scale_pixels(torch.arange(VOCAB)).double().numpy()
-        logits = -0.5 * ((z_0.reshape(-1, 1) - self.alpha[0] * x_vals[None]) / self.sigma[0]) ** 2
+    def _x_window(self, z_0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """p(x | z_0) (VDM's decoder) on a window of pixel values around z_0 / alpha_0: the
+        window's first value per element ([n] int) and its probability rows ([n, W], float64).
+
+        sigma_0 is a small fraction of a pixel step, so nearly all of p's mass sits on one or
+        two values; the window (self.x_half each side of the value nearest to z_0 / alpha_0,
+        shifted inside 0..255 at the ends) holds every x that q(z_0 | x), truncated at
+        Q_WINDOW_STDS, can have produced, and p's mass beyond X_WINDOW_STDS std. Rows over
+        the whole range cost 256 float64 per subpixel, most of a photo's non-network time."""
+        W = self.x_width
+        z = z_0.reshape(-1)
+        nearest = np.clip(np.rint((z / self.alpha[0] + 1.0) * VOCAB / 2.0 - 0.5), 0, VOCAB - 1)
+        lo = np.clip(nearest.astype(np.int64) - self.x_half, 0, VOCAB - W)
+        x_vals = self.alpha[0] * (2.0 * (lo[:, None] + np.arange(W)[None] + 0.5) / VOCAB - 1.0)
+        logits = -0.5 * ((z[:, None] - x_vals) / self.sigma[0]) ** 2
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
-        return p / p.sum(axis=1, keepdims=True)
+        return lo, p / p.sum(axis=1, keepdims=True)
 
     def _push_x(self, msg: Message, x: np.ndarray, z_0: np.ndarray) -> None:
-        xf, zf = x.ravel(), z_0.ravel()
+        xf, zf = x.ravel().astype(np.int64), z_0.ravel()
         starts = list(range(0, xf.size, MAX_CATEGORICAL_SYMBOLS))
         for s in reversed(starts):  # push in reverse so that pops run forward
             e = s + MAX_CATEGORICAL_SYMBOLS
-            categorical(self._x_probs(zf[s:e])).push(msg, xf[s:e].astype(np.int32))
+            lo, probs = self._x_window(zf[s:e])
+            sym = xf[s:e] - lo
+            if sym.min() < 0 or sym.max() >= self.x_width:  # cannot happen with a truncated q: loud if it does
+                raise RuntimeError("a pixel lies outside p(x | z_0)'s window")
+            categorical(probs).push(msg, sym.astype(np.int32))
 
     def _pop_x(self, msg: Message, z_0: np.ndarray) -> np.ndarray:
         zf = z_0.ravel()
         parts = []
         for s in range(0, zf.size, MAX_CATEGORICAL_SYMBOLS):
-            parts.append(categorical(self._x_probs(zf[s : s + MAX_CATEGORICAL_SYMBOLS])).pop(msg))
+            lo, probs = self._x_window(zf[s : s + MAX_CATEGORICAL_SYMBOLS])
+            parts.append(categorical(probs).pop(msg) + lo)
         return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
 
     # ---- the chain -----------------------------------------------------------------------

@@ -25,7 +25,7 @@ import platform
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import torch
@@ -34,12 +34,13 @@ from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, 
 from ..zoo import load_model
 from . import classical, tiles
 from .ans import EmptyMessageError, Message
-from .chain import ChainConfig, DiffusionChain
-from .container import (HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, Header,
+from .chain import ARITHMETIC, ChainConfig, DiffusionChain
+from .container import (DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, Header,
                         pack, run_length, unpack)
 
 DEFAULT_STEPS = 128
 DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
+DEFAULT_ARITHMETIC = "float32-nhwc"  # measured: benchmarks/results/coding_arithmetic.md
 MAX_CHUNK_IMAGES = 64
 MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound; larger images are coded classically
 INIT_MARGINS = (1.1, 1.5, 3.0)  # safety factors on the estimated initial bits, tried in turn
@@ -141,22 +142,25 @@ class Codec:
     """Lossless compression with one VDM. ``steps`` is the default T of ``compress``."""
 
     def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
-                 tile: int = tiles.DEFAULT_TILE):
+                 tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC):
+        if arithmetic not in ARITHMETIC:
+            raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
+        self.arithmetic = arithmetic  # what compress runs; decompress runs what the file names
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
-        self._chains: dict[tuple[int, int], DiffusionChain] = {}
+        self._chains: dict[tuple[int, int, str], DiffusionChain] = {}
 
     @property
     def channels(self) -> int:
         return self.model.cfg.network.image_channels
 
-    def chain(self, steps: int, grid_bits: int) -> DiffusionChain:
-        key = (steps, grid_bits)
+    def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None) -> DiffusionChain:
+        key = (steps, grid_bits, arithmetic or self.arithmetic)
         if key not in self._chains:
             if len(self._chains) >= MAX_CACHED_CHAINS:  # files choose (steps, grid_bits): keep memory bounded
                 self._chains.pop(next(iter(self._chains)))
-            self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits))
+            self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits, arithmetic=key[2]))
         return self._chains[key]
 
     # ---- compress --------------------------------------------------------------------
@@ -237,7 +241,7 @@ class Codec:
             steps=T if uses_model else 0,
             grid_bits=self.grid_bits if uses_model else 0,
             torch=torch.__version__ if uses_model else "",
-            dtype="float32",
+            dtype=self.arithmetic if uses_model else DTYPES[0],
             threads=torch.get_num_threads() if uses_model else 0,
             shapes=run_length([tuple(e.pixels.shape) for e in entries]),
             names={"sequence": ["", 5, ".png"]} if names == seq else {"list": names},
@@ -377,7 +381,7 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
             if size > MAX_CHUNK_IMAGES or size * math.prod(shapes[order[start]]) > MAX_CHUNK_SUBPIXELS:
                 raise FormatError("corrupted header (a chunk is larger than the encoder writes)")
         try:
-            chain = codec.chain(header.steps, header.grid_bits)
+            chain = codec.chain(header.steps, header.grid_bits, header.dtype)
         except ValueError as e:  # steps / grid_bits this model cannot run: a forged header
             raise FormatError(f"invalid header for this model ({e})") from None
         msg = Message.from_bytes(payload)
@@ -476,10 +480,13 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
 
 
-def load_codec(name_or_dir: str | Path | None = None, steps: int = DEFAULT_STEPS, device: str = "cpu") -> Codec:
-    """A Codec for a shipped model name (default: the default model) or a model directory."""
+def load_codec(name_or_dir: str | Path | None = None, steps: int = DEFAULT_STEPS, device: str = "cpu",
+               arithmetic: str = DEFAULT_ARITHMETIC) -> Codec:
+    """A Codec for a shipped model name (default: the default model) or a model directory.
+    ``arithmetic`` is what compress runs (a key of coding.chain.ARITHMETIC); decompress runs
+    whichever a file names."""
     model, info = load_model(name_or_dir, device=device)
-    return Codec(model, info, steps=steps)
+    return Codec(model, info, steps=steps, arithmetic=arithmetic)
 
 
 def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress: bool = False,

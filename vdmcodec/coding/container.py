@@ -1,10 +1,10 @@
-"""The .vdmc container (format version 2): a compact binary header, then the payload.
+"""The .vdmc container (format version 3): a compact binary header, then the payload.
 
 Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (2)
+    4       1     format version (3)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
     5+v+H   P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
@@ -23,10 +23,10 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
-from .tilegrid import MAX_TILE, TileLayout, check_layout, encode_layout, parse_layout
+from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
-VERSION = 2
+VERSION = 3
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
@@ -38,7 +38,7 @@ MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
 METHODS = ("vdm", "png", "webp", "tiled")
 MODEL_METHODS = ("vdm", "tiled")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
-DTYPES = ("float32",)
+DTYPES = ("float32", "float32-nhwc")  # the network arithmetic (coding/chain.py: ARITHMETIC)
 DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
 
 _F_MODEL, _F_NAME_LIST, _F_NAME_SEQ, _F_SQUEEZE, _F_SQUEEZE_ALL, _F_TILED = 1, 2, 4, 8, 64, 128

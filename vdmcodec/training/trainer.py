@@ -18,15 +18,14 @@ import signal
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import PatchSampler, to_tensor
-from ..diffusion import VDM, low_discrepancy_t, training_terms
+from ..diffusion import VDM, low_discrepancy_t
 from ..errors import DataError
-from ..likelihood import bpd_continuous, mean_and_stderr, nats_to_bpd
+from ..likelihood import bpd_continuous, mean_and_stderr
 from ..objective import Target, TimeSampling
 from ..zoo import atomic_write_bytes, save_model
 from .config import RunConfig
