@@ -122,9 +122,10 @@ def report(results: list[dict], args, meta: dict, plot_path: Path) -> list[str]:
     lines = [
         "# Network architecture for MNIST: validation bpd per CPU-hour", "",
         f"Command: `{meta['command']}`", "",
-        f"Started {meta['started']}; git {meta['git']}. Machine: {m['cpu']}, {m['torch_threads']} torch thread(s), "
-        f"torch {m['torch']}, 1-minute load average {m['load_average_1min']:.2f} at the start (other work shared the "
-        "2 cores; the budget is this process's CPU time, not wall time).", "",
+        f"Report written {meta['started']}; git {meta['git']}. Machine: {m['cpu']}, {m['torch_threads']} torch "
+        f"thread(s), torch {m['torch']}. Curves trained by earlier runs of this command are reused (from OUT or the "
+        "store), so other work may have shared the 2 cores while they trained: the budget is each training "
+        "process's own CPU time, not wall time.", "",
         f"Budget, the same for every row: {args.cpu_minutes:g} CPU-minutes of training at batch {args.batch}, from "
         f"scratch, the shipped `configs/mnist.json` otherwise (images 0-7999, seed of the config). Validation: EMA "
         f"weights, continuous-time -ELBO on images 8000-{8000 + args.val_images - 1} (4 stratified t per image, the "
