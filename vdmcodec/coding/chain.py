@@ -106,7 +106,8 @@ class DiffusionChain:
         self.delta = 2.0 ** (-cfg.grid_bits) * np.minimum(self.std_q, self.std_p)
         # p(x | z_0)'s window (_x_window): z_0 lies within (Q_WINDOW_STDS sigma_0 + 2 delta_0) of
         # alpha_0 x, so x lies within twice that of the value nearest to z_0 / alpha_0
-        step = self.alpha[0] * 2.0 / VOCAB  # alpha_0 times the spacing of the scaled pixel values
+        self.x_means = self.alpha[0] * scale_pixels(torch.arange(VOCAB)).double().numpy()  # alpha_0 x, increasing
+        step = float(np.diff(self.x_means).min())  # alpha_0 times the spacing of the scaled pixel values
         reach = max(2.0 * (Q_WINDOW_STDS * self.sigma[0] + 2.0 * self.delta[0]), X_WINDOW_STDS * self.sigma[0])
         self.x_half = min(VOCAB - 1, math.ceil(reach / step) + 1)
         self.x_width = min(VOCAB, 2 * self.x_half + 1)
@@ -188,10 +189,10 @@ class DiffusionChain:
         the whole range cost 256 float64 per subpixel, most of a photo's non-network time."""
         W = self.x_width
         z = z_0.reshape(-1)
-        nearest = np.clip(np.rint((z / self.alpha[0] + 1.0) * VOCAB / 2.0 - 0.5), 0, VOCAB - 1)
-        lo = np.clip(nearest.astype(np.int64) - self.x_half, 0, VOCAB - W)
-        x_vals = self.alpha[0] * (2.0 * (lo[:, None] + np.arange(W)[None] + 0.5) / VOCAB - 1.0)
-        logits = -0.5 * ((z[:, None] - x_vals) / self.sigma[0]) ** 2
+        right = np.clip(np.searchsorted(self.x_means, z), 1, VOCAB - 1)  # x_means[right - 1] <= z < x_means[right]
+        nearest = right - (z - self.x_means[right - 1] < self.x_means[right] - z)
+        lo = np.clip(nearest - self.x_half, 0, VOCAB - W)
+        logits = -0.5 * ((z[:, None] - self.x_means[lo[:, None] + np.arange(W)[None]]) / self.sigma[0]) ** 2
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
         return lo, p / p.sum(axis=1, keepdims=True)
