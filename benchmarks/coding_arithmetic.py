@@ -27,7 +27,7 @@ from PIL import Image
 
 from benchmarks.ablation import start
 from benchmarks.mnist import resolve_data
-from vdmcodec.bench import network_timer
+from vdmcodec.bench import _same, network_timer
 from vdmcodec.coding.chain import ARITHMETIC
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.data import load_array
@@ -58,7 +58,7 @@ def time_case(model: str, images: list[np.ndarray], steps: int, repeats: int) ->
             with network_timer(codec, steps) as net_d:
                 out = codec.decompress(blob)
                 t2 = time.perf_counter()
-            if len(out) != len(images) or any(not np.array_equal(o, i) for o, i in zip(out, images)):
+            if not _same(out, images):
                 raise SystemExit(f"{model}, {a}: the round trip is not exact")
             for k, v in zip(keys, (t1 - t0, t2 - t1, net_c["seconds"], net_d["seconds"])):
                 row[a][k].append(v)
