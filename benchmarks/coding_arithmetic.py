@@ -1,18 +1,20 @@
-"""Which network arithmetic the codec should run: float32 on NCHW activations or on
-channels_last (NHWC) ones (coding/chain.py: ARITHMETIC), timed end to end.
+"""Which network arithmetic the codec should run: float32 on NCHW activations, on
+channels_last (NHWC) ones, or bfloat16 autocast on NHWC (coding/chain.py: ARITHMETIC), timed
+end to end, with what each costs in file size.
 
 python -m benchmarks.coding_arithmetic [--steps 16] [--repeats 2] [--threads 1]
     [--photo ../shared/data/natural/CSet14/baboon.png] [--crop 256] [--digits 32]
     [--out benchmarks/results/coding_arithmetic.md]
 
 Two cases, each with its shipped model: a photo crop (the natural model; tiled coding) and an
-archive of MNIST validation digits (the MNIST model). For every case, both arithmetics
-compress and then decompress the same images, alternating arithmetic within each repeat so
-that a shared machine's load falls on both alike; every decode is checked bit-exact, and the
-file sizes are reported (the two arithmetics' files differ only by the network's last-bit
-differences). Timings are wall-clock seconds, the minimum over repeats, model loading
-excluded, with the share spent in the network calls (vdmcodec.bench.network_timer); a ratio
-NCHW / NHWC above 1 means channels_last is faster. Writes OUT (markdown)
+archive of MNIST validation digits (the MNIST model). For every case, every arithmetic
+compresses and then decompresses the same images, alternating arithmetic within each repeat so
+that a shared machine's load falls on all alike; every decode is checked bit-exact, and the
+file sizes are reported (the float32 files differ only by the network's last-bit differences;
+bfloat16 moves the network's output by about 2^-8 of itself). Timings are wall-clock seconds,
+the minimum over repeats, model loading excluded, with the share spent in the network calls
+(vdmcodec.bench.network_timer); a time ratio float32 NCHW / other above 1 means the other is
+faster. Writes OUT (markdown)
 and OUT with suffix .json (the raw numbers).
 """
 from __future__ import annotations
@@ -68,7 +70,7 @@ def time_case(model: str, images: list[np.ndarray], steps: int, repeats: int) ->
 
 def report(cases: dict, args, meta: dict) -> list[str]:
     m = meta["machine"]
-    lines = ["# Coding arithmetic: float32 NCHW vs channels_last (NHWC)", "",
+    lines = ["# Coding arithmetic: float32 NCHW vs channels_last (NHWC) vs bfloat16 NHWC", "",
              f"Command: `{meta['command']}`", "",
              f"Date: {meta['started']}; commit {meta['git']}; machine: {m['cpu']} ({m['cpu_count']} logical CPUs), "
              f"{args.threads} torch thread(s), torch {m['torch']}; 1-minute load average at the start "
@@ -84,13 +86,18 @@ def report(cases: dict, args, meta: dict) -> list[str]:
                          f"{min(r['compress_network_s']):.2f} | {min(r['decompress_s']):.2f} | "
                          f"{min(r['decompress_network_s']):.2f} | {r['bytes']:,} | "
                          f"{8 * r['bytes'] / c['subpixels']:.4f} |")
-    lines += ["", "Ratios NCHW / NHWC of the minima (above 1: channels_last is faster):", "",
-              "| case | compress | decompress | network in compress | network in decompress |",
-              "|---|---:|---:|---:|---:|"]
+    lines += ["", "Time ratios float32 (NCHW) / arithmetic of the minima (above 1: faster than float32 NCHW), "
+              "and file size relative to float32 NCHW's:", "",
+              "| case | arithmetic | compress | decompress | network in compress | network in decompress | file size |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for name, c in cases.items():
-        a, b = c["row"]["float32"], c["row"]["float32-nhwc"]
-        lines.append("| " + name + " | " + " | ".join(f"{min(a[k]) / min(b[k]):.2f}" for k in (
-            "compress_s", "decompress_s", "compress_network_s", "decompress_network_s")) + " |")
+        a = c["row"]["float32"]
+        for other, b in c["row"].items():
+            if other == "float32":
+                continue
+            lines.append(f"| {name} | {other} | " + " | ".join(f"{min(a[k]) / min(b[k]):.2f}" for k in (
+                "compress_s", "decompress_s", "compress_network_s", "decompress_network_s"))
+                + f" | {b['bytes'] / a['bytes'] - 1:+.2%} |")
     return lines
 
 

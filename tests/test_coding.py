@@ -14,6 +14,8 @@ Everything runs the untrained tiny model with T = 2..4 on tiny images.
 """
 from __future__ import annotations
 
+import copy
+
 import dataclasses
 import math
 import subprocess
@@ -443,9 +445,28 @@ def test_chain_round_trip_in_each_arithmetic_leaves_the_model_alone(tiny_vdm, ar
     chain.push(msg, x)
     np.testing.assert_array_equal(chain.pop(Message(msg.words()), x.shape), x)
     convs = [m.weight for m in chain.network.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(w.is_contiguous(memory_format=ARITHMETIC[arithmetic]) for w in convs)
-    # the caller's model keeps its layout (NCHW): the chain runs its own copy
+    assert convs and all(w.is_contiguous(memory_format=ARITHMETIC[arithmetic].memory_format) for w in convs)
+    assert chain.network.amp_dtype == ARITHMETIC[arithmetic].autocast
+    # the caller's model keeps its layout (NCHW) and precision: the chain runs its own copy
     assert all(m.weight.is_contiguous() for m in tiny_vdm.modules() if isinstance(m, torch.nn.Conv2d))
+    assert tiny_vdm.amp_dtype is None
+
+
+def test_bfloat16_arithmetic_really_runs_reduced_precision_and_replays_itself(tiny_vdm):
+    model = copy.deepcopy(tiny_vdm)
+    torch.manual_seed(0)
+    with torch.no_grad():  # the untrained output layer is zero: give every weight a value
+        for p in model.net.parameters():
+            p.copy_(0.2 * torch.randn_like(p))
+    z = np.random.default_rng(2).standard_normal((2, 1, 9, 7))
+    means = {}
+    for a in ("float32-nhwc", "bfloat16-nhwc"):
+        chain = DiffusionChain(model, ChainConfig(steps=3, arithmetic=a))
+        first, again = chain._p_mean(z, 2)[0], chain._p_mean(z.copy(), 2)[0]
+        np.testing.assert_array_equal(first, again)  # the decoder's call gives the encoder's bits
+        means[a] = first
+    diff = np.abs(means["float32-nhwc"] - means["bfloat16-nhwc"])
+    assert 0 < diff.max() < 0.05  # bfloat16's 8-bit mantissa shows, and stays small
 
 
 def test_chain_and_codec_refuse_an_unknown_arithmetic(tiny_vdm):

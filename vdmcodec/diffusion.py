@@ -89,7 +89,7 @@ class VDM(nn.Module):
         self.gamma: NoiseSchedule = make_schedule(cfg.schedule)
         self.net = Denoiser(cfg.network)
 
-    amp_dtype: torch.dtype | None = None  # autocast dtype for the network (training only)
+    amp_dtype: torch.dtype | None = None  # autocast dtype for the network (training; the codec's bfloat16 arithmetic)
 
     # ---- the denoiser -------------------------------------------------------------
     def t_norm(self, gamma_t: torch.Tensor) -> torch.Tensor:

@@ -30,9 +30,10 @@ popping from a stack whose top was just written by the level below is the suspec
 ``_whiten``). At 2 bits the rate is within the measurement noise of the ELBO.
 
 Determinism: the coder's parameters are float64 numpy computed from (a) the schedule in
-float64 and (b) the network's float32 output on the float32 latent; the decoder feeds the
-network bit-identical inputs in the same batch shapes, in the same memory format (the
-container's dtype byte names it: ARITHMETIC below).
+float64 and (b) the network's output (float32, or bfloat16 autocast's, cast to float32) on
+the float32 latent; the decoder feeds the network bit-identical inputs in the same batch
+shapes, memory format and precision (the container's dtype byte names them: ARITHMETIC
+below).
 """
 from __future__ import annotations
 
@@ -53,11 +54,25 @@ Q_WINDOW_STDS = 6.0  # q's support: truncated at +-6 std (mass outside: 2e-9)
 X_WINDOW_STDS = 12.0  # p(x | z_0)'s window holds at least +-12 std of its mass (outside: 2e-32)
 
 
+@dataclass(frozen=True)
+class Arithmetic:
+    """How the chain runs the network: the activations' memory format and, if any, the
+    reduced precision of autocast (the latent goes in as float32 and the outputs come back
+    as float32 either way)."""
+
+    memory_format: torch.memory_format
+    autocast: torch.dtype | None = None
+
+
 # The network arithmetics a chain can run, by the name the container records (its dtype
-# byte): float32 on NCHW activations, or on channels_last (NHWC) ones, which oneDNN runs
-# faster on photo-sized inputs (benchmarks/results/coding_arithmetic.md). Each replays itself
-# exactly; the two differ in the last bits, so a file decodes with the arithmetic it names.
-ARITHMETIC = {"float32": torch.contiguous_format, "float32-nhwc": torch.channels_last}
+# byte): float32 on NCHW activations, on channels_last (NHWC) ones, which oneDNN runs
+# faster on photo-sized inputs, or bfloat16 autocast on NHWC (faster again where the CPU has
+# bf16 instructions; the models are trained under the same autocast). Measured in
+# benchmarks/results/coding_arithmetic.md. Each replays itself exactly on one machine; they
+# differ in the last bits, so a file decodes with the arithmetic it names.
+ARITHMETIC = {"float32": Arithmetic(torch.contiguous_format),
+              "float32-nhwc": Arithmetic(torch.channels_last),
+              "bfloat16-nhwc": Arithmetic(torch.channels_last, torch.bfloat16)}
 
 
 @dataclass(frozen=True)
@@ -79,10 +94,15 @@ class DiffusionChain:
         if cfg.arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {cfg.arithmetic!r}")
         self.model, self.cfg = model, cfg
-        self._memory_format = ARITHMETIC[cfg.arithmetic]
-        # the network in that layout (a copy, so other users of the model keep theirs)
-        self.network = (model if self._memory_format == torch.contiguous_format
-                        else copy.deepcopy(model).to(memory_format=self._memory_format))
+        self.arithmetic = ARITHMETIC[cfg.arithmetic]
+        self._memory_format = self.arithmetic.memory_format
+        # the network in that layout and precision (a copy unless the model already runs
+        # them, so other users of the model keep theirs)
+        if self._memory_format == torch.contiguous_format and model.amp_dtype == self.arithmetic.autocast:
+            self.network = model
+        else:
+            self.network = copy.deepcopy(model).to(memory_format=self._memory_format)
+            self.network.amp_dtype = self.arithmetic.autocast
         T = cfg.steps
         sched = copy.deepcopy(model.gamma).to("cpu").double()
         with torch.no_grad():
