@@ -209,6 +209,8 @@ def run_technique(name: str, cfg: RunConfig, out: Path, data: DataSpec, val: np.
     trainer = Trainer(cfg, d, data, resume=resume, progress=not args.no_progress, card={"name": f"ablation-{name}"})
     start_step, wall0 = trainer.step, time.perf_counter()
     trainer.fit(cfg.train.steps)
+    if trainer.step < cfg.train.steps:  # stopped by a signal: saved, never measured half-trained
+        raise SystemExit(f"{name}: interrupted at step {trainer.step} of {cfg.train.steps} (saved; run again to resume)")
     train_wall = time.perf_counter() - wall0
     trainer.ema.eval()
     t0 = time.perf_counter()
