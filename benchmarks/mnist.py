@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from vdmcodec.bench import compare, format_speed, format_table, measure_archive, measure_elbo, speed_summary
-from vdmcodec.coding.codec import DEFAULT_STEPS, load_codec
+from vdmcodec.coding.codec import load_codec
 from vdmcodec.data import load_array
 from vdmcodec.training.trainer import parse_range
 
@@ -230,7 +230,8 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="MNIST IDX file (or any dataset file / folder)")
     ap.add_argument("--range", default="8000:9000", help="START:STOP slice of the data (validation split)")
     ap.add_argument("--limit", type=int, default=None, help="use only the first N images of the range")
-    ap.add_argument("--steps", type=int, default=DEFAULT_STEPS, help="T for the main table and the speed figures")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="T for the main table and the speed figures (default: the model card's coding_steps, else the codec's)")
     ap.add_argument("--sweep", default="8,16,32,64,128,256,1024", help="comma-separated T values ('' for none)")
     ap.add_argument("--sweep-limit", type=int, default=100, help="images used for the sweep (the first N)")
     ap.add_argument("--sweep-archive-max", type=int, default=256, help="build real archives in the sweep only up to this T")
@@ -261,6 +262,7 @@ def main(argv=None):
     images = [np.ascontiguousarray(im) for im in arr]
     t0 = time.perf_counter()
     codec = load_codec(args.model, steps=args.steps)
+    args.steps = codec.steps
     load_s = time.perf_counter() - t0
     meta = {"command": "python -m benchmarks.mnist " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

@@ -27,7 +27,7 @@ import torch
 
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.bench import _same, image_codecs, tiled_seeds
-from vdmcodec.coding.codec import DEFAULT_STEPS, load_codec
+from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.container import MODEL_METHODS, unpack
 from vdmcodec.data import ImageItem, load_items, to_tensor
 from vdmcodec.evaluate import evaluate
@@ -328,7 +328,7 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--model", default="natural", help="shipped model name or model directory")
-    ap.add_argument("--steps", type=int, default=None, help=f"T (default: the codec's, {DEFAULT_STEPS})")
+    ap.add_argument("--steps", type=int, default=None, help="T (default: the model card's coding_steps, else the codec's)")
     ap.add_argument("--data", type=Path, default=DATA, help="folder holding the sets")
     ap.add_argument("--sets", default="CSet14,CSet5", help="comma-separated set folders under --data")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set")
@@ -346,7 +346,7 @@ def main(argv=None):
         print(json.dumps(memory_probe(args.model, h, w, args.steps or 2)))
         return
     t0 = time.perf_counter()
-    codec = load_codec(args.model, steps=args.steps or DEFAULT_STEPS)
+    codec = load_codec(args.model, steps=args.steps)
     load_s = time.perf_counter() - t0
     T = codec.steps
     codecs, missing = image_codecs()

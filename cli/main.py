@@ -127,15 +127,21 @@ def eval_cmd(
 
 @app.command()
 def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
-    """List the shipped models (name, data, validation bpd, size)."""
+    """List the shipped models (name, data, validation bpd, training steps, coding defaults, size)."""
+    from vdmcodec.coding.codec import coding_defaults
+    from vdmcodec.errors import ModelError
     from vdmcodec.zoo import read_card, shipped_models
 
     rows = []
     for d in shipped_models():
         card = read_card(d).get("card", {})
         size = sum(f.stat().st_size for f in d.iterdir() if f.is_file())
+        try:
+            coding_steps, arithmetic = coding_defaults({"dir": str(d), "card": card})
+        except ModelError:  # a bad card: listed, and load_codec names the problem
+            coding_steps, arithmetic = None, None
         rows.append({"name": d.name, "data": card.get("data"), "val_bpd": card.get("val_bpd_continuous"),
-                     "steps": card.get("steps"), "bytes": size})
+                     "steps": card.get("steps"), "coding_steps": coding_steps, "coding_arithmetic": arithmetic, "bytes": size})
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -143,7 +149,8 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
         typer.echo("no shipped models")
     for r in rows:
         bpd = f"{r['val_bpd']:.4f}" if isinstance(r["val_bpd"], (int, float)) else "n/a"
-        typer.echo(f"{r['name']:<12} data={r['data']}  val_bpd={bpd}  steps={r['steps']}  size={r['bytes'] / 1e6:.1f} MB")
+        typer.echo(f"{r['name']:<12} data={r['data']}  val_bpd={bpd}  steps={r['steps']}  "
+                   f"codes with T={r['coding_steps']} {r['coding_arithmetic']}  size={r['bytes'] / 1e6:.1f} MB")
 
 
 from cli.sampling import register as _register_sampling; _register_sampling(app)  # noqa: E402,E702

@@ -62,9 +62,14 @@ def test_eval_json_on_folder(tmp_path, tiny_model_dir):
 
 
 def test_models_lists_shipped():
+    from vdmcodec.coding.chain import ARITHMETIC
+
     res = runner.invoke(app, ["models", "--json"])
     assert res.exit_code == 0
-    json.loads(res.stdout)
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert {"mnist", "natural"} <= set(rows)
+    for r in rows.values():  # every shipped card names valid coding defaults (or none: the codec's)
+        assert isinstance(r["coding_steps"], int) and r["coding_steps"] >= 1 and r["coding_arithmetic"] in ARITHMETIC
 
 
 def _digits(tmp_path, n=3):

@@ -192,3 +192,51 @@ def test_schedule_endpoints_get_the_vlb_gradient(tmp_path, mnist_path, kind):
         want = a if id(p) in ends else b
         want = torch.zeros_like(p) if want is None else want
         torch.testing.assert_close(captured[n], want, rtol=2e-4, atol=1e-7, msg=f"{kind}: {n}")
+
+
+def _eval_line(step: int, bpd: float) -> str:
+    return json.dumps({"eval": True, "step": step, "cpu_hours": step / 1000, "val_bpd": bpd, "val_bpd_se": 0.1})
+
+
+def test_reship_keeps_earlier_history_and_coding_defaults(tmp_path):
+    """A run resumed on a fresh machine logs only its own evaluations: shipping it over an
+    earlier ship keeps the earlier ones, the image size and the coding defaults, and the
+    codec then codes with the card's T and arithmetic unless told otherwise."""
+    from vdmcodec.coding.codec import DEFAULT_ARITHMETIC, DEFAULT_STEPS, load_codec
+    from vdmcodec.diffusion import VDM
+    from vdmcodec.errors import ModelError
+    from vdmcodec.training.ship import ship
+    from vdmcodec.zoo import save_model
+
+    torch.manual_seed(0)
+    run, out = tmp_path / "run", tmp_path / "shipped"
+    save_model(run, VDM(tiny_model_config()), {"name": "tiny", "steps": 4000})
+    (run / "train.log").write_text("\n".join([_eval_line(3000, 2.5), '{"step": 3500}', _eval_line(4000, 2.4)]) + "\n")
+    ship(run, out, None, checkpoint=False, notes=None)
+    card = load_model(out)[1]["card"]
+    assert [e["step"] for e in card["eval_history"]] == [3000, 4000] and "coding_steps" not in card
+    codec = load_codec(out)
+    assert (codec.steps, codec.arithmetic) == (DEFAULT_STEPS, DEFAULT_ARITHMETIC)
+
+    ship(run, out, [28, 28], checkpoint=False, notes=None, coding_steps=24, coding_arithmetic="bfloat16-nhwc")
+    # an earlier ship held evaluations from before this run's log (steps 1000, 2000, and an older 3000)
+    meta = json.loads((out / "model.json").read_text())
+    meta["card"]["eval_history"] = [{"step": s, "cpu_hours": 0.0, "val_bpd": 9.0, "val_bpd_se": 0.1} for s in (1000, 2000, 3000)]
+    (out / "model.json").write_text(json.dumps(meta))
+    ship(run, out, None, checkpoint=False, notes=None)  # a later ship names none of them
+    card = load_model(out)[1]["card"]
+    assert [(e["step"], e["val_bpd"]) for e in card["eval_history"]] == [(1000, 9.0), (2000, 9.0), (3000, 2.5), (4000, 2.4)]
+    assert (card["image_size"], card["coding_steps"], card["coding_arithmetic"]) == ([28, 28], 24, "bfloat16-nhwc")
+    codec = load_codec(out)
+    assert (codec.steps, codec.arithmetic) == (24, "bfloat16-nhwc")
+    codec = load_codec(out, steps=5, arithmetic="float32")
+    assert (codec.steps, codec.arithmetic) == (5, "float32")
+
+    with pytest.raises(ValueError, match="coding_arithmetic"):
+        ship(run, out, None, checkpoint=False, notes=None, coding_arithmetic="float16")
+    for bad in ({"coding_steps": 0}, {"coding_steps": "64"}, {"coding_arithmetic": "int8"}):
+        meta = json.loads((out / "model.json").read_text())
+        meta["card"] = {**meta["card"], "coding_steps": 24, "coding_arithmetic": "float32", **bad}
+        (out / "model.json").write_text(json.dumps(meta))
+        with pytest.raises(ModelError, match=next(iter(bad))):
+            load_codec(out)

@@ -480,13 +480,32 @@ def _bar(progress: bool, total: int, desc: str):
     return tqdm(total=total, unit="img", desc=desc, dynamic_ncols=True)
 
 
-def load_codec(name_or_dir: str | Path | None = None, steps: int = DEFAULT_STEPS, device: str = "cpu",
-               arithmetic: str = DEFAULT_ARITHMETIC) -> Codec:
+def load_codec(name_or_dir: str | Path | None = None, steps: int | None = None, device: str = "cpu",
+               arithmetic: str | None = None) -> Codec:
     """A Codec for a shipped model name (default: the default model) or a model directory.
-    ``arithmetic`` is what compress runs (a key of coding.chain.ARITHMETIC); decompress runs
-    whichever a file names."""
+    ``steps`` is compress's default T and ``arithmetic`` what compress runs (a key of
+    coding.chain.ARITHMETIC); either left None comes from the model card (coding_steps,
+    coding_arithmetic: chosen by measurement for that model), else DEFAULT_STEPS and
+    DEFAULT_ARITHMETIC. Decompress runs whatever a file names."""
     model, info = load_model(name_or_dir, device=device)
+    steps, arithmetic = coding_defaults(info, steps, arithmetic)
     return Codec(model, info, steps=steps, arithmetic=arithmetic)
+
+
+def coding_defaults(info: dict, steps: int | None = None, arithmetic: str | None = None) -> tuple[int, str]:
+    """(T, arithmetic) for compress: the caller's, else the model card's, else the codec's defaults."""
+    card = info.get("card", {})
+    if steps is None:
+        steps = card.get("coding_steps", DEFAULT_STEPS)
+        if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= MAX_STEPS:
+            raise ModelError(f"{info.get('dir', 'model')}: card's coding_steps must be an integer in [1, {MAX_STEPS}], "
+                             f"got {steps!r}")
+    if arithmetic is None:
+        arithmetic = card.get("coding_arithmetic", DEFAULT_ARITHMETIC)
+        if arithmetic not in ARITHMETIC:
+            raise ModelError(f"{info.get('dir', 'model')}: card's coding_arithmetic must be one of "
+                             f"{', '.join(ARITHMETIC)}, got {arithmetic!r}")
+    return steps, arithmetic
 
 
 def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress: bool = False,

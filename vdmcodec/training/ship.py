@@ -1,8 +1,12 @@
 """Copy a training run's EMA weights and card into a shipped model directory.
 
 python -m vdmcodec.training.ship --run runs/mnist --out models/mnist [--checkpoint]
-The card gains the image size and, with --checkpoint, the full training state is copied
-too (checkpoint.pt), so that a fresh machine can resume the run from the repository.
+The card gains the image size, the codec's defaults for this model (--coding-steps T,
+--coding-arithmetic A: what `load_codec` uses when the caller names none) and, with
+--checkpoint, the full training state is copied too (checkpoint.pt), so that a fresh machine
+can resume the run from the repository. Re-shipping over an earlier ship keeps what the run
+cannot know: its image size, coding defaults and the evaluations of earlier sessions (a run
+resumed on a fresh machine logs only its own).
 """
 from __future__ import annotations
 
@@ -14,18 +18,37 @@ from pathlib import Path
 from ..zoo import CARD, WEIGHTS, atomic_write_bytes
 
 
-def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, notes: str | None) -> dict:
+KEPT = ("image_size", "coding_steps", "coding_arithmetic")  # card keys a re-ship carries over
+
+
+def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, notes: str | None,
+         coding_steps: int | None = None, coding_arithmetic: str | None = None) -> dict:
     run, out = Path(run), Path(out)
     meta = json.loads((run / CARD).read_text())
     card = meta["card"]
+    earlier = json.loads((out / CARD).read_text()).get("card", {}) if (out / CARD).exists() else {}
+    card.update({k: earlier[k] for k in KEPT if k in earlier and k not in card})
     if image_size:
         card["image_size"] = image_size
+    if coding_steps is not None:
+        if coding_steps < 1:
+            raise ValueError(f"coding_steps must be >= 1, got {coding_steps}")
+        card["coding_steps"] = coding_steps
+    if coding_arithmetic is not None:
+        from ..coding.chain import ARITHMETIC
+
+        if coding_arithmetic not in ARITHMETIC:
+            raise ValueError(f"coding_arithmetic must be one of {', '.join(ARITHMETIC)}, got {coding_arithmetic!r}")
+        card["coding_arithmetic"] = coding_arithmetic
     if notes:
         card["notes"] = notes
     log = run / "train.log"
-    if log.exists():
-        evals = [json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line]
-        card["eval_history"] = [{k: e[k] for k in ("step", "cpu_hours", "val_bpd", "val_bpd_se")} for e in evals]
+    evals = ([json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line] if log.exists() else [])
+    new = [{k: e[k] for k in ("step", "cpu_hours", "val_bpd", "val_bpd_se")} for e in evals]
+    first = min((e["step"] for e in new), default=float("inf"))
+    history = [e for e in earlier.get("eval_history", []) if e["step"] < first] + new
+    if history:
+        card["eval_history"] = history
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(out / WEIGHTS, (run / WEIGHTS).read_bytes())
     atomic_write_bytes(out / CARD, (json.dumps({"config": meta["config"], "card": card}, indent=2) + "\n").encode())
@@ -43,8 +66,10 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, nargs=2, default=None)
     ap.add_argument("--checkpoint", action="store_true")
     ap.add_argument("--notes", default=None)
+    ap.add_argument("--coding-steps", type=int, default=None, help="the codec's default T for this model")
+    ap.add_argument("--coding-arithmetic", default=None, help="the codec's default network arithmetic for this model")
     args = ap.parse_args(argv)
-    card = ship(args.run, args.out, args.image_size, args.checkpoint, args.notes)
+    card = ship(args.run, args.out, args.image_size, args.checkpoint, args.notes, args.coding_steps, args.coding_arithmetic)
     print(json.dumps({k: card.get(k) for k in ("name", "steps", "cpu_hours", "val_bpd_continuous")}))
 
 
