@@ -4,6 +4,7 @@ L_hybrid), after the same short training run on the natural training photos.
 
 python -m benchmarks.natural_steps --workdir runs/natural-steps [--train-steps 600]
     [--steps 16,32,64,128] [--crops 64] [--draws 8] [--out benchmarks/results/natural_steps.md]
+python -m benchmarks.natural_steps --model natural [--steps ...] [--out benchmarks/results/natural_steps_shipped.md]
 
 Why it matters: the codec costs T network evaluations per pixel each way, and it codes at the
 T-step -ELBO, not the continuous-time one. Both runs start from configs/natural.json with the
@@ -11,7 +12,9 @@ same short-run settings (32x32 crops, batch 16, lr 1e-3 with 100 warm-up steps, 
 the same seed and data, and differ only in the reverse variance. Each trains in WORKDIR/NAME
 (resumable; a finished run is reused) and is measured on the same fixed 64x64 crops of the
 validation photos (CSet14 + CSet5, RGB only), the continuous and each T-step bound estimated
-with ``draws`` stratified draws per crop and the same noise seed.
+with ``draws`` stratified draws per crop and the same noise seed. With --model, no training:
+the same measurement of a shipped model (or model directory), which is what the codec's
+default T for that model is chosen from (its card's coding_steps).
 """
 from __future__ import annotations
 
@@ -62,6 +65,8 @@ def train(cfg: RunConfig, out: Path, name: str) -> None:
     trainer = Trainer(cfg, out, [DataSpec(resolve_data(DATA / s)) for s in TRAIN], resume=done.exists(),
                       card={"name": f"natural-steps-{name}"})
     trainer.fit(cfg.train.steps)
+    if trainer.step < cfg.train.steps:  # stopped by a signal: saved, never measured half-trained
+        raise SystemExit(f"{name}: interrupted at step {trainer.step} of {cfg.train.steps} (saved; run again to resume)")
 
 
 @torch.no_grad()
@@ -79,7 +84,8 @@ def measure(model_dir: Path, crops: torch.Tensor, steps: list[int], draws: int) 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workdir", type=Path, required=True)
+    ap.add_argument("--workdir", type=Path, help="where the two short runs train (not with --model)")
+    ap.add_argument("--model", help="measure this shipped model or model directory instead of training the two variants")
     ap.add_argument("--config", type=Path, default=Path("configs/natural.json"))
     ap.add_argument("--train-steps", type=int, default=600)
     ap.add_argument("--steps", default="16,32,64,128")
@@ -94,29 +100,44 @@ def main(argv=None):
     crops, skipped = load_validation([DataSpec(resolve_data(DATA / s)) for s in VAL], 64, args.crops,
                                      base.model.network.image_channels)
     x = to_tensor(crops)
-    rows = {}
-    for name in VARIANTS:
+    rows, labels = {}, dict(VARIANTS)
+    if args.model:
+        model, info = load_model(args.model)
+        card = info.get("card", {})
+        name = card.get("name", str(args.model))
+        labels[name] = (f"shipped model, {card.get('steps', '?')} training steps, {card.get('cpu_hours', float('nan')):.2f} "
+                        f"CPU-h, reverse variance {'learned' if model.cfg.network.learned_variance else 'fixed'}")
+        rows[name] = measure(args.model, x, steps, args.draws)
+    elif args.workdir is None:
+        raise SystemExit("give --workdir (train and compare the two variances) or --model (measure a shipped model)")
+    for name in () if args.model else VARIANTS:
         cfg = variant_config(base, name, args.train_steps)
         train(cfg, args.workdir / name, name)
         rows[name] = measure(args.workdir / name, x, steps, args.draws)
-        print(name, json.dumps(rows[name]), file=sys.stderr, flush=True)
+    for name, r in rows.items():
+        print(name, json.dumps(r), file=sys.stderr, flush=True)
     m = machine()
     lines = ["# Diffusion steps T for natural images: T-step vs continuous -ELBO", "",
              f"Command: `python -m benchmarks.natural_steps {shlex.join(sys.argv[1:] if argv is None else argv)}`", "",
              f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {m['cpu']}, "
              f"{args.threads} torch thread(s), torch {m['torch']}.", "",
-             f"Both models: {args.config} with the short-run settings of this script, {args.train_steps} training steps on "
-             f"{' + '.join(TRAIN)} (same seed), EMA weights. Measured on the same {args.crops} fixed 64x64 crops of "
+             (f"Model: `{args.model}` as shipped (EMA weights)." if args.model else
+              f"Both models: {args.config} with the short-run settings of this script, {args.train_steps} training steps on "
+              f"{' + '.join(TRAIN)} (same seed), EMA weights.") + f" Measured on the same {args.crops} fixed 64x64 crops of "
              f"{' + '.join(VAL)} ({skipped} grayscale image left out), {args.draws} stratified draws per crop; bpd mean ± "
-             "standard error over crops (the same noise for both models, so their difference is far more certain than "
-             "either error bar). The gap is T-step / continuous - 1: what coding with T steps costs over the bound.", "",
+             "standard error over crops (" + ("the same noise for every T, so the gaps are far more certain than the "
+                                              "error bars" if args.model else
+                                              "the same noise for both models, so their difference is far more certain "
+                                              "than either error bar") +
+             "). The gap is T-step / continuous - 1: what coding with T steps costs over the bound.", "",
              "| reverse variance | continuous | " + " | ".join(f"T = {T}" for T in steps) + " |",
              "|---|---:|" + "---:|" * len(steps)]
     for name, r in rows.items():
-        lines.append(f"| {name}: {VARIANTS[name]} | {r['continuous']:.3f} ± {r['continuous_se']:.3f} | "
+        lines.append(f"| {name}: {labels[name]} | {r['continuous']:.3f} ± {r['continuous_se']:.3f} | "
                      + " | ".join(f"{r[f'T{T}']:.3f} ({r[f'T{T}'] / r['continuous'] - 1:+.1%})" for T in steps) + " |")
-    lines += ["", "Early models (a few hundred steps): the gaps of a converged model will differ; the comparison between "
-              "the two variances at equal training is what this measures."]
+    if not args.model:
+        lines += ["", "Early models (a few hundred steps): the gaps of a converged model will differ; the comparison "
+                  "between the two variances at equal training is what this measures."]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": rows},
