@@ -6,6 +6,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = ROOT.parent / "shared" / "data" / "mnist" / "mnist9k-images-idx3-ubyte.gz"
+NATURAL = ROOT.parent / "shared" / "data" / "natural"
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -42,3 +43,10 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     d = tmp_path_factory.mktemp("tiny_model")
     save_model(d, VDM(tiny_model_config()), {"name": "tiny", "data": "none"})
     return d
+
+
+@pytest.fixture(scope="session")
+def natural_dir() -> Path:
+    if not NATURAL.is_dir():
+        pytest.skip(f"shared natural photos not found at {NATURAL}")
+    return NATURAL

@@ -818,3 +818,18 @@ def test_oversized_chunk_refused_before_allocation(codec, chain_blob):
         finally:
             tracemalloc.stop()
         assert peak < 40e6, f"decoder allocated {peak / 1e6:.0f} MB for a forged header"
+
+
+def test_shipped_natural_model_codes_a_photo_crop_in_its_card_arithmetic(natural_dir):
+    """The shipped photo model, with its card's defaults (bfloat16 autocast), round-trips a
+    tiled RGB crop of a validation photo bit-exactly (T cut to 2 to keep the test fast)."""
+    from PIL import Image
+
+    codec = load_codec("natural", steps=2)
+    assert codec.arithmetic == codec.info["card"]["coding_arithmetic"] == "bfloat16-nhwc"
+    with Image.open(natural_dir / "CSet5" / "baby.png") as im:
+        photo = np.ascontiguousarray(np.asarray(im.convert("RGB"))[100:147, 200:270])
+    blob = codec.compress([photo], force_model=True)
+    header = container.unpack(blob)[0]
+    assert header.dtype == "bfloat16-nhwc" and header.steps == 2 and header.image_methods() == ["tiled"]
+    assert_same_images(codec.decompress(blob), [photo])
