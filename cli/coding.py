@@ -41,7 +41,11 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         inputs: List[Path] = typer.Argument(..., help="Image files, folders (recursive), MNIST IDX, CIFAR batches or .npy/.npz."),
         output: Path = typer.Option(..., "-o", "--output", help="The .vdmc file to write."),
         model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
-        steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with (default: the codec's)."),
+        steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with "
+                                            "(default: the model card's, see `vdmcodec models`)."),
+        arithmetic: Optional[str] = typer.Option(None, help="The network's arithmetic: float32, float32-nhwc or "
+                                                 "bfloat16-nhwc (default: the model card's). float32 files are the "
+                                                 "safer to decode on another kind of CPU; the decoder follows the file."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing output file (never an input)."),
         threads: Optional[int] = typer.Option(1, min=1, max=1024, help="torch threads for the network; recorded in the "
                                               "file, whose decoder runs the same count. 1 (the default) decodes on "
@@ -58,9 +62,12 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         def go():
             _set_threads(threads)
             from vdmcodec.coding import classical
+            from vdmcodec.coding.chain import ARITHMETIC
             from vdmcodec.coding.codec import load_codec
             from vdmcodec.data import iter_inputs, load_items
 
+            if arithmetic is not None and arithmetic not in ARITHMETIC:
+                fail(f"--arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
             out = output.resolve()
             if any(out == f.resolve() for f, _ in iter_inputs(list(inputs))):
                 fail(f"{output}: is one of the inputs; refusing to overwrite an input")
@@ -69,7 +76,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             if output.exists() and output.is_dir():
                 fail(f"{output}: is a folder")
             items = load_items(list(inputs))
-            codec = load_codec(model)
+            codec = load_codec(model, arithmetic=arithmetic)
             blob = codec.compress([it.pixels for it in items], steps=steps, names=[it.name for it in items], progress=progress)
             from vdmcodec.zoo import atomic_write_bytes
 
@@ -78,7 +85,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             png = sum(len(classical.encode(it.pixels, "png")) for it in items)
             res = {"images": len(items), "bytes": len(blob), "bpd": 8 * len(blob) / dims,
                    "png_bytes": png, "png_bpd": 8 * png / dims, "steps": steps or codec.steps,
-                   "model": codec.info["name"], "output": str(output)}
+                   "arithmetic": codec.arithmetic, "model": codec.info["name"], "output": str(output)}
             typer.echo(f"{len(items)} images -> {output}: {len(blob)} bytes, {res['bpd']:.4f} bpd "
                        f"(PNG: {png} bytes, {res['png_bpd']:.4f} bpd; {png / len(blob):.2f}x)")
             if json_out:

@@ -108,6 +108,23 @@ def test_compress_decompress_info_roundtrip(tmp_path, tiny_model_dir):
     assert target.read_bytes() == before
 
 
+def test_compress_arithmetic_option(tmp_path, tiny_model_dir):
+    d = _digits(tmp_path)
+    arc = tmp_path / "a.vdmc"
+    res = runner.invoke(app, ["compress", str(d), "-o", str(arc), "--model", str(tiny_model_dir), "--steps", "2",
+                              "--arithmetic", "bfloat16-nhwc", "--json", "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout.strip().splitlines()[-1])["arithmetic"] == "bfloat16-nhwc"
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    for f in d.rglob("*.png"):
+        assert np.array_equal(np.asarray(Image.open(f)), np.asarray(Image.open(tmp_path / "out" / f.relative_to(d))))
+    res = runner.invoke(app, ["compress", str(d), "-o", str(tmp_path / "b.vdmc"), "--model", str(tiny_model_dir),
+                              "--arithmetic", "float16"])
+    _one_line_error(res)
+    assert "arithmetic" in res.output and not (tmp_path / "b.vdmc").exists()
+
+
 @pytest.mark.parametrize("mangle", ["magic", "truncate", "flip", "empty"])
 def test_decompress_bad_archive_one_line(tmp_path, tiny_model_dir, mangle):
     d = _digits(tmp_path, 2)
