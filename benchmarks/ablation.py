@@ -272,7 +272,9 @@ def report(results: list[dict], args, meta: dict, plot_path: Path) -> list[str]:
         f"Command: `{meta['command']}`", "",
         f"Started {meta['started']}; git {meta['git']}. Machine: {meta['machine']['cpu']}, "
         f"{meta['machine']['torch_threads']} torch thread(s), torch {meta['machine']['torch']}, "
-        f"load average {_f(meta['machine']['load_average_1min'], '.2f')} at the start.", "",
+        f"load average {_f(meta['machine']['load_average_1min'], '.2f')} at the start. Rows measured by earlier runs of "
+        "this command are reused (from OUT or the committed store, benchmarks/results/runs/ablation/), so the rows may "
+        "come from several sessions; s/step is each row's own training, on a machine other work shared.", "",
         f"Budget, the same for every row: {args.steps} steps x batch {args.batch}, network {args.model_size}, seed "
         f"{args.seed}, training images 0-7999; base config `{args.config}` otherwise. Measured with the EMA weights on "
         f"validation images 8000-{8000 + args.val_images - 1} ({args.val_images} images, fixed noise seeds): "
