@@ -70,8 +70,7 @@ def train(cfg: RunConfig, out: Path, name: str) -> None:
 
 
 @torch.no_grad()
-def measure(model_dir: Path, crops: torch.Tensor, steps: list[int], draws: int) -> dict:
-    model, _ = load_model(model_dir)
+def measure(model, crops: torch.Tensor, steps: list[int], draws: int) -> dict:
     g = torch.Generator().manual_seed(0)
     m, se = mean_and_stderr(bpd_continuous(model, crops, g, t_samples=draws).total)
     out = {"continuous": m, "continuous_se": se}
@@ -107,13 +106,14 @@ def main(argv=None):
         name = card.get("name", str(args.model))
         labels[name] = (f"shipped model, {card.get('steps', '?')} training steps, {card.get('cpu_hours', float('nan')):.2f} "
                         f"CPU-h, reverse variance {'learned' if model.cfg.network.learned_variance else 'fixed'}")
-        rows[name] = measure(args.model, x, steps, args.draws)
+        rows[name] = measure(model, x, steps, args.draws)
     elif args.workdir is None:
         raise SystemExit("give --workdir (train and compare the two variances) or --model (measure a shipped model)")
-    for name in () if args.model else VARIANTS:
-        cfg = variant_config(base, name, args.train_steps)
-        train(cfg, args.workdir / name, name)
-        rows[name] = measure(args.workdir / name, x, steps, args.draws)
+    else:
+        for name in VARIANTS:
+            cfg = variant_config(base, name, args.train_steps)
+            train(cfg, args.workdir / name, name)
+            rows[name] = measure(load_model(args.workdir / name)[0], x, steps, args.draws)
     for name, r in rows.items():
         print(name, json.dumps(r), file=sys.stderr, flush=True)
     m = machine()
