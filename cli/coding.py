@@ -8,6 +8,18 @@ from typing import List, Optional
 import typer
 
 
+def _note_slow_arithmetic(blob: bytes) -> None:
+    """A file coded in bfloat16 must be decoded in bfloat16; say so where that is slow."""
+    from vdmcodec.coding.chain import ARITHMETIC
+    from vdmcodec.coding.container import unpack
+    from vdmcodec.hardware import native_bf16
+
+    header, _ = unpack(blob)
+    if header.model is not None and ARITHMETIC[header.dtype].autocast is not None and not native_bf16():
+        typer.echo(f"note: this file was coded in {header.dtype}, which this CPU runs without native bfloat16 "
+                   "(about 100x slower than float32); decoding will take long", err=True)
+
+
 def _png_bytes(pixels) -> bytes:
     import io
 
@@ -117,6 +129,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 blob = archive.read_bytes()
             except OSError as e:
                 fail(f"{archive}: {e.strerror}")
+            _note_slow_arithmetic(blob)
             images = decompress_file_bytes(blob, model=model, progress=progress)
             targets = [output / safe_relative(name) for _, name in images]
             if output.exists() and not output.is_dir():

@@ -49,6 +49,8 @@ def train(
     steps: Optional[int] = typer.Option(None, min=1, help="Train until this many steps in total (default: config)."),
     config: Optional[Path] = typer.Option(None, help="Run config file (JSON or TOML) with 'model' and 'train' sections."),
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
+    init_from: Optional[str] = typer.Option(None, help="Start from this model's weights (shipped name or model directory); "
+                                            "the config may add learned-variance outputs to it."),
     name: Optional[str] = typer.Option(None, help="Model name recorded in the model card."),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
@@ -77,7 +79,7 @@ def train(
         specs = [DataSpec(p, a, b) for p in data]
         vspecs = [DataSpec(p, va, vb) for p in val or []]
         trainer = Trainer(cfg, out, specs, vspecs or None, resume=resume, progress=progress,
-                          card={"name": name or out.name})
+                          card={"name": name or out.name}, init_from=init_from)
         res = trainer.fit(steps)
         if trainer.dist.main:
             typer.echo(json.dumps({"step": res["step"], "out": str(out), "card": trainer.card()}))

@@ -154,3 +154,21 @@ def test_compress_non_image_and_missing_model(tmp_path, tiny_model_dir):
     Image.fromarray(np.zeros((5, 5), np.uint8)).save(img)
     _one_line_error(runner.invoke(app, ["compress", str(img), "-o", str(tmp_path / "b.vdmc"), "--model", str(tmp_path / "nomodel")]))
     assert not (tmp_path / "b.vdmc").exists()
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_decompress_says_when_bfloat16_is_not_native(tmp_path, tiny_model_dir, monkeypatch, native):
+    """A model-coded bfloat16 file must decode in bfloat16: where this CPU lacks it natively
+    (about 100x slower) decompress says so on stderr, and still decodes."""
+    import numpy as np
+
+    from vdmcodec.coding.codec import load_codec
+
+    codec = load_codec(tiny_model_dir, steps=2, arithmetic="bfloat16-nhwc")
+    img = np.random.default_rng(0).integers(0, 256, (40, 40, 1), dtype=np.uint8)  # tiled: seeds itself
+    arc = tmp_path / "a.vdmc"
+    arc.write_bytes(codec.compress([img], force_model=True))
+    monkeypatch.setattr("vdmcodec.hardware.native_bf16", lambda device="cpu": native)
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--no-progress"])
+    assert res.exit_code == 0, res.output
+    assert ("without native bfloat16" in res.stderr) is (not native)

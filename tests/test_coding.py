@@ -821,15 +821,33 @@ def test_oversized_chunk_refused_before_allocation(codec, chain_blob):
 
 
 def test_shipped_natural_model_codes_a_photo_crop_in_its_card_arithmetic(natural_dir):
-    """The shipped photo model, with its card's defaults (bfloat16 autocast), round-trips a
-    tiled RGB crop of a validation photo bit-exactly (T cut to 2 to keep the test fast)."""
+    """The shipped photo model, with its card's defaults (bfloat16 autocast where this CPU has
+    native bfloat16, else float32 on NHWC), round-trips a tiled RGB crop of a validation
+    photo bit-exactly (T cut to 2 to keep the test fast)."""
     from PIL import Image
 
+    from vdmcodec.hardware import native_bf16
+
     codec = load_codec("natural", steps=2)
-    assert codec.arithmetic == codec.info["card"]["coding_arithmetic"] == "bfloat16-nhwc"
+    assert codec.info["card"]["coding_arithmetic"] == "bfloat16-nhwc"
+    expected = "bfloat16-nhwc" if native_bf16() else "float32-nhwc"
+    assert codec.arithmetic == expected
     with Image.open(natural_dir / "CSet5" / "baby.png") as im:
         photo = np.ascontiguousarray(np.asarray(im.convert("RGB"))[100:147, 200:270])
     blob = codec.compress([photo], force_model=True)
     header = container.unpack(blob)[0]
-    assert header.dtype == "bfloat16-nhwc" and header.steps == 2 and header.image_methods() == ["tiled"]
+    assert header.dtype == expected and header.steps == 2 and header.image_methods() == ["tiled"]
     assert_same_images(codec.decompress(blob), [photo])
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_card_bfloat16_applies_only_where_native(monkeypatch, native):
+    """A card's bfloat16 coding arithmetic is the default only on hardware with native
+    bfloat16 (elsewhere it is ~100x slower); a caller's explicit choice always stands."""
+    from vdmcodec.coding import codec as codec_module
+
+    monkeypatch.setattr(codec_module, "native_bf16", lambda device="cpu": native)
+    info = {"dir": "m", "card": {"coding_steps": 12, "coding_arithmetic": "bfloat16-nhwc"}}
+    assert codec_module.coding_defaults(info) == (12, "bfloat16-nhwc" if native else "float32-nhwc")
+    assert codec_module.coding_defaults(info, arithmetic="bfloat16-nhwc") == (12, "bfloat16-nhwc")
+    assert codec_module.coding_defaults({"card": {"coding_arithmetic": "float32"}}) == (128, "float32")

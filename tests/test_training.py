@@ -15,6 +15,7 @@ from vdmcodec.data import to_tensor
 from vdmcodec.likelihood import bpd_continuous
 from vdmcodec.training.config import RunConfig, TrainConfig, load_config
 from vdmcodec.training.trainer import DataSpec, Trainer
+from vdmcodec.hardware import native_bf16
 from vdmcodec.zoo import load_model
 
 TINY_TRAIN = TrainConfig(batch_size=32, lr=2e-3, lr_warmup=20, eval_every=0, eval_images=200,
@@ -227,8 +228,8 @@ def test_reship_keeps_earlier_history_and_coding_defaults(tmp_path):
     card = load_model(out)[1]["card"]
     assert [(e["step"], e["val_bpd"]) for e in card["eval_history"]] == [(1000, 9.0), (2000, 9.0), (3000, 2.5), (4000, 2.4)]
     assert (card["image_size"], card["coding_steps"], card["coding_arithmetic"]) == ([28, 28], 24, "bfloat16-nhwc")
-    codec = load_codec(out)
-    assert (codec.steps, codec.arithmetic) == (24, "bfloat16-nhwc")
+    codec = load_codec(out)  # the card's bfloat16 where this CPU has it natively (hardware.py)
+    assert (codec.steps, codec.arithmetic) == (24, "bfloat16-nhwc" if native_bf16() else "float32-nhwc")
     codec = load_codec(out, steps=5, arithmetic="float32")
     assert (codec.steps, codec.arithmetic) == (5, "float32")
 
@@ -240,3 +241,57 @@ def test_reship_keeps_earlier_history_and_coding_defaults(tmp_path):
         (out / "model.json").write_text(json.dumps(meta))
         with pytest.raises(ModelError, match=next(iter(bad))):
             load_codec(out)
+
+
+def test_warm_start_adds_learned_variance_and_keeps_eps(tmp_path, mnist_path):
+    """--init-from: a trained model without learned variances starts a run that has them.
+    Before any step the new model's eps_hat equals the source's and v = 0; the card keeps
+    the source's record; a different network is refused; resuming keeps the record."""
+    from vdmcodec.errors import DataError
+
+    data = write_npy(tmp_path / "train.npy", 64, mnist_path)
+    src_cfg = RunConfig(model=tiny_model_config(), train=TINY_TRAIN)
+    src = Trainer(src_cfg, tmp_path / "src", DataSpec(data), progress=False, card={"name": "src"})
+    src.fit(10)
+    source, _ = load_model(tmp_path / "src")
+    lv = replace(src_cfg.model, network=replace(src_cfg.model.network, learned_variance=True))
+    cfg = RunConfig(model=lv, train=TINY_TRAIN)
+    tr = Trainer(cfg, tmp_path / "lv", DataSpec(data), progress=False, init_from=tmp_path / "src")
+    z = torch.randn(2, 1, 28, 28)
+    g = torch.tensor([-3.0, 2.0])
+    with torch.no_grad():
+        eps_src = source.eps_hat(z, g)
+        eps_new, v = tr.ema.eval().eps_and_v(z, g)
+    assert eps_src.abs().max() > 0  # the source learnt something to carry over
+    assert torch.equal(eps_src, eps_new)
+    assert torch.equal(v, torch.zeros_like(v))
+    tr.fit(3)
+    card = json.loads((tmp_path / "lv" / "model.json").read_text())["card"]
+    assert card["init_from"]["model"] == "src" and card["init_from"]["steps"] == 10
+    assert card["init_from"]["grown"] == ["net.conv_out.weight", "net.conv_out.bias"]
+    assert card["steps"] == 3 and card["cpu_hours"] >= card["init_from"]["cpu_hours"]
+    wider = replace(lv, network=replace(lv.network, channels=16))
+    with pytest.raises(DataError, match="init-from src"):
+        Trainer(RunConfig(model=wider, train=TINY_TRAIN), tmp_path / "w", DataSpec(data), progress=False,
+                init_from=tmp_path / "src")
+    with pytest.raises(DataError, match="resumed run"):
+        Trainer(cfg, tmp_path / "lv", DataSpec(data), resume=True, progress=False, init_from=tmp_path / "src")
+    again = Trainer(cfg, tmp_path / "lv", DataSpec(data), resume=True, progress=False)
+    assert again.card()["init_from"] == card["init_from"]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_bf16_config_trains_in_bf16_only_where_native(tmp_path, mnist_path, monkeypatch, native):
+    """TrainConfig.bf16 means bf16 autocast where the hardware multiplies bfloat16 natively
+    (hardware.py); elsewhere the trainer runs float32 (bf16 there is about 100x slower)."""
+    from vdmcodec.training import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "native_bf16", lambda device="cpu": native)
+    data = write_npy(tmp_path / "train.npy", 32, mnist_path)
+    cfg = RunConfig(model=tiny_model_config(), train=replace(TINY_TRAIN, bf16=True, batch_size=4))
+    tr = Trainer(cfg, tmp_path / "run", DataSpec(data), progress=False)
+    seen = []
+    tr.model.net.conv_out.register_forward_hook(lambda mod, inp, out: seen.append(out.dtype))
+    tr.fit(1)
+    assert tr.bf16 is native
+    assert seen and set(seen) == {torch.bfloat16 if native else torch.float32}

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
+from ..hardware import native_bf16
 from ..zoo import load_model
 from . import classical, tiles
 from .ans import EmptyMessageError, Message
@@ -488,12 +489,16 @@ def load_codec(name_or_dir: str | Path | None = None, steps: int | None = None, 
     coding_arithmetic: chosen by measurement for that model), else DEFAULT_STEPS and
     DEFAULT_ARITHMETIC. Decompress runs whatever a file names."""
     model, info = load_model(name_or_dir, device=device)
-    steps, arithmetic = coding_defaults(info, steps, arithmetic)
+    steps, arithmetic = coding_defaults(info, steps, arithmetic, device)
     return Codec(model, info, steps=steps, arithmetic=arithmetic)
 
 
-def coding_defaults(info: dict, steps: int | None = None, arithmetic: str | None = None) -> tuple[int, str]:
-    """(T, arithmetic) for compress: the caller's, else the model card's, else the codec's defaults."""
+def coding_defaults(info: dict, steps: int | None = None, arithmetic: str | None = None,
+                    device: str | torch.device = "cpu") -> tuple[int, str]:
+    """(T, arithmetic) for compress: the caller's, else the model card's, else the codec's
+    defaults. A card's bfloat16 arithmetic applies only where ``device`` multiplies bfloat16
+    natively (hardware.native_bf16; elsewhere it is about 100x slower): otherwise the codec's
+    float32 default. A caller's explicit choice is kept."""
     card = info.get("card", {})
     if steps is None:
         steps = card.get("coding_steps", DEFAULT_STEPS)
@@ -505,6 +510,8 @@ def coding_defaults(info: dict, steps: int | None = None, arithmetic: str | None
         if arithmetic not in ARITHMETIC:
             raise ModelError(f"{info.get('dir', 'model')}: card's coding_arithmetic must be one of "
                              f"{', '.join(ARITHMETIC)}, got {arithmetic!r}")
+        if ARITHMETIC[arithmetic].autocast is not None and not native_bf16(device):
+            arithmetic = DEFAULT_ARITHMETIC
     return steps, arithmetic
 
 

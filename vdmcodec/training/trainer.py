@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -25,12 +26,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from ..data import PatchSampler, to_tensor
 from ..diffusion import VDM, low_discrepancy_t
 from ..errors import DataError
+from ..hardware import native_bf16
 from ..likelihood import bpd_continuous, mean_and_stderr
 from ..objective import Target, TimeSampling
 from ..zoo import atomic_write_bytes, save_model
 from .config import RunConfig
 from .datasets import DataSpec, as_specs, check_disjoint, load_images, load_validation, parse_range  # noqa: F401  (re-exported)
 from .resampler import LossSecondMomentResampler
+from .warmstart import warm_start
 
 
 class Distributed:
@@ -71,7 +74,8 @@ class Distributed:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, out: Path, data: DataSpec | list[DataSpec], val: DataSpec | list[DataSpec] | None = None,
-                 resume: bool = False, progress: bool = True, card: dict | None = None):
+                 resume: bool = False, progress: bool = True, card: dict | None = None,
+                 init_from: str | Path | None = None):
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.card_extra = card or {}
         self.dist = Distributed()
@@ -80,6 +84,11 @@ class Trainer:
             torch.set_num_threads(tc.threads)
         torch.manual_seed(tc.seed)
         self.device = self.dist.device
+        # bf16 autocast where the hardware has it (hardware.py); float32 elsewhere
+        self.bf16 = bool(tc.bf16 and native_bf16(self.device))
+        if tc.bf16 and not self.bf16 and self.dist.main:
+            print(f"note: config asks for bf16 but {self.device.type} here has no native bfloat16; training in float32",
+                  file=sys.stderr, flush=True)
         # one or several training / validation paths (datasets.py); never overlapping
         self.data_specs, self.val_specs = as_specs(data), as_specs(val)
         check_disjoint(self.data_specs, self.val_specs)
@@ -91,6 +100,11 @@ class Trainer:
             self.val_images, self.val_skipped = load_validation(self.val_specs, tc.val_patch_size or tc.patch_size,
                                                                 tc.eval_images, cfg.model.network.image_channels)
         self.model = VDM(cfg.model).to(self.device)
+        self.init_from: dict | None = None  # warm start (warmstart.py): the source model's record
+        if init_from is not None:
+            if resume:
+                raise DataError("--init-from starts a run; a resumed run continues its own weights")
+            self.init_from = warm_start(self.model, init_from)
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
         self.step = 0
@@ -123,6 +137,7 @@ class Trainer:
             "cpu_seconds": self.cpu_seconds,
             "eval_history": self.eval_history,
             "config": self.cfg.to_dict(),
+            **({"init_from": self.init_from} if self.init_from else {}),
             **({"resampler": self.resampler.state_dict()} if self.resampler is not None else {}),
         }
 
@@ -144,6 +159,7 @@ class Trainer:
             self.sampler = PatchSampler(self.images, self.cfg.train.patch_size, seed=self.step * 7 + self.dist.rank)
         self.cpu_seconds = st.get("cpu_seconds", 0.0)
         self.eval_history = st.get("eval_history", [])
+        self.init_from = st.get("init_from")
         if self.resampler is not None and "resampler" in st:
             # (a checkpoint of a run without importance sampling starts a fresh, uniform one)
             self.resampler.load_state_dict(st["resampler"])
@@ -158,6 +174,10 @@ class Trainer:
 
     def card(self) -> dict:
         last = self.eval_history[-1] if self.eval_history else {}
+        own_hours = self.cpu_seconds / 3600.0
+        # a warm-started model's CPU-hours include its source's; steps are this run's own
+        warm = {"init_from": self.init_from} if self.init_from else {}
+        total_hours = own_hours + ((self.init_from or {}).get("cpu_hours") or 0.0)
         return {
             **self.card_extra,
             "data": " + ".join(s.path.name for s in self.data_specs),
@@ -166,7 +186,8 @@ class Trainer:
             **({"val_skipped_images": self.val_skipped} if self.val_skipped else {}),
             "steps": self.step,
             "batch_size": self.cfg.train.batch_size * self.dist.world,
-            "cpu_hours": round(self.cpu_seconds / 3600.0, 3),
+            "cpu_hours": round(total_hours, 3),
+            **warm,
             "val_bpd_continuous": last.get("val_bpd"),
             "val_bpd_stderr": last.get("val_bpd_se"),
             "val_images": last.get("val_images"),
@@ -198,7 +219,7 @@ class Trainer:
         x_extra = None
         if obj.target is Target.stf and obj.stf_reference > B:
             x_extra = to_tensor(self.sampler.batch(obj.stf_reference - B)).to(self.device)
-        self.model.amp_dtype = torch.bfloat16 if tc.bf16 else None
+        self.model.amp_dtype = torch.bfloat16 if self.bf16 else None
         terms = self.ddp(x, t, eps, eps_0, obj, is_weight, x_extra)
         L = terms.loss
         # optimise bpd (nats / dims / ln 2) so that the learning rate does not depend on size
@@ -311,7 +332,7 @@ class Trainer:
                     bar.update(1)
                     bar.set_postfix(loss=f"{last['loss_bpd']:.3f}", img_s=f"{bar.format_dict['rate'] * tc.batch_size if bar.format_dict.get('rate') else 0:.0f}")
                 if self.step % tc.log_every == 0:
-                    self.log({"step": self.step, "time": time.time(), **last})
+                    self.log({"step": self.step, "time": time.time(), "bf16": self.bf16, **last})
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self._account(t_start)
                     t_start = time.process_time()
