@@ -41,13 +41,18 @@ PUBLISHED = [
 
 
 def cpu_model() -> str:
+    """The CPU's name and what torch runs on it (SIMD level, native bfloat16 or not)."""
+    from vdmcodec.hardware import cpu_capability
+
+    name = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+                name = line.split(":", 1)[1].strip()
+                break
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return f"{name} ({cpu_capability()})"
 
 
 def machine() -> dict:

@@ -23,3 +23,13 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
+
+
+def cpu_capability() -> str:
+    """torch's SIMD level for this CPU and whether bfloat16 is native, e.g. 'AVX2, no native
+    bfloat16' (for benchmark machine lines: timings depend on both)."""
+    try:
+        simd = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        simd = "unknown SIMD"
+    return f"{simd}, {'native' if native_bf16('cpu') else 'no native'} bfloat16"
