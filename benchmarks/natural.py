@@ -2,7 +2,7 @@
 the model's negative ELBO: every image its own file, per image and mean; compress and
 decompress speed in seconds per megapixel; peak memory against image size.
 
-python -m benchmarks.natural [--model natural] [--steps T] [--sets CSet14,CSet5] [--limit N]
+python -m benchmarks.natural [--model natural] [--steps T] [--sets CSet14,CSet5] [--limit N] [--images a.png,...] [--skip-elbo]
     [--threads K] [--memory-sizes 384x512,768x1024,1536x2048] [--out benchmarks/results/natural.md]
 
 Writes OUT (markdown), OUT's stem + ".png" (per-image bpd plot) and OUT with suffix .json
@@ -196,7 +196,7 @@ def summary_table(sets: dict, codec_names: list[str], T: int, complete: bool) ->
         cl = [mean(r["classical"][c]["bpd"] for r in rows) for c in codec_names]
         t = TARGETS.get(name, {}) if complete else {}  # the targets are whole-set means
         beat = lambda ref: "-" if ref is None else (f"{ref:.3f} ({'beaten' if v < ref else 'not yet'})")  # noqa: E731
-        lines.append(f"| {name} | **{v:.3f}** | {e:.3f} | " + " | ".join(f"{c:.3f}" for c in cl)
+        lines.append(f"| {name} | **{v:.3f}** | {'-' if np.isnan(e) else f'{e:.3f}'} | " + " | ".join(f"{c:.3f}" for c in cl)
                      + f" | {beat(t.get('WebP lossless'))} | {beat(t.get('JPEG XL'))} |")
     return lines
 
@@ -293,7 +293,7 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "Classical codecs: " + "; ".join(f"{c['name']}: {c['settings']}" for c in meta["codecs"]) + ".", "",
         "## Summary (mean bpd per image)", "",
     ]
-    lines += summary_table(sets, codec_names, T, meta["limit"] is None)
+    lines += summary_table(sets, codec_names, T, meta["limit"] is None and not meta.get("images"))
     lines += ["", "Round trip: every file was decoded and compared with the original pixels: "
               + ("all exact." if not failed else f"**FAILED for {', '.join(failed)}**.")]
     for name, why in missing.items():
@@ -310,7 +310,8 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         v, e = r["vdmcodec"], r["elbo"]
         if v["model_method"] not in MODEL_METHODS:
             continue
-        lines.append(f"| {r['name']} | {v['model_bpd']:.3f} | {e['discrete']:.3f} | {v['model_bpd'] / e['discrete'] - 1:+.2%} | "
+        et, eg = (f"{e['discrete']:.3f}", f"{v['model_bpd'] / e['discrete'] - 1:+.2%}") if e else ("-", "-")
+        lines.append(f"| {r['name']} | {v['model_bpd']:.3f} | {et} | {eg} | "
                      f"{v['container_bytes']} | {v['seed_bytes']:,} | {v['seed_subpixels'] / np.prod(r['shape']):.2%} | "
                      f"{v['chain_bpd']:.3f} | {len(v['segments'])} |")
     lines += ["", "## Speed", "", "Wall-clock seconds, one process, each image compressed then decompressed alone.", ""]
@@ -332,6 +333,8 @@ def main(argv=None):
     ap.add_argument("--data", type=Path, default=DATA, help="folder holding the sets")
     ap.add_argument("--sets", default="CSet14,CSet5", help="comma-separated set folders under --data")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set")
+    ap.add_argument("--images", default=None, help="only these file names (comma-separated), e.g. monarch.png")
+    ap.add_argument("--skip-elbo", action="store_true", help="no -ELBO estimates (a speed-only run)")
     ap.add_argument("--seed", type=int, default=0, help="noise seed of the ELBO estimates")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--memory-sizes", default="384x512,768x1024,1536x2048", help="HxW list for the memory table ('' for none)")
@@ -353,17 +356,21 @@ def main(argv=None):
     names = [c.name for c in codecs]
     meta = {"command": "python -m benchmarks.natural " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            "machine": machine(), "limit": args.limit, "model": codec.info["name"], "model_sha256": codec.info["sha256"],
+            "machine": machine(), "limit": args.limit, "images": args.images, "model": codec.info["name"], "model_sha256": codec.info["sha256"],
             "model_card": codec.info["card"], "tile": codec.tile, "seed": args.seed, "load_s": load_s,
             "memory_steps": args.memory_steps, "codecs": [{"name": c.name, "settings": c.settings} for c in codecs]}
     sets = {}
     for name in [s for s in args.sets.split(",") if s]:
-        items = load_items([resolve_data(args.data / name)])[: args.limit]
+        items = load_items([resolve_data(args.data / name)])
+        if args.images:
+            items = [it for it in items if Path(it.name).name in args.images.split(",")]
+        items = items[: args.limit]
         rows = []
         for it in items:
             im = it.pixels
             r = {"name": it.name, "shape": list(im.shape), "classical": measure_classical(codecs, im),
-                 "vdmcodec": measure_vdmcodec(codec, im, T), "elbo": measure_elbo(codec, im, T, args.seed)}
+                 "vdmcodec": measure_vdmcodec(codec, im, T),
+                 "elbo": None if args.skip_elbo else measure_elbo(codec, im, T, args.seed)}
             rows.append(r)
             e = r["elbo"]
             print(f"{name}/{it.name} {im.shape}: vdmcodec {r['vdmcodec']['bpd']:.3f} ({r['vdmcodec']['method']}, "
