@@ -172,3 +172,14 @@ def test_decompress_says_when_bfloat16_is_not_native(tmp_path, tiny_model_dir, m
     res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert ("without native bfloat16" in res.stderr) is (not native)
+
+
+def test_every_shipped_card_names_its_directory():
+    """A file records its model's card name and the decoder resolves that name under models/:
+    a card whose name differs from its directory would write files nothing can decode."""
+    from vdmcodec.zoo import read_card, shipped_models
+
+    dirs = shipped_models()
+    assert dirs
+    for d in dirs:
+        assert read_card(d)["card"]["name"] == d.name, d

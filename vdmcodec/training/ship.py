@@ -22,7 +22,7 @@ KEPT = ("image_size", "coding_steps", "coding_arithmetic")  # card keys a re-shi
 
 
 def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, notes: str | None,
-         coding_steps: int | None = None, coding_arithmetic: str | None = None) -> dict:
+         coding_steps: int | None = None, coding_arithmetic: str | None = None, name: str | None = None) -> dict:
     run, out = Path(run), Path(out)
     meta = json.loads((run / CARD).read_text())
     card = meta["card"]
@@ -42,6 +42,8 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
         card["coding_arithmetic"] = coding_arithmetic
     if notes:
         card["notes"] = notes
+    if name:  # the name files record and decoders resolve: keep it the directory's name
+        card["name"] = name
     log = run / "train.log"
     evals = ([json.loads(line) for line in log.read_text().splitlines() if '"eval"' in line] if log.exists() else [])
     new = [{k: e[k] for k in ("step", "cpu_hours", "val_bpd", "val_bpd_se")} for e in evals]
@@ -66,10 +68,12 @@ def main(argv=None):
     ap.add_argument("--image-size", type=int, nargs=2, default=None)
     ap.add_argument("--checkpoint", action="store_true")
     ap.add_argument("--notes", default=None)
+    ap.add_argument("--name", default=None, help="the model name in the card (default: the run's)")
     ap.add_argument("--coding-steps", type=int, default=None, help="the codec's default T for this model")
     ap.add_argument("--coding-arithmetic", default=None, help="the codec's default network arithmetic for this model")
     args = ap.parse_args(argv)
-    card = ship(args.run, args.out, args.image_size, args.checkpoint, args.notes, args.coding_steps, args.coding_arithmetic)
+    card = ship(args.run, args.out, args.image_size, args.checkpoint, args.notes, args.coding_steps, args.coding_arithmetic,
+                args.name)
     print(json.dumps({k: card.get(k) for k in ("name", "steps", "cpu_hours", "val_bpd_continuous")}))
 
 
