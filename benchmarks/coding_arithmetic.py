@@ -31,9 +31,9 @@ from benchmarks.ablation import start
 from benchmarks.mnist import resolve_data
 from vdmcodec.bench import _same, network_timer
 from vdmcodec.coding.chain import ARITHMETIC
-from vdmcodec.hardware import native_bf16
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.data import load_array
+from vdmcodec.hardware import native_bf16
 
 ROOT = Path(__file__).resolve().parent.parent
 MNIST = Path("../shared/data/mnist/mnist9k-images-idx3-ubyte.gz")

@@ -360,10 +360,11 @@ def main(argv=None):
             "model_card": codec.info["card"], "tile": codec.tile, "seed": args.seed, "load_s": load_s,
             "memory_steps": args.memory_steps, "codecs": [{"name": c.name, "settings": c.settings} for c in codecs]}
     sets = {}
+    only = set(args.images.split(",")) if args.images else None
     for name in [s for s in args.sets.split(",") if s]:
         items = load_items([resolve_data(args.data / name)])
-        if args.images:
-            items = [it for it in items if Path(it.name).name in args.images.split(",")]
+        if only:
+            items = [it for it in items if Path(it.name).name in only]
         items = items[: args.limit]
         rows = []
         for it in items:
