@@ -797,6 +797,31 @@ def test_wrong_model_is_a_model_error(codec, chain_blob, tmp_path):
         decompress_file_bytes(blob)  # the header names "tiny", which is not a shipped model
 
 
+def test_a_replaced_default_still_decodes_its_files(chain_blob, tiny_model_dir, tmp_path, monkeypatch):
+    """A file names its model and the weights' hash: when a newer model takes the name, the
+    decoder finds the old weights among the shipped models by their hash."""
+    import shutil
+
+    from tests.helpers import tiny_model_config
+    from vdmcodec.diffusion import VDM
+    from vdmcodec.zoo import save_model
+
+    blob, images = chain_blob  # written by the model named "tiny"
+    root = tmp_path / "models"
+    torch.manual_seed(123)
+    save_model(root / "tiny", VDM(tiny_model_config()), {"name": "tiny", "data": "none"})  # the new "tiny"
+    monkeypatch.setenv("VDMCODEC_MODELS", str(root))
+    with pytest.raises(ModelError, match="sha256"):  # the old weights are nowhere: a clear refusal
+        decompress_file_bytes(blob)
+    shutil.copytree(tiny_model_dir, root / "tiny-v1")  # the old weights, kept under another name
+    assert_same_images([im for im, _ in decompress_file_bytes(blob)], images)
+    shutil.rmtree(root / "tiny")  # the name itself gone: found by hash too
+    assert_same_images([im for im, _ in decompress_file_bytes(blob)], images)
+    shutil.rmtree(root / "tiny-v1")
+    with pytest.raises(ModelError, match="not here"):
+        decompress_file_bytes(blob)
+
+
 def test_oversized_chunk_refused_before_allocation(codec, chain_blob):
     """The encoder never writes a chunk over MAX_CHUNK_IMAGES images (or, above one image,
     over MAX_CHUNK_SUBPIXELS): a forged header claiming one must fail before the decoder

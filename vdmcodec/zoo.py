@@ -49,6 +49,28 @@ def resolve(name_or_dir: str | Path | None) -> Path:
     raise ModelError(f"model {str(name_or_dir)!r} not found (not a model directory; shipped: {', '.join(names) or 'none'})")
 
 
+def resolve_for_file(name: str | None, digest: str) -> Path:
+    """The model directory a file needs: the model it names when that model's weights match
+    the file's hash (``digest``: the hash's leading hex digits), else any shipped model whose
+    weights do, so that files written by a default model that was later replaced (and kept
+    under another name) still decode. With no match, the named model: the decoder reports
+    the mismatch."""
+    try:
+        named = resolve(name)
+    except ModelError:
+        named = None
+    if named is not None and file_sha256(named / WEIGHTS).startswith(digest):
+        return named
+    for m in shipped_models():
+        if m != named and file_sha256(m / WEIGHTS).startswith(digest):
+            return m
+    if named is None:
+        names = [m.name for m in shipped_models()]
+        raise ModelError(f"this file needs model {name!r} (weights sha256 {digest}...), which is not here "
+                         f"(shipped: {', '.join(names) or 'none'}; pass --model DIR)")
+    return named
+
+
 def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

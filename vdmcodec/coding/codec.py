@@ -32,7 +32,7 @@ import torch
 
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
 from ..hardware import native_bf16
-from ..zoo import load_model
+from ..zoo import load_model, resolve_for_file
 from . import classical, tiles
 from .ans import EmptyMessageError, Message
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain
@@ -523,5 +523,7 @@ def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress
     check_limits(header, limits)
     codec = None
     if any(m in MODEL_METHODS for m, _ in header.methods):
-        codec = load_codec(model if model is not None else header.model, steps=max(1, header.steps))
+        if model is None:
+            model = resolve_for_file(header.model, header.model_hash)
+        codec = load_codec(model, steps=max(1, header.steps))
     return decode_payload(header, payload, codec, progress, limits)
