@@ -1,5 +1,6 @@
 """Which network arithmetic the codec should run: float32 on NCHW activations, on
-channels_last (NHWC) ones, or bfloat16 autocast on NHWC (coding/chain.py: ARITHMETIC), timed
+channels_last (NHWC) ones, bfloat16 autocast on NHWC, or the portable arithmetic (exact sums
+in float64, the same bits on every CPU: coding/exact.py) (coding/chain.py: ARITHMETIC), timed
 end to end, with what each costs in file size.
 
 python -m benchmarks.coding_arithmetic [--steps 16] [--repeats 2] [--threads 1]
@@ -11,7 +12,8 @@ archive of MNIST validation digits (the MNIST model). For every case, every arit
 compresses and then decompresses the same images, alternating arithmetic within each repeat so
 that a shared machine's load falls on all alike; every decode is checked bit-exact, and the
 file sizes are reported (the float32 files differ only by the network's last-bit differences;
-bfloat16 moves the network's output by about 2^-8 of itself). Timings are wall-clock seconds,
+bfloat16 moves the network's output by about 2^-8 of itself; portable rounds activations
+to 2^-16). Timings are wall-clock seconds,
 the minimum over repeats, model loading excluded, with the share spent in the network calls
 (vdmcodec.bench.network_timer); a time ratio float32 NCHW / other above 1 means the other is
 faster. Writes OUT (markdown)
@@ -73,7 +75,7 @@ def time_case(model: str, images: list[np.ndarray], steps: int, repeats: int) ->
 
 def report(cases: dict, args, meta: dict) -> list[str]:
     m = meta["machine"]
-    lines = ["# Coding arithmetic: float32 NCHW vs channels_last (NHWC) vs bfloat16 NHWC", "",
+    lines = ["# Coding arithmetic: float32 NCHW vs channels_last (NHWC) vs bfloat16 NHWC vs portable", "",
              f"Command: `{meta['command']}`", "",
              f"Date: {meta['started']}; commit {meta['git']}; machine: {m['cpu']} ({m['cpu_count']} logical CPUs), "
              f"{args.threads} torch thread(s), torch {m['torch']}; 1-minute load average at the start "

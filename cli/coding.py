@@ -55,9 +55,11 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
         steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with "
                                             "(default: the model card's, see `vdmcodec models`)."),
-        arithmetic: Optional[str] = typer.Option(None, help="The network's arithmetic: float32, float32-nhwc or "
-                                                 "bfloat16-nhwc (default: the model card's). float32 files are the "
-                                                 "safer to decode on another kind of CPU; the decoder follows the file."),
+        arithmetic: Optional[str] = typer.Option(None, help="The network's arithmetic: float32, float32-nhwc, "
+                                                 "bfloat16-nhwc or portable (default: the model card's). Float files "
+                                                 "decode only on a CPU of the encoder's SIMD level; portable ones on "
+                                                 "any CPU at any thread count, several times slower. The decoder "
+                                                 "follows the file."),
         force: bool = typer.Option(False, "--force", help="Overwrite an existing output file (never an input)."),
         threads: Optional[int] = typer.Option(1, min=1, max=1024, help="torch threads for the network; recorded in the "
                                               "file, whose decoder runs the same count. 1 (the default) decodes on "

@@ -444,9 +444,12 @@ def test_chain_round_trip_in_each_arithmetic_leaves_the_model_alone(tiny_vdm, ar
     msg = Message(init, sealed=True)
     chain.push(msg, x)
     np.testing.assert_array_equal(chain.pop(Message(msg.words()), x.shape), x)
-    convs = [m.weight for m in chain.network.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs and all(w.is_contiguous(memory_format=ARITHMETIC[arithmetic].memory_format) for w in convs)
-    assert chain.network.amp_dtype == ARITHMETIC[arithmetic].autocast
+    if ARITHMETIC[arithmetic].portable:  # its own float64 network (exact.py), no torch module
+        assert chain.network is None and chain._exact_net is not None
+    else:
+        convs = [m.weight for m in chain.network.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert convs and all(w.is_contiguous(memory_format=ARITHMETIC[arithmetic].memory_format) for w in convs)
+        assert chain.network.amp_dtype == ARITHMETIC[arithmetic].autocast
     # the caller's model keeps its layout (NCHW) and precision: the chain runs its own copy
     assert all(m.weight.is_contiguous() for m in tiny_vdm.modules() if isinstance(m, torch.nn.Conv2d))
     assert tiny_vdm.amp_dtype is None

@@ -33,7 +33,8 @@ Determinism: the coder's parameters are float64 numpy computed from (a) the sche
 float64 and (b) the network's output (float32, or bfloat16 autocast's, cast to float32) on
 the float32 latent; the decoder feeds the network bit-identical inputs in the same batch
 shapes, memory format and precision (the container's dtype byte names them: ARITHMETIC
-below).
+below). The portable arithmetic computes (a) and (b) with exact.py instead, from the
+float64 latent, which gives the same bits on any CPU and thread count.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ import numpy as np
 import torch
 
 from ..diffusion import VDM, VOCAB, scale_pixels
+from . import exact
 from .ans import Codec, Message, categorical, permuted, whiten, windowed_gaussian
 
 LOG2_SQRT_2PI_E = 0.5 * math.log2(2 * math.pi * math.e)
@@ -62,6 +64,7 @@ class Arithmetic:
 
     memory_format: torch.memory_format
     autocast: torch.dtype | None = None
+    portable: bool = False  # exact.py: the same bits on every CPU, SIMD level and thread count
 
 
 # The network arithmetics a chain can run, by the name the container records (its dtype
@@ -72,7 +75,8 @@ class Arithmetic:
 # differ in the last bits, so a file decodes with the arithmetic it names.
 ARITHMETIC = {"float32": Arithmetic(torch.contiguous_format),
               "float32-nhwc": Arithmetic(torch.channels_last),
-              "bfloat16-nhwc": Arithmetic(torch.channels_last, torch.bfloat16)}
+              "bfloat16-nhwc": Arithmetic(torch.channels_last, torch.bfloat16),
+              "portable": Arithmetic(torch.contiguous_format, portable=True)}
 
 
 @dataclass(frozen=True)
@@ -96,30 +100,42 @@ class DiffusionChain:
         self.model, self.cfg = model, cfg
         self.arithmetic = ARITHMETIC[cfg.arithmetic]
         self._memory_format = self.arithmetic.memory_format
-        # the network in that layout and precision (a copy unless the model already runs
-        # them, so other users of the model keep theirs)
-        if self._memory_format == torch.contiguous_format and model.amp_dtype == self.arithmetic.autocast:
-            self.network = model
-        else:
-            self.network = copy.deepcopy(model).to(memory_format=self._memory_format)
-            self.network.amp_dtype = self.arithmetic.autocast
+        self.portable = self.arithmetic.portable
+        # elementwise functions: numpy's / libm's, or (portable) exact.py's, which give the
+        # same bits everywhere
+        self._exp, self._expm1, self._log, sigmoid = ((_np_of(exact.exp), _np_of(exact.expm1), _np_of(exact.log),
+                                                       _np_of(exact.sigmoid)) if self.portable
+                                                      else (np.exp, np.expm1, np.log, _sigmoid))
         T = cfg.steps
-        sched = copy.deepcopy(model.gamma).to("cpu").double()
-        with torch.no_grad():
-            g = sched(torch.arange(T + 1, dtype=torch.float64) / T).numpy()
+        t = torch.arange(T + 1, dtype=torch.float64) / T
+        if self.portable:
+            self.network = None
+            self._exact_net = exact.network_for(model)
+            g = exact.schedule_gamma(model.gamma, t).numpy()
+        else:
+            # the network in that layout and precision (a copy unless the model already runs
+            # them, so other users of the model keep theirs)
+            if self._memory_format == torch.contiguous_format and model.amp_dtype == self.arithmetic.autocast:
+                self.network = model
+            else:
+                self.network = copy.deepcopy(model).to(memory_format=self._memory_format)
+                self.network.amp_dtype = self.arithmetic.autocast
+            sched = copy.deepcopy(model.gamma).to("cpu").double()
+            with torch.no_grad():
+                g = sched(t).numpy()
         self.gamma = g
         self.gamma_f32 = torch.from_numpy(g.astype(np.float32))
-        self.alpha = np.sqrt(_sigmoid(-g))
-        self.sigma = np.sqrt(_sigmoid(g))
+        self.alpha = np.sqrt(sigmoid(-g))
+        self.sigma = np.sqrt(sigmoid(g))
         # q(z_i | z_{i-1}) = N(a_q z_{i-1}, std_q^2); level 0: q(z_0 | x) = N(alpha_0 x, sigma_0^2)
         self.a_q = np.ones(T + 1)
         self.a_q[1:] = self.alpha[1:] / self.alpha[:-1]
         self.std_q = np.empty(T + 1)
         self.std_q[0] = self.sigma[0]
-        self.std_q[1:] = self.sigma[1:] * np.sqrt(-np.expm1(g[:-1] - g[1:]))
+        self.std_q[1:] = self.sigma[1:] * np.sqrt(-self._expm1(g[:-1] - g[1:]))
         # p(z_i | z_{i+1}) std (VDM eq. 29); level T: the prior N(0, 1)
         self.std_p = np.empty(T + 1)
-        self.std_p[:T] = self.sigma[:T] * np.sqrt(-np.expm1(g[:T] - g[1:]))
+        self.std_p[:T] = self.sigma[:T] * np.sqrt(-self._expm1(g[:T] - g[1:]))
         self.std_p[T] = 1.0
         if not (np.all(self.std_q > 0) and np.all(self.std_p > 0)):
             raise ValueError("the schedule is not strictly increasing on this T: a step has zero variance")
@@ -157,24 +173,41 @@ class DiffusionChain:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
         and beta), else None (std_p)."""
-        device = next(self.network.parameters()).device
-        z32 = torch.from_numpy(z_i.astype(np.float32)).to(device).contiguous(memory_format=self._memory_format)
-        gam = self.gamma_f32[i].expand(z32.shape[0]).to(device)
-        eps_hat, v = self.network.eps_and_v(z32, gam)
-        eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
+        if self.portable:
+            eps_hat, v = self._exact_eps_and_v(z_i, i)
+        else:
+            device = next(self.network.parameters()).device
+            z32 = torch.from_numpy(z_i.astype(np.float32)).to(device).contiguous(memory_format=self._memory_format)
+            gam = self.gamma_f32[i].expand(z32.shape[0]).to(device)
+            eps_hat, v = self.network.eps_and_v(z32, gam)
+            eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
+            v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
         g_t, g_s = self.gamma[i], self.gamma[i - 1]
-        c = -math.expm1(g_s - g_t)
+        expm1, log = ((lambda v: float(self._expm1(v)), lambda v: float(self._log(v))) if self.portable
+                      else (math.expm1, math.log))  # (the float arithmetics' files were written with libm's)
+        c = -expm1(g_s - g_t)
         mean = self.alpha[i - 1] / self.alpha[i] * (z_i - c * self.sigma[i] * eps_hat)
         if v is None:
             return mean, None
-        frac = (v.to("cpu", torch.float32).numpy().astype(np.float64) + 1.0) / 2.0
-        log_ratio = 2.0 * (math.log(self.sigma[i]) - math.log(self.sigma[i - 1]))  # log beta / beta-tilde
-        return mean, self.std_p[i - 1] * np.exp(0.5 * frac * log_ratio)
+        frac = (v + 1.0) / 2.0
+        log_ratio = 2.0 * (log(self.sigma[i]) - log(self.sigma[i - 1]))  # log beta / beta-tilde
+        return mean, self.std_p[i - 1] * self._exp(0.5 * frac * log_ratio)
+
+    def _exact_eps_and_v(self, z_i: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """VDM.eps_and_v in portable arithmetic, on the float64 latent itself."""
+        model = self.model
+        t_norm = (torch.tensor(self.gamma[i], dtype=torch.float64) - model.cfg.cond_gamma_min) / (
+            model.cfg.cond_gamma_max - model.cfg.cond_gamma_min)
+        out = self._exact_net(torch.from_numpy(np.ascontiguousarray(z_i)), t_norm.expand(z_i.shape[0]))
+        C = z_i.shape[1]
+        eps_hat = out[:, :C].numpy()
+        return eps_hat, (exact.tanh(out[:, C:]).numpy() if model.learned_variance else None)
 
     def _whiten(self, msg: Message, i: int, n: int) -> None:
         """Mask the bits the next posterior pop will read (see ans.whiten)."""
         if self.cfg.whiten:
-            h_q = math.log2(self.std_q[i] / self.delta[i]) + LOG2_SQRT_2PI_E
+            ratio = np.float64(self.std_q[i] / self.delta[i])
+            h_q = (float(self._log(ratio)) / math.log(2) if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
             whiten(msg, math.ceil(n * h_q / 16) + 2, key=i)
 
     # ---- codecs for one level ------------------------------------------------------------
@@ -214,7 +247,9 @@ class DiffusionChain:
         lo = np.clip(nearest - self.x_half, 0, VOCAB - W)
         logits = -0.5 * ((z[:, None] - self.x_means[lo[:, None] + np.arange(W)[None]]) / self.sigma[0]) ** 2
         logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
+        p = self._exp(logits)
+        if self.portable:  # numpy's sum order depends on the SIMD width
+            return lo, p / exact.det_sum(torch.from_numpy(p)).numpy()[:, None]
         return lo, p / p.sum(axis=1, keepdims=True)
 
     def _push_x(self, msg: Message, x: np.ndarray, z_0: np.ndarray) -> None:
@@ -281,6 +316,14 @@ def far_order(n: int) -> np.ndarray:
     bits of the push just before it, element by element from the start, so this pairs each
     popped latent with a pushed one from half a batch away (another image when B >= 2)."""
     return np.roll(np.arange(n), -(n // 2))
+
+
+def _np_of(f):
+    """A float64 numpy version of an exact.py function (scalars and arrays)."""
+    def g(x):
+        arr = np.asarray(x, dtype=np.float64)
+        return f(torch.from_numpy(np.ascontiguousarray(arr.reshape(-1)))).numpy().reshape(arr.shape)
+    return g
 
 
 def _sigmoid(v: np.ndarray) -> np.ndarray:

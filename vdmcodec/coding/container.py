@@ -38,7 +38,7 @@ MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
 METHODS = ("vdm", "png", "webp", "tiled")
 MODEL_METHODS = ("vdm", "tiled")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
-DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc")  # the network arithmetic (coding/chain.py: ARITHMETIC)
+DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc", "portable")  # the network arithmetic (coding/chain.py: ARITHMETIC)
 DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
 
 _F_MODEL, _F_NAME_LIST, _F_NAME_SEQ, _F_SQUEEZE, _F_SQUEEZE_ALL, _F_TILED = 1, 2, 4, 8, 64, 128
