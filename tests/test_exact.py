@@ -162,3 +162,14 @@ def test_a_portable_file_decodes_at_another_simd_level_and_thread_count(tmp_path
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.strip() == "DEFAULT"  # really another SIMD level than this process's
     np.testing.assert_array_equal(np.load(str(f) + ".npy"), np.stack(images))
+
+
+def test_group_norm_matches_torch_on_large_groups():
+    """Groups far beyond 2^14 values (a photo tile with context) keep exact int64 sums."""
+    torch.manual_seed(4)
+    gn = torch.nn.GroupNorm(2, 4)
+    with torch.no_grad():
+        gn.weight.normal_()
+        gn.bias.normal_()
+    x = torch.round(torch.randn(1, 4, 160, 160, dtype=F64) * 40 * 2**16) / 2**16  # groups of 51,200 grid values
+    np.testing.assert_allclose(E.ExactGroupNorm(gn)(x), gn.double()(x), atol=1e-12)

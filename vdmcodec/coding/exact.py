@@ -178,12 +178,20 @@ class ExactGroupNorm:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        u = to_grid(x, ACT_FRAC_BITS, ACT_INT_BITS).to(torch.int64).view(b, self.groups, -1)
+        u = to_grid(x, ACT_FRAC_BITS, ACT_INT_BITS).to(torch.int64).view(b, self.groups, -1)  # |u| <= 2^24
         n = u.shape[-1]
-        if n > 1 << (62 - 2 * (ACT_FRAC_BITS + ACT_INT_BITS)):  # sum of squares within int64
+        if n >= 1 << 28:  # every int64 sum below, and its float64 copy, stays exact
             raise ValueError(f"portable arithmetic: a GroupNorm group of {n} values is too large")
         s1 = u.sum(-1, keepdim=True).to(F64)
-        s2 = (u * u).sum(-1, keepdim=True).to(F64)
+        # sum u^2 with u = hi 2^12 + lo: three exact int64 sums of terms below 2^25, then
+        # combined in a fixed order
+        hi = u >> 12
+        lo = u - (hi << 12)
+        s_hh = (hi * hi).sum(-1, keepdim=True).to(F64)
+        s_hl = (hi * lo).sum(-1, keepdim=True).to(F64)
+        s_ll = (lo * lo).sum(-1, keepdim=True).to(F64)
+        s2 = s_hh * float(2**24) + s_hl * float(2**13)
+        s2 = s2 + s_ll
         scale = float(2.0**-ACT_FRAC_BITS)
         mean = s1 / n
         var = s2 / n - mean * mean
