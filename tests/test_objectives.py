@@ -422,8 +422,9 @@ def test_resampler_state_survives_checkpoint_and_resume(tmp_path, mnist_path):
 
 
 def test_shipped_checkpoint_resumes(tmp_path):
-    """models/mnist/checkpoint.pt (written before these options existed) loads into
-    today's trainer with the default objective and with importance sampling switched on."""
+    """models/mnist/checkpoint.pt loads into today's trainer with the config it was trained
+    with (configs/mnist_lv.json: learned variances, L_hybrid) and with importance sampling
+    switched on."""
     import shutil
     from pathlib import Path
 
@@ -434,10 +435,11 @@ def test_shipped_checkpoint_resumes(tmp_path):
     ckpt = root / "models" / "mnist" / "checkpoint.pt"
     if not ckpt.exists() or not MNIST.exists():
         pytest.skip("shipped checkpoint or MNIST data not present")
-    cfg = load_config(root / "configs" / "mnist.json")
+    cfg = load_config(root / "configs" / "mnist_lv.json")
+    assert cfg.model.network.learned_variance
     small = np.zeros((4, 28, 28, 1), dtype=np.uint8)
     np.save(tmp_path / "d.npy", small)
-    for obj in (ObjectiveConfig(), ObjectiveConfig(t_sampling="importance")):
+    for obj in (cfg.train.objective, replace(cfg.train.objective, t_sampling="importance")):
         run = tmp_path / obj.t_sampling.value
         run.mkdir()
         shutil.copyfile(ckpt, run / "checkpoint.pt")
