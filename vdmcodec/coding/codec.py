@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
-from ..hardware import native_bf16
+from ..hardware import cpu_capability, native_bf16
 from ..zoo import load_model, resolve_for_file
 from . import classical, tiles
 from .ans import EmptyMessageError, Message
@@ -463,8 +463,12 @@ def _finish(header: Header, shapes, methods, names, out, cblob: bytes, chained: 
 def _environments(header: Header) -> str:
     """Where the encoder's and this decoder's network arithmetic came from (the decoder ran
     at the header's thread count: network_threads)."""
+    if header.dtype == "portable":  # the same bits everywhere: a failure is damage, or another torch's rounding
+        return f"encoded with torch {header.torch}, portable arithmetic; decoded with torch {torch.__version__}"
     return (f"encoded with torch {header.torch} at {header.threads} threads, {header.dtype}; "
-            f"decoded with torch {torch.__version__} at the same count on {platform.machine()}")
+            f"decoded with torch {torch.__version__} at the same count on {platform.machine()} "
+            f"({cpu_capability()}); float files decode only on a CPU of the encoder's SIMD level, "
+            f"files written with --arithmetic portable on any")
 
 
 def _mismatch(header: Header) -> FormatError:
