@@ -150,20 +150,27 @@ class Denoiser(nn.Module):
             z = F.pad(z, (0, pad_w, 0, pad_h), mode="replicate")
         emb = self.emb(timestep_embedding(t_norm, self.cfg.channels).to(z.dtype))
         h = self.conv_in(torch.cat([z, fourier_features(z, self.cfg.fourier_exponents)], dim=1))
-        hs = [h]
-        for level, blocks in enumerate(self.down):
-            for block in blocks:
-                h = block(h, emb)
-                hs.append(h)
-            if level < len(self.downsample):
-                h = self.downsample[level](h)
-                hs.append(h)
-        h = self.mid2(self.mid_attn(self.mid1(h, emb)), emb)
-        for i, blocks in enumerate(self.up):
-            for block in blocks:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb)
-            if i < len(self.upsample):
-                h = F.interpolate(h, scale_factor=2, mode="nearest")
-                h = self.upsample[i](h)
+        h = unet_body(self, h, emb, lambda h: self.mid_attn(h), lambda h: F.interpolate(h, scale_factor=2, mode="nearest"))
         out = self.conv_out(F.silu(self.norm_out(h)))
         return out[..., :h_in, :w_in]
+
+
+def unet_body(net, h, emb, attend, upsample2x):
+    """The U-Net between the input and output convolutions, on the layers of ``net`` (a
+    Denoiser, or coding/exact.py's mirror of one): down levels with skips, the middle
+    blocks around ``attend``, up levels with ``upsample2x`` before each upsampling conv."""
+    hs = [h]
+    for level, blocks in enumerate(net.down):
+        for block in blocks:
+            h = block(h, emb)
+            hs.append(h)
+        if level < len(net.downsample):
+            h = net.downsample[level](h)
+            hs.append(h)
+    h = net.mid2(attend(net.mid1(h, emb)), emb)
+    for i, blocks in enumerate(net.up):
+        for block in blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb)
+        if i < len(net.upsample):
+            h = net.upsample[i](upsample2x(h))
+    return h

@@ -30,7 +30,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..networks import Attention, Denoiser, ResBlock
+from ..networks import Attention, Denoiser, ResBlock, unet_body
 
 F64 = torch.float64
 ACT_FRAC_BITS = 16   # hidden activations: multiples of 2^-16 ...
@@ -266,21 +266,7 @@ class ExactDenoiser:
             z = F.pad(z, (0, pad_w, 0, pad_h), mode="replicate")
         emb = self.emb2(silu(self.emb1(timestep_embedding(t_norm, self.cfg.channels))))
         h = self.conv_in(torch.cat([z, fourier_features(z, tuple(self.cfg.fourier_exponents))], dim=1))
-        hs = [h]
-        for level, blocks in enumerate(self.down):
-            for block in blocks:
-                h = block(h, emb)
-                hs.append(h)
-            if level < len(self.downsample):
-                h = self.downsample[level](h)
-                hs.append(h)
-        h = self.mid2(self.mid1(h, emb), emb)
-        for i, blocks in enumerate(self.up):
-            for block in blocks:
-                h = block(torch.cat([h, hs.pop()], dim=1), emb)
-            if i < len(self.upsample):
-                h = h.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
-                h = self.upsample[i](h)
+        h = unet_body(self, h, emb, lambda h: h, lambda h: h.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
         out = self.conv_out(silu(self.norm_out(h)))
         return out[..., :h_in, :w_in]
 
