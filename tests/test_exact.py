@@ -173,3 +173,12 @@ def test_group_norm_matches_torch_on_large_groups():
         gn.bias.normal_()
     x = torch.round(torch.randn(1, 4, 160, 160, dtype=F64) * 40 * 2**16) / 2**16  # groups of 51,200 grid values
     np.testing.assert_allclose(E.ExactGroupNorm(gn)(x), gn.double()(x).detach(), atol=1e-12)
+
+
+def test_written_out_constants():
+    from vdmcodec.coding.chain import LOG2_SQRT_2PI_E
+
+    assert LOG2_SQRT_2PI_E == pytest.approx(0.5 * math.log2(2 * math.pi * math.e), rel=1e-15)
+    assert E.LN2 == pytest.approx(math.log(2), rel=1e-16) and E.LN2_HI + E.LN2_LO == pytest.approx(math.log(2), rel=1e-16)
+    assert E.LN_10000 == pytest.approx(math.log(10000.0), rel=1e-16)
+    assert math.ldexp(math.frexp(E.LN2_HI)[0], 53) % 2**32 == 0  # k * LN2_HI exact for |k| < 2^20

@@ -49,7 +49,7 @@ from ..diffusion import VDM, VOCAB, scale_pixels
 from . import exact
 from .ans import Codec, Message, categorical, permuted, whiten, windowed_gaussian
 
-LOG2_SQRT_2PI_E = 0.5 * math.log2(2 * math.pi * math.e)
+LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
 MAX_CATEGORICAL_SYMBOLS = 1 << 17  # probability rows per constriction call (memory bound)
 WINDOW_STDS = 16.0  # p's coded window: +-16 std around its mean (then escape to raw bits)
 Q_WINDOW_STDS = 6.0  # q's support: truncated at +-6 std (mass outside: 2e-9)
@@ -207,7 +207,7 @@ class DiffusionChain:
         """Mask the bits the next posterior pop will read (see ans.whiten)."""
         if self.cfg.whiten:
             ratio = np.float64(self.std_q[i] / self.delta[i])
-            h_q = (float(self._log(ratio)) / math.log(2) if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
+            h_q = (float(self._log(ratio)) / exact.LN2 if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
             whiten(msg, math.ceil(n * h_q / 16) + 2, key=i)
 
     # ---- codecs for one level ------------------------------------------------------------

@@ -44,6 +44,8 @@ EXACT_BITS = 52      # |every partial sum| < 2^52 in units of the product grid
 LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: LN2_HI has 32 trailing zero bits,
 LN2_LO = 1.90821492927058770002e-10  # so k * LN2_HI is exact for |k| < 2^20
 INV_LN2 = 1.44269504088896338700e+00
+LN2 = 0.6931471805599453
+LN_10000 = 9.210340371976184  # constants written out, not computed by this machine's libm
 TWO_PI = 2.0 * math.pi
 _EXP_TERMS = [1.0 / math.factorial(n) for n in range(14)]            # Taylor on |r| <= ln2 / 2
 _EXPM1_TERMS = [1.0 / math.factorial(n) for n in range(1, 20)]       # on |x| < 1/2
@@ -141,7 +143,7 @@ class ExactAffine:
     def __init__(self, layer: torch.nn.Module, in_frac: int, in_int: int):
         w = layer.weight.detach().to("cpu", F64)
         fan_in = math.prod(w.shape[1:])
-        budget = EXACT_BITS - (in_frac + in_int) - math.ceil(math.log2(fan_in))
+        budget = EXACT_BITS - (in_frac + in_int) - (fan_in - 1).bit_length()  # ceil(log2(fan_in))
         if budget < 8:
             raise ValueError(f"portable arithmetic: a layer with fan-in {fan_in} leaves {budget} weight bits")
         wbits = min(MAX_WEIGHT_BITS, budget)
@@ -221,10 +223,10 @@ def _affine(layer) -> ExactAffine:
     return ExactAffine(layer, ACT_FRAC_BITS, ACT_INT_BITS)
 
 
-def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """networks.timestep_embedding from basic operations."""
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """networks.timestep_embedding (max_period 10000) from basic operations."""
     half = dim // 2
-    freqs = exp(torch.arange(half, dtype=F64) * (-math.log(max_period) / half))
+    freqs = exp(torch.arange(half, dtype=F64) * (-LN_10000 / half))
     u = (t.to(F64) * 1000.0)[:, None] * freqs[None] * (1.0 / TWO_PI)
     return torch.cat([cos_2pi(u), sin_2pi(u)], dim=-1)
 
