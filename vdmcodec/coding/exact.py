@@ -41,7 +41,7 @@ MAX_WEIGHT_BITS = 24
 EXACT_BITS = 52      # |every partial sum| < 2^52 in units of the product grid
 
 # ---- elementwise functions from basic operations -------------------------------------------
-LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: LN2_HI has 32 trailing zero bits,
+LN2_HI = 6.93147180369123816490e-01  # fdlibm's split of ln 2: LN2_HI has 32 significant bits,
 LN2_LO = 1.90821492927058770002e-10  # so k * LN2_HI is exact for |k| < 2^20
 INV_LN2 = 1.44269504088896338700e+00
 LN2 = 0.6931471805599453
