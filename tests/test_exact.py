@@ -158,7 +158,7 @@ def test_a_portable_file_decodes_at_another_simd_level_and_thread_count(tmp_path
     f.write_bytes(blob)
     threads = 2 if torch.get_num_threads() == 1 else 1
     env = {**os.environ, "ATEN_CPU_CAPABILITY": "default", "ONEDNN_MAX_CPU_ISA": "SSE41", "OMP_NUM_THREADS": str(threads),
-           # glibc's libm (used by constriction's Gaussian) without its FMA / AVX variants; ignored elsewhere
+           # glibc's libm (which constriction's Gaussian may use) without its FMA / AVX variants; ignored elsewhere
            "GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2_Usable,-FMA_Usable,-AVX512F_Usable,-AVX_Usable"}
     r = subprocess.run([sys.executable, "-c", DECODE, str(d), str(f), str(threads)], env=env, capture_output=True,
                        text=True, timeout=600)
