@@ -92,6 +92,21 @@ def test_crops_are_drawn_in_proportion_to_area():
     assert abs(share_big - 100 / 101) < 0.01, share_big  # uniform over images would give 0.5
 
 
+def test_crop_corners_fall_on_the_multiple():
+    """With multiple=8 every crop starts on the 8x8 grid (so JPEG block edges keep their phase)
+    and every grid position that fits is used, the last one included; multiple=1 uses the
+    others too."""
+    h, w, p = 43, 37, 16
+    ys, xs = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    im = np.stack([ys, xs], axis=-1).astype(np.uint8)  # each pixel holds its own (y, x)
+    for m, want_y, want_x in [(8, {0, 8, 16, 24}, {0, 8, 16}), (1, set(range(h - p + 1)), set(range(w - p + 1)))]:
+        crops = PatchSampler([im], p, seed=1, multiple=m).batch(3000)
+        assert {int(v) for v in crops[:, 0, 0, 0]} == want_y
+        assert {int(v) for v in crops[:, 0, 0, 1]} == want_x
+    with pytest.raises(ValueError, match="multiple"):
+        PatchSampler([im], p, seed=1, multiple=0)
+
+
 def test_cli_range_needs_one_path(tmp_path, photos):
     from typer.testing import CliRunner
 

@@ -222,11 +222,16 @@ class PatchSampler:
     ``patch`` x ``patch`` from images of any size (images smaller than the patch are
     padded by reflection only for training). Crops from a list of images of different sizes
     pick the image in proportion to its area, so that every pixel is equally likely to be
-    seen (a 1024x768 photo is not under-sampled next to a 481x321 one)."""
+    seen (a 1024x768 photo is not under-sampled next to a 481x321 one). With ``multiple``
+    > 1 a crop's top-left corner is a multiple of it: crops keep the images' 8x8 JPEG block
+    grid in the same phase as the codec's tiles (whose corners are multiples of 32)."""
 
-    def __init__(self, images: list[np.ndarray] | np.ndarray, patch: int | None, seed: int):
+    def __init__(self, images: list[np.ndarray] | np.ndarray, patch: int | None, seed: int, multiple: int = 1):
+        if multiple < 1:
+            raise ValueError(f"crop multiple must be >= 1, got {multiple}")
         self.images = images
         self.patch = patch
+        self.multiple = multiple
         self.rng = np.random.default_rng(seed)
         self.weights = None
         if patch is not None and not isinstance(images, np.ndarray):
@@ -254,8 +259,9 @@ class PatchSampler:
             if h < p or w < p:
                 im = np.pad(im, ((0, max(0, p - h)), (0, max(0, p - w)), (0, 0)), mode="reflect")
                 h, w = im.shape[:2]
-            y = self.rng.integers(0, h - p + 1)
-            x = self.rng.integers(0, w - p + 1)
+            m = self.multiple
+            y = m * self.rng.integers(0, (h - p) // m + 1)
+            x = m * self.rng.integers(0, (w - p) // m + 1)
             out.append(im[y : y + p, x : x + p])
         return np.stack(out)
 

@@ -30,6 +30,7 @@ class TrainConfig:
     bf16: bool = False
     patch_size: int | None = None  # random crops for folders of large images
     val_patch_size: int | None = None  # validation crops of images of mixed sizes (None: patch_size)
+    crop_multiple: int = 1         # training crops' corners on multiples of this (8: the JPEG block grid)
     threads: int | None = None     # torch.set_num_threads; None keeps torch's default
     # training-objective options (vdmcodec/objective.py): t sampling, weighting, STF, L_hybrid
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)

@@ -93,7 +93,8 @@ class Trainer:
         self.data_specs, self.val_specs = as_specs(data), as_specs(val)
         check_disjoint(self.data_specs, self.val_specs)
         self.images = load_images(self.data_specs, tc.patch_size)
-        self.sampler = PatchSampler(self.images, tc.patch_size, seed=tc.seed * 1000 + self.dist.rank)
+        self.sampler = PatchSampler(self.images, tc.patch_size, seed=tc.seed * 1000 + self.dist.rank,
+                                    multiple=tc.crop_multiple)
         self.val_images = None
         self.val_skipped = 0
         if self.val_specs:
@@ -156,7 +157,8 @@ class Trainer:
         if self.dist.main:
             self.sampler.set_state(st["sampler"])
         else:
-            self.sampler = PatchSampler(self.images, self.cfg.train.patch_size, seed=self.step * 7 + self.dist.rank)
+            self.sampler = PatchSampler(self.images, self.cfg.train.patch_size, seed=self.step * 7 + self.dist.rank,
+                                        multiple=self.cfg.train.crop_multiple)
         self.cpu_seconds = st.get("cpu_seconds", 0.0)
         self.eval_history = st.get("eval_history", [])
         self.init_from = st.get("init_from")
