@@ -2,11 +2,14 @@
 the model's negative ELBO: every image its own file, per image and mean; compress and
 decompress speed in seconds per megapixel; peak memory against image size.
 
-python -m benchmarks.natural [--model natural] [--steps T] [--sets CSet14,CSet5] [--limit N] [--images a.png,...] [--skip-elbo]
-    [--threads K] [--memory-sizes 384x512,768x1024,1536x2048] [--out benchmarks/results/natural.md]
+python -m benchmarks.natural [--model natural] [--steps T] [--sets CSet14,CSet5] [--limit N] [--images a.png,...]
+    [--elbo both|continuous|none] [--threads K] [--memory-sizes 384x512,768x1024,1536x2048]
+    [--out benchmarks/results/natural.md]
 
 Writes OUT (markdown), OUT's stem + ".png" (per-image bpd plot) and OUT with suffix .json
-(every raw number). All rows are measured on the same images in this run; the classical
+(every raw number). A run takes hours on a CPU: each image's row is kept in OUT with suffix
+.partial.json as soon as it is measured, and the same command run again (same model weights,
+T, seed, ELBO mode and threads) continues from there; the file goes when OUT is written. All rows are measured on the same images in this run; the classical
 codecs are vdmcodec.bench's (Pillow, imagecodecs).
 """
 from __future__ import annotations
@@ -31,6 +34,7 @@ from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.container import MODEL_METHODS, unpack
 from vdmcodec.data import ImageItem, load_items, to_tensor
 from vdmcodec.evaluate import evaluate
+from vdmcodec.files import atomic_write_bytes
 from vdmcodec.likelihood import nats_to_bpd
 
 DATA = Path("../shared/data/natural")
@@ -83,15 +87,17 @@ def measure_classical(codecs, im: np.ndarray) -> dict:
 CONTINUOUS_DRAWS = 32  # stratified t draws of the continuous-time estimate of one image
 
 
-def measure_elbo(codec, im: np.ndarray, T: int, seed: int) -> dict | None:
+def measure_elbo(codec, im: np.ndarray, T: int, seed: int, discrete: bool = True) -> dict | None:
     """The T-step -ELBO (every step evaluated, one noise draw each: what the chain should
-    cost) and the continuous-time one (CONTINUOUS_DRAWS draws of t) of one image."""
+    cost; None when not ``discrete``, which saves T network calls over the image) and the
+    continuous-time one (CONTINUOUS_DRAWS draws of t) of one image."""
     if im.shape[-1] != codec.channels:
         return None
     t0 = time.perf_counter()
-    res = evaluate(codec.model, [ImageItem(im, "x.png")], steps=T, seed=seed, progress=False)
-    return {"continuous": continuous_bpd(codec.model, im, seed), "discrete": res["bpd_discrete"],
-            "seconds": time.perf_counter() - t0}
+    d = None
+    if discrete:
+        d = evaluate(codec.model, [ImageItem(im, "x.png")], steps=T, seed=seed, progress=False)["bpd_discrete"]
+    return {"continuous": continuous_bpd(codec.model, im, seed), "discrete": d, "seconds": time.perf_counter() - t0}
 
 
 @torch.no_grad()
@@ -164,17 +170,19 @@ def set_table(name: str, rows: list[dict], codec_names: list[str], T: int) -> li
     for r in rows:
         v, e = r["vdmcodec"], r["elbo"]
         cells = [f"{v['bpd']:.3f}", f"{v['model_bpd']:.3f}" if v["model_method"] in MODEL_METHODS else "-",
-                 f"{e['discrete']:.3f}" if e else "-", f"{e['continuous']:.3f}" if e else "-"]
+                 f"{e['discrete']:.3f}" if e and e["discrete"] is not None else "-", f"{e['continuous']:.3f}" if e else "-"]
         cells += [f"{r['classical'][c]['bpd']:.3f}" for c in codec_names]
-        gap = f"{v['model_bpd'] / e['discrete'] - 1:+.1%}" if e and v["model_method"] in MODEL_METHODS else "-"
+        gap = (f"{v['model_bpd'] / e['discrete'] - 1:+.1%}" if e and e["discrete"] is not None
+               and v["model_method"] in MODEL_METHODS else "-")
         lines.append(f"| {r['name']} | {r['shape'][1]}x{r['shape'][0]}x{r['shape'][2]} | " + " | ".join(cells)
                      + f" | {v['method']} | {gap} | {v['encode_s']:.1f} | {v['decode_s']:.1f} |")
     means = [mean(r["vdmcodec"]["bpd"] for r in rows),
              mean(r["vdmcodec"]["model_bpd"] if r["vdmcodec"]["model_method"] in MODEL_METHODS else None for r in rows),
              mean(r["elbo"]["discrete"] if r["elbo"] else None for r in rows),
              mean(r["elbo"]["continuous"] if r["elbo"] else None for r in rows)]
-    means += [mean(r["classical"][c]["bpd"] for r in rows) for c in codec_names]
-    lines.append("| **mean** | | " + " | ".join(f"**{m:.3f}**" for m in means) + " | | | | |")
+    means_txt = ["-" if np.isnan(m) else f"**{m:.3f}**" for m in means]
+    means_txt += [f"**{mean(r['classical'][c]['bpd'] for r in rows):.3f}**" for c in codec_names]
+    lines.append("| **mean** | | " + " | ".join(means_txt) + " | | | | |")
     dims = sum(int(np.prod(r["shape"])) for r in rows)
     pooled = [8 * sum(r["vdmcodec"]["bytes"] for r in rows) / dims, None, None, None]
     pooled += [8 * sum(r["classical"][c]["bytes"] for r in rows) / dims for c in codec_names]
@@ -188,15 +196,17 @@ def set_table(name: str, rows: list[dict], codec_names: list[str], T: int) -> li
 
 
 def summary_table(sets: dict, codec_names: list[str], T: int, complete: bool) -> list[str]:
-    lines = ["| set | vdmcodec | -ELBO T=%d | " % T + " | ".join(codec_names) + " | target: WebP | target: JPEG XL |",
-             "|---|---:|---:|" + "---:|" * len(codec_names) + "---:|---:|"]
+    lines = ["| set | vdmcodec | -ELBO T=%d | -ELBO cont. | " % T + " | ".join(codec_names) + " | target: WebP | target: JPEG XL |",
+             "|---|---:|---:|---:|" + "---:|" * len(codec_names) + "---:|---:|"]
     for name, rows in sets.items():
         v = mean(r["vdmcodec"]["bpd"] for r in rows)
         e = mean(r["elbo"]["discrete"] if r["elbo"] else None for r in rows)
+        ec = mean(r["elbo"]["continuous"] if r["elbo"] else None for r in rows)
         cl = [mean(r["classical"][c]["bpd"] for r in rows) for c in codec_names]
         t = TARGETS.get(name, {}) if complete else {}  # the targets are whole-set means
         beat = lambda ref: "-" if ref is None else (f"{ref:.3f} ({'beaten' if v < ref else 'not yet'})")  # noqa: E731
-        lines.append(f"| {name} | **{v:.3f}** | {'-' if np.isnan(e) else f'{e:.3f}'} | " + " | ".join(f"{c:.3f}" for c in cl)
+        lines.append(f"| {name} | **{v:.3f}** | {'-' if np.isnan(e) else f'{e:.3f}'} | {'-' if np.isnan(ec) else f'{ec:.3f}'} | "
+                     + " | ".join(f"{c:.3f}" for c in cl)
                      + f" | {beat(t.get('WebP lossless'))} | {beat(t.get('JPEG XL'))} |")
     return lines
 
@@ -243,7 +253,9 @@ def plot(sets: dict, codec_names: list[str], path: Path, title: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(len(sets), 1, figsize=(10, 3.6 * len(sets)), dpi=110, squeeze=False)
-    series = ["vdmcodec", "-ELBO (T steps)"] + codec_names
+    rows_all = [r for rs in sets.values() for r in rs if r["elbo"]]
+    kind = "discrete" if any(r["elbo"]["discrete"] is not None for r in rows_all) else "continuous"
+    series = ["vdmcodec", "-ELBO (T steps)" if kind == "discrete" else "-ELBO (continuous)"] + codec_names
     for ax, (name, rows) in zip(axes[:, 0], sets.items()):
         x = np.arange(len(rows))
         width = 0.8 / len(series)
@@ -253,7 +265,7 @@ def plot(sets: dict, codec_names: list[str], path: Path, title: str) -> None:
             if s == "vdmcodec":
                 vals = [r["vdmcodec"]["bpd"] for r in rows]
             elif s.startswith("-ELBO"):
-                vals = [r["elbo"]["discrete"] if r["elbo"] else np.nan for r in rows]
+                vals = [r["elbo"][kind] if r["elbo"] and r["elbo"][kind] is not None else np.nan for r in rows]
             else:
                 vals = [r["classical"][s]["bpd"] for r in rows]
             ax.bar(x + (j - len(series) / 2 + 0.5) * width, vals, width, label=s)
@@ -289,7 +301,12 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "what `vdmcodec compress` writes (the smaller of the model-coded and the all-classical file: 'written as' says "
         "which); model-coded is that file's model-coded candidate, header and seeds included. The -ELBO columns are the model's estimates on the same image, not files: T-step "
         f"(every step evaluated, seed {meta['seed']}) is what the chain should cost; continuous time is the T -> infinity "
-        f"bound ({CONTINUOUS_DRAWS} stratified draws of t).", "",
+        f"bound ({CONTINUOUS_DRAWS} stratified draws of t)"
+        + ("; the T-step one was not run here (--elbo continuous: it costs as much as a compress)" if meta.get("elbo") == "continuous" else "")
+        + ("; no -ELBO was run here (--elbo none)" if meta.get("elbo") == "none" else "") + ".", "",
+        *([f"Resumed: {len(meta['resumed'])} image rows were measured by an earlier process of this command "
+           f"({meta['resumed_from']}), the rest by this one; their timings are that process's."] if meta.get("resumed") else []),
+        *([""] if meta.get("resumed") else []),
         "Classical codecs: " + "; ".join(f"{c['name']}: {c['settings']}" for c in meta["codecs"]) + ".", "",
         "## Summary (mean bpd per image)", "",
     ]
@@ -310,7 +327,8 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         v, e = r["vdmcodec"], r["elbo"]
         if v["model_method"] not in MODEL_METHODS:
             continue
-        et, eg = (f"{e['discrete']:.3f}", f"{v['model_bpd'] / e['discrete'] - 1:+.2%}") if e else ("-", "-")
+        et, eg = ((f"{e['discrete']:.3f}", f"{v['model_bpd'] / e['discrete'] - 1:+.2%}") if e and e["discrete"] is not None
+                  else ("-", "-"))
         lines.append(f"| {r['name']} | {v['model_bpd']:.3f} | {et} | {eg} | "
                      f"{v['container_bytes']} | {v['seed_bytes']:,} | {v['seed_subpixels'] / np.prod(r['shape']):.2%} | "
                      f"{v['chain_bpd']:.3f} | {len(v['segments'])} |")
@@ -334,7 +352,10 @@ def main(argv=None):
     ap.add_argument("--sets", default="CSet14,CSet5", help="comma-separated set folders under --data")
     ap.add_argument("--limit", type=int, default=None, help="only the first N images of each set")
     ap.add_argument("--images", default=None, help="only these file names (comma-separated), e.g. monarch.png")
-    ap.add_argument("--skip-elbo", action="store_true", help="no -ELBO estimates (a speed-only run)")
+    ap.add_argument("--elbo", choices=["both", "continuous", "none"], default="both",
+                    help="which -ELBO estimates: the T-step one (as costly as a compress) and the continuous one, "
+                         "the continuous one only, or none (a speed-only run)")
+    ap.add_argument("--skip-elbo", action="store_true", help="the same as --elbo none")
     ap.add_argument("--seed", type=int, default=0, help="noise seed of the ELBO estimates")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     ap.add_argument("--memory-sizes", default="384x512,768x1024,1536x2048", help="HxW list for the memory table ('' for none)")
@@ -359,6 +380,23 @@ def main(argv=None):
             "machine": machine(), "limit": args.limit, "images": args.images, "model": codec.info["name"], "model_sha256": codec.info["sha256"],
             "model_card": codec.info["card"], "tile": codec.tile, "seed": args.seed, "load_s": load_s,
             "memory_steps": args.memory_steps, "codecs": [{"name": c.name, "settings": c.settings} for c in codecs]}
+    elbo_mode = "none" if args.skip_elbo else args.elbo
+    meta["elbo"] = elbo_mode
+    partial_path = args.out.with_suffix(".partial.json")
+    key = {"model_sha256": codec.info["sha256"], "steps": T, "seed": args.seed, "elbo": elbo_mode,
+           "threads": torch.get_num_threads(), "codecs": meta["codecs"]}
+    done = {}
+    if partial_path.exists():
+        try:
+            part = json.loads(partial_path.read_text())
+        except (OSError, ValueError):
+            part = {}
+        if part.get("key") == key:
+            done = part["rows"]
+            print(f"continuing: {len(done)} image rows measured earlier, from {partial_path}", file=sys.stderr)
+        else:
+            print(f"{partial_path}: from another model or settings; starting over", file=sys.stderr)
+    resumed = sorted(done)
     sets = {}
     only = set(args.images.split(",")) if args.images else None
     for name in [s for s in args.sets.split(",") if s]:
@@ -369,25 +407,36 @@ def main(argv=None):
         rows = []
         for it in items:
             im = it.pixels
+            tag = f"{name}/{it.name}"
+            if tag in done and done[tag]["shape"] == list(im.shape):
+                rows.append(done[tag])
+                continue
             r = {"name": it.name, "shape": list(im.shape), "classical": measure_classical(codecs, im),
                  "vdmcodec": measure_vdmcodec(codec, im, T),
-                 "elbo": None if args.skip_elbo else measure_elbo(codec, im, T, args.seed)}
+                 "elbo": None if elbo_mode == "none" else measure_elbo(codec, im, T, args.seed, discrete=elbo_mode == "both")}
             rows.append(r)
+            done[tag] = r
+            partial_path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(partial_path, json.dumps({"key": key, "rows": done}).encode())
             e = r["elbo"]
             print(f"{name}/{it.name} {im.shape}: vdmcodec {r['vdmcodec']['bpd']:.3f} ({r['vdmcodec']['method']}, "
                   f"{r['vdmcodec']['encode_s']:.1f}+{r['vdmcodec']['decode_s']:.1f} s), -ELBO "
-                  + (f"{e['discrete']:.3f}" if e else "-") + ", "
+                  + (f"{e['discrete'] if e['discrete'] is not None else e['continuous']:.3f}" if e else "-") + ", "
                   + ", ".join(f"{c} {r['classical'][c]['bpd']:.3f}" for c in names), file=sys.stderr, flush=True)
         sets[name] = rows
+    used = {f"{n}/{r['name']}" for n, rs in sets.items() for r in rs}
+    meta["resumed"] = [t for t in resumed if t in used]
+    meta["resumed_from"] = str(partial_path)
     mem = run_memory(args)
     meta["load_average_end"] = os.getloadavg()[0]
     out = args.out
     plot_path = out.with_suffix(".png")
     out.parent.mkdir(parents=True, exist_ok=True)
     plot(sets, names, plot_path, f"{codec.info['name']}, T = {T}")
-    out.write_text("\n".join(report(meta, sets, names, missing, mem, T, plot_path)) + "\n")
-    out.with_suffix(".json").write_text(json.dumps({"meta": meta, "sets": sets, "memory": mem, "skipped": missing,
-                                                    "targets": TARGETS}, indent=1) + "\n")
+    atomic_write_bytes(out, ("\n".join(report(meta, sets, names, missing, mem, T, plot_path)) + "\n").encode())
+    atomic_write_bytes(out.with_suffix(".json"), (json.dumps({"meta": meta, "sets": sets, "memory": mem, "skipped": missing,
+                                                              "targets": TARGETS}, indent=1) + "\n").encode())
+    partial_path.unlink(missing_ok=True)
     print(f"wrote {out}, {plot_path}, {out.with_suffix('.json')}", file=sys.stderr)
 
 
