@@ -7,10 +7,11 @@ python -m benchmarks.natural [--model natural] [--steps T] [--sets CSet14,CSet5]
     [--out benchmarks/results/natural.md]
 
 Writes OUT (markdown), OUT's stem + ".png" (per-image bpd plot) and OUT with suffix .json
-(every raw number). A run takes hours on a CPU: each image's row is kept in OUT with suffix
-.partial.json as soon as it is measured, and the same command run again (same model weights,
-T, seed, ELBO mode and threads) continues from there; the file goes when OUT is written. All rows are measured on the same images in this run; the classical
-codecs are vdmcodec.bench's (Pillow, imagecodecs).
+(every raw number). All rows are measured on the same images in this run; the classical
+codecs are vdmcodec.bench's (Pillow, imagecodecs). A run takes hours on a CPU: each image's
+row is kept in OUT with suffix .partial.json as soon as it is measured, and the same command
+run again (same model weights, T, seed, ELBO mode and threads) continues from there; the
+file goes when OUT is written.
 """
 from __future__ import annotations
 
@@ -157,6 +158,11 @@ def run_memory(args) -> list[dict]:
 
 
 # ---- report ----------------------------------------------------------------------------------
+def discrete(e: dict | None) -> float | None:
+    """An image's T-step -ELBO, or None (not run, or an image the model does not code)."""
+    return e["discrete"] if e else None
+
+
 def mean(v) -> float:
     v = [x for x in v if x is not None]
     return float(np.mean(v)) if v else float("nan")
@@ -170,9 +176,9 @@ def set_table(name: str, rows: list[dict], codec_names: list[str], T: int) -> li
     for r in rows:
         v, e = r["vdmcodec"], r["elbo"]
         cells = [f"{v['bpd']:.3f}", f"{v['model_bpd']:.3f}" if v["model_method"] in MODEL_METHODS else "-",
-                 f"{e['discrete']:.3f}" if e and e["discrete"] is not None else "-", f"{e['continuous']:.3f}" if e else "-"]
+                 f"{discrete(e):.3f}" if discrete(e) is not None else "-", f"{e['continuous']:.3f}" if e else "-"]
         cells += [f"{r['classical'][c]['bpd']:.3f}" for c in codec_names]
-        gap = (f"{v['model_bpd'] / e['discrete'] - 1:+.1%}" if e and e["discrete"] is not None
+        gap = (f"{v['model_bpd'] / discrete(e) - 1:+.1%}" if discrete(e) is not None
                and v["model_method"] in MODEL_METHODS else "-")
         lines.append(f"| {r['name']} | {r['shape'][1]}x{r['shape'][0]}x{r['shape'][2]} | " + " | ".join(cells)
                      + f" | {v['method']} | {gap} | {v['encode_s']:.1f} | {v['decode_s']:.1f} |")
@@ -261,7 +267,7 @@ def plot(sets: dict, codec_names: list[str], path: Path, title: str) -> None:
 
     fig, axes = plt.subplots(len(sets), 1, figsize=(10, 3.6 * len(sets)), dpi=110, squeeze=False)
     rows_all = [r for rs in sets.values() for r in rs if r["elbo"]]
-    kind = "discrete" if any(r["elbo"]["discrete"] is not None for r in rows_all) else "continuous"
+    kind = "discrete" if any(discrete(r["elbo"]) is not None for r in rows_all) else "continuous"
     series = ["vdmcodec", "-ELBO (T steps)" if kind == "discrete" else "-ELBO (continuous)"] + codec_names
     for ax, (name, rows) in zip(axes[:, 0], sets.items()):
         x = np.arange(len(rows))
@@ -272,7 +278,7 @@ def plot(sets: dict, codec_names: list[str], path: Path, title: str) -> None:
             if s == "vdmcodec":
                 vals = [r["vdmcodec"]["bpd"] for r in rows]
             elif s.startswith("-ELBO"):
-                vals = [r["elbo"][kind] if r["elbo"] and r["elbo"][kind] is not None else np.nan for r in rows]
+                vals = [np.nan if not r["elbo"] or r["elbo"][kind] is None else r["elbo"][kind] for r in rows]
             else:
                 vals = [r["classical"][s]["bpd"] for r in rows]
             ax.bar(x + (j - len(series) / 2 + 0.5) * width, vals, width, label=s)
@@ -334,7 +340,7 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         v, e = r["vdmcodec"], r["elbo"]
         if v["model_method"] not in MODEL_METHODS:
             continue
-        et, eg = ((f"{e['discrete']:.3f}", f"{v['model_bpd'] / e['discrete'] - 1:+.2%}") if e and e["discrete"] is not None
+        et, eg = ((f"{discrete(e):.3f}", f"{v['model_bpd'] / discrete(e) - 1:+.2%}") if discrete(e) is not None
                   else ("-", "-"))
         lines.append(f"| {r['name']} | {v['model_bpd']:.3f} | {et} | {eg} | "
                      f"{v['container_bytes']} | {v['seed_bytes']:,} | {v['seed_subpixels'] / np.prod(r['shape']):.2%} | "
