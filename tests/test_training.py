@@ -103,6 +103,13 @@ def test_config_file_roundtrip(tmp_path):
 
     with pytest.raises(DataError, match="bogus"):
         load_config(p)
+    for bad, msg in [({"crop_multiple": 0}, "crop_multiple must be a positive integer, got 0"),
+                     ({"batch_size": 2.5}, "batch_size must be a positive integer"),
+                     ({"ema_decay": 1.0}, r"ema_decay must be in \[0, 1\)"), ({"lr": -1e-3}, "lr must be positive")]:
+        p.write_text(json.dumps({"train": bad}))
+        with pytest.raises(DataError, match="config: bad train section") as e:
+            load_config(p)
+        assert e.match(msg) and "\n" not in str(e.value)
 
 
 def test_torchrun_two_processes(tmp_path, mnist_path):

@@ -35,6 +35,18 @@ class TrainConfig:
     # training-objective options (vdmcodec/objective.py): t sampling, weighting, STF, L_hybrid
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
 
+    def __post_init__(self):
+        positive = {"batch_size": self.batch_size, "crop_multiple": self.crop_multiple, "patch_size": self.patch_size,
+                    "val_patch_size": self.val_patch_size, "threads": self.threads}
+        bad = [f"{k} must be a positive integer, got {v!r}" for k, v in positive.items()
+               if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1)]
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            bad.append(f"lr must be positive, got {self.lr!r}")
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            bad.append(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+        if bad:
+            raise ValueError("; ".join(bad))
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -71,7 +83,11 @@ class RunConfig:
             model = ModelConfig.from_dict(d.get("model", {}))
         except (TypeError, ValueError) as e:
             raise DataError(f"config: bad model section ({e})") from None
-        return RunConfig(model=model, train=TrainConfig(**t))
+        try:
+            train = TrainConfig(**t)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"config: bad train section ({e})") from None
+        return RunConfig(model=model, train=train)
 
 
 def load_config(path: Path | None) -> RunConfig:
