@@ -189,10 +189,9 @@ def set_table(name: str, rows: list[dict], codec_names: list[str], T: int) -> li
     means_txt = ["-" if np.isnan(m) else f"**{m:.3f}**" for m in means]
     means_txt += [f"**{mean(r['classical'][c]['bpd'] for r in rows):.3f}**" for c in codec_names]
     lines.append("| **mean** | | " + " | ".join(means_txt) + " | | | | |")
-    dims = sum(int(np.prod(r["shape"])) for r in rows)
-    pooled = [8 * sum(r["vdmcodec"]["bytes"] for r in rows) / dims, None, None, None]
-    pooled += [8 * sum(r["classical"][c]["bytes"] for r in rows) / dims for c in codec_names]
-    lines.append("| pooled (all bytes / all subpixels) | | " + " | ".join("-" if p is None else f"{p:.3f}" for p in pooled)
+    pools = [pooled(rows, lambda r: r["vdmcodec"]["bpd"]), None, None, None]
+    pools += [pooled(rows, lambda r, c=c: r["classical"][c]["bpd"]) for c in codec_names]
+    lines.append("| pooled (all bytes / all subpixels) | | " + " | ".join("-" if p is None else f"{p:.3f}" for p in pools)
                  + " | | | | |")
     gray = [r["name"] for r in rows if r["elbo"] is None]
     if gray:
