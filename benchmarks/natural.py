@@ -92,13 +92,15 @@ def measure_elbo(codec, im: np.ndarray, T: int, seed: int, discrete: bool = True
     """The T-step -ELBO (every step evaluated, one noise draw each: what the chain should
     cost; None when not ``discrete``, which saves T network calls over the image) and the
     continuous-time one (CONTINUOUS_DRAWS draws of t) of one image."""
-    if im.shape[-1] != codec.channels:
+    gray = im.shape[-1] == 1 and codec.channels == 3  # coded as R = G = B ("tiled-gray"): 3x the bits per pixel
+    if im.shape[-1] != codec.channels and not gray:
         return None
+    x, k = (np.repeat(im, 3, axis=-1), 3) if gray else (im, 1)
     t0 = time.perf_counter()
     d = None
     if discrete:
-        d = evaluate(codec.model, [ImageItem(im, "x.png")], steps=T, seed=seed, progress=False)["bpd_discrete"]
-    return {"continuous": continuous_bpd(codec.model, im, seed), "discrete": d, "seconds": time.perf_counter() - t0}
+        d = k * evaluate(codec.model, [ImageItem(x, "x.png")], steps=T, seed=seed, progress=False)["bpd_discrete"]
+    return {"continuous": k * continuous_bpd(codec.model, x, seed), "discrete": d, "seconds": time.perf_counter() - t0}
 
 
 @torch.no_grad()
@@ -196,7 +198,7 @@ def set_table(name: str, rows: list[dict], codec_names: list[str], T: int) -> li
     gray = [r["name"] for r in rows if r["elbo"] is None]
     if gray:
         lines += ["", f"The -ELBO means are over the {len(rows) - len(gray)} images the model codes; "
-                      f"{', '.join(gray)} (other channel count) is stored classically by vdmcodec."]
+                      f"{', '.join(gray)} (a channel count the model cannot code) is stored classically by vdmcodec."]
     return lines
 
 

@@ -75,9 +75,10 @@ def test_two_dimensional_input_comes_back_two_dimensional(codecs):
     np.testing.assert_array_equal(out[0], im)
 
 
-def test_archive_mixing_chunks_tiles_and_classical(codecs):
-    """Whole-image chunks (small images), tiled images and a classical image (wrong channel
-    count) in one file; the second tiled image finds the stack full and needs no seed."""
+def test_archive_mixing_chunks_tiles_and_gray(codecs):
+    """Whole-image chunks (small images), tiled images and a grayscale image (coded by the
+    RGB model as R = G = B: "tiled-gray") in one file; the later tiled images find the stack
+    full and need no seed."""
     rng = np.random.default_rng(7)
     small = [smooth(rng, 6, 7, 3) for _ in range(5)]
     big = [smooth(rng, 40, 52, 3), smooth(rng, 33, 17, 3)]
@@ -86,14 +87,35 @@ def test_archive_mixing_chunks_tiles_and_classical(codecs):
     blob = codecs[3].compress(images, force_model=True)
     h = header_of(blob)
     methods = h.image_methods()
-    assert methods[1] == methods[-1] == "tiled" and methods[2] in ("png", "webp")
+    assert methods[1] == methods[-1] == "tiled" and methods[2] == "tiled-gray"
     assert "vdm" in methods
     seeds = [[r for r in rects(lay, *shape[:2], h.tile) if r.method != "vdm"]
-             for lay, shape in zip(h.tiled, [big[0].shape, big[1].shape])]
-    assert seeds[1] == []  # the stack already held enough bits
+             for lay, shape in zip(h.tiled, [big[0].shape, gray.shape, big[1].shape])]
+    assert seeds[1] == seeds[2] == []  # the stack already held enough bits
     out = codecs[3].decompress(blob)
     for a, b in zip(out, images):
         np.testing.assert_array_equal(a.reshape(b.shape), b)
+
+
+@pytest.mark.parametrize("shape", [(5, 7), (29, 31, 1), (1, 1)])
+def test_gray_image_through_the_rgb_model(codecs, shape):
+    """A grayscale image with an RGB model is model-coded as three equal channels, at any
+    size (smaller than a tile too), and comes back in its own shape."""
+    im = smooth(np.random.default_rng(shape[0]), *shape[:2], 1).reshape(shape)
+    blob = codecs[3].compress(im, force_model=True)
+    h = header_of(blob)
+    assert h.image_methods() == ["tiled-gray"] and h.image_shapes() == [(*shape[:2], 1)]
+    assert check_layout(h.tiled[0], (*shape[:2], 3), h.tile) is None
+    if max(shape) > h.tile:  # (a lone one-tile image is all seed: nothing on the stack to start the chain)
+        assert any(r.method == "vdm" for r in rects(h.tiled[0], *shape[:2], h.tile))
+    out = codecs[3].decompress(blob)
+    assert out[0].shape == im.shape
+    np.testing.assert_array_equal(out[0], im)
+    # the same file claiming a colour image, or read with a gray model, is refused
+    with pytest.raises(FormatError, match="tiled-gray"):
+        codecs[3].decompress(_reheader(blob, shapes=[[*shape[:2], 3, 1]], squeeze=[]))
+    with pytest.raises(FormatError, match="three-channel model"):
+        codecs[1].decompress(blob)
 
 
 def test_lone_photo_seeds_only_its_first_tiles(codecs):

@@ -24,7 +24,7 @@ import numpy as np
 from .coding import classical
 from .coding.ans import EmptyMessageError
 from .coding.codec import Codec
-from .coding.container import MODEL_METHODS, unpack
+from .coding.container import MODEL_METHODS, TILED_METHODS, unpack
 from .data import ImageItem
 from .errors import VdmcodecError
 
@@ -249,10 +249,11 @@ def measure_archive(codec: Codec, images: Sequence[np.ndarray], steps: int | Non
 
 
 def tiled_seeds(header) -> tuple[int, int]:
-    """Bytes and subpixels of the classical segments of a file's tiled images."""
+    """Bytes and subpixels (of the images as stored: a tiled-gray image counts one channel)
+    of the classical segments of a file's tiled images."""
     from .coding.tilegrid import rects
 
-    shapes = [s for s, m in zip(header.image_shapes(), header.image_methods()) if m == "tiled"]
+    shapes = [s for s, m in zip(header.image_shapes(), header.image_methods()) if m in TILED_METHODS]
     nbytes = dims = 0
     for layout, (h, w, c) in zip(header.tiled, shapes):
         for r in rects(layout, h, w, header.tile):

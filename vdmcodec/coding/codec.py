@@ -2,7 +2,8 @@
 
 How an archive is coded:
 1. every image gets its best classical encoding (PNG / WebP lossless);
-2. images the model can code (same channel count) go through the bits-back chain, in
+2. images the model can code (same channel count; a grayscale image with an RGB model as
+   R = G = B, "tiled-gray") go through the bits-back chain, in
    chunks whose size grows with the bits already on the stack; the chain's first pops need
    real bits, so the classical bytes of the first few images ("seeds") are the initial
    ANS message (HiLLoC's trick): the decoder gets them back at the very end;
@@ -36,8 +37,8 @@ from ..zoo import load_model, resolve_for_file
 from . import classical, tiles
 from .ans import EmptyMessageError, Message
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain
-from .container import (DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, Header,
-                        pack, run_length, unpack)
+from .container import (DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
+                        coded_shape, pack, run_length, unpack)
 
 DEFAULT_STEPS = 128
 DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
@@ -116,13 +117,14 @@ def _encode_order(shapes: list[tuple], methods: list[str]) -> list[int]:
     return sorted(vdm, key=lambda k: (shapes[k][0] * shapes[k][1] * shapes[k][2], shapes[k]))
 
 
-def _plan_seeds(shapes, best, eligible, per_dim: float, tiled=frozenset()):
+def _plan_seeds(shapes, best, eligible, per_dim: float, tiled: dict | None = None):
     """Which images are classical seeds (their bytes start the stack) and the chain order of
     the rest: first the images the model cannot code, then eligible images in input order
     until the first chunk's estimated initial bits are covered. None if they never are.
-    ``tiled`` images are coded after the chunks (tiles.py) and seed nothing here."""
-    eligible_set = set(eligible)
-    methods = ["vdm" if k in eligible_set else "tiled" if k in tiled else best[k][0] for k in range(len(shapes))]
+    ``tiled`` ({image: "tiled" | "tiled-gray"}) images are coded after the chunks (tiles.py)
+    and seed nothing here."""
+    eligible_set, tiled = set(eligible), tiled or {}
+    methods = ["vdm" if k in eligible_set else tiled.get(k, best[k][0]) for k in range(len(shapes))]
     order = _encode_order(shapes, methods)
     need = per_dim * math.prod(shapes[order[0]]) + 64
     have = 8 * sum(len(best[k][1]) for k in range(len(shapes)) if methods[k] not in MODEL_METHODS)
@@ -180,7 +182,7 @@ class Codec:
         all_classical = self._pack_classical(entries, best, T)
         # images with a side longer than a tile are coded in tiles (tiles.py: bounded memory,
         # their own seeds); smaller ones whole, in chunks of equal shapes
-        tiled = {k for k, p in enumerate(pix) if p.shape[-1] == self.channels and tiles.needs_tiling(p.shape, self.tile)}
+        tiled = self._tiled_methods(pix)
         eligible = [k for k, p in enumerate(pix)
                     if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS and k not in tiled]
         if classical_only or not (eligible or tiled):
@@ -193,7 +195,7 @@ class Codec:
             if plan is None:
                 if not tiled:
                     return all_classical
-                plan = (["tiled" if k in tiled else b[0] for k, b in enumerate(best)], [])
+                plan = ([tiled.get(k, b[0]) for k, b in enumerate(best)], [])
             methods, order = plan
             try:
                 blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress)
@@ -205,6 +207,14 @@ class Codec:
                 raise EmptyMessageError("the chain ran out of initial bits at every margin")
             return all_classical
         return blob if force_model or len(blob) < len(all_classical) else all_classical
+
+    def _tiled_methods(self, pix) -> dict[int, str]:
+        """{image: method} of the images coded in tiles: those of the model's channel count
+        with a side longer than a tile, and (RGB models) every grayscale image, as R = G = B."""
+        out = {k: "tiled" for k, p in enumerate(pix) if p.shape[-1] == self.channels and tiles.needs_tiling(p.shape, self.tile)}
+        if self.channels == 3:
+            out.update({k: "tiled-gray" for k, p in enumerate(pix) if p.shape[-1] == 1})
+        return dict(sorted(out.items()))
 
     def _entries(self, images, names) -> list[ImageEntry]:
         single = isinstance(images, np.ndarray) and images.ndim < 4
@@ -298,10 +308,11 @@ class Codec:
 
     def _push_tiled(self, entries, methods, chain, msg, per_dim, progress) -> list:
         """The tiled images, after the chunks, in image order (tiles.py)."""
-        idx = [k for k, m in enumerate(methods) if m == "tiled"]
+        idx = [k for k, m in enumerate(methods) if m in TILED_METHODS]
         bar = _tile_bar(progress, [entries[k].pixels.shape for k in idx], self.tile, "compress")
         try:
-            return [tiles.push_image(chain, msg, entries[k].pixels, self.tile, per_dim, bar and bar.update) for k in idx]
+            return [tiles.push_image(chain, msg, coded_pixels(entries[k].pixels, methods[k]), self.tile, per_dim,
+                                     bar and bar.update) for k in idx]
         finally:
             if bar is not None:
                 bar.close()
@@ -369,10 +380,12 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
     names = header.image_names()
     out: list[np.ndarray | None] = [None] * len(shapes)
     order = _encode_order(shapes, methods)
-    tiled_idx = [k for k, m in enumerate(methods) if m == "tiled"]
+    tiled_idx = [k for k, m in enumerate(methods) if m in TILED_METHODS]
     if order or tiled_idx:
         if codec is None:
             raise ModelError(f"this file needs model {header.model!r}")
+        if any(methods[k] == "tiled-gray" for k in tiled_idx) and codec.channels != 3:
+            raise FormatError("invalid header: a tiled-gray image needs a three-channel model")
         if model_digest(codec.info) != header.model_hash:
             raise ModelError(f"file was coded with model {header.model!r} (weights sha256 {header.model_hash}...); "
                              f"the loaded model {codec.info['name']!r} has {model_digest(codec.info)}...")
@@ -389,7 +402,7 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         bar = _bar(progress, len(order), "decompress")
         try:
             with network_threads(header, limits):
-                _pop_tiled(chain, msg, header, shapes, tiled_idx, out, progress)
+                _pop_tiled(chain, msg, header, shapes, methods, tiled_idx, out, progress)
                 cblob = _pop_chunks(chain, msg, header, shapes, order, out, bar)
         except EmptyMessageError:
             raise FormatError("corrupted payload (the ANS stream ended early)") from None
@@ -408,12 +421,22 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
     return _finish(header, shapes, methods, names, out, cblob, bool(order or tiled_idx))
 
 
-def _pop_tiled(chain: DiffusionChain, msg: Message, header: Header, shapes, tiled_idx, out, progress) -> None:
+def coded_pixels(pixels: np.ndarray, method: str) -> np.ndarray:
+    """What the chain codes for an image: a "tiled-gray" image as three equal channels."""
+    return np.repeat(pixels, 3, axis=-1) if method == "tiled-gray" else pixels
+
+
+def _pop_tiled(chain: DiffusionChain, msg: Message, header: Header, shapes, methods, tiled_idx, out, progress) -> None:
     """Decode the tiled images (pushed last, so popped first) into ``out``."""
     bar = _tile_bar(progress, [shapes[k] for k in tiled_idx], header.tile, "decompress")
     try:
         for k, layout in reversed(list(zip(tiled_idx, header.tiled))):
-            out[k] = tiles.pop_image(chain, msg, layout, shapes[k], header.tile, bar and bar.update)
+            im = tiles.pop_image(chain, msg, layout, coded_shape(shapes[k], methods[k]), header.tile, bar and bar.update)
+            if methods[k] == "tiled-gray":
+                if not ((im[..., 0] == im[..., 1]).all() and (im[..., 1] == im[..., 2]).all()):
+                    raise _mismatch(header)
+                im = np.ascontiguousarray(im[..., :1])
+            out[k] = im
     finally:
         if bar is not None:
             bar.close()

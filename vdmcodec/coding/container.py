@@ -36,8 +36,10 @@ MAX_STEPS = 100_000
 MAX_THREADS = 1024             # torch threads of the encoder (the decoder runs the same count)
 MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
-METHODS = ("vdm", "png", "webp", "tiled")
-MODEL_METHODS = ("vdm", "tiled")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
+METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray")
+MODEL_METHODS = ("vdm", "tiled", "tiled-gray")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
+# in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
+TILED_METHODS = ("tiled", "tiled-gray")
 DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc", "portable")  # the network arithmetic (coding/chain.py: ARITHMETIC)
 DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
 
@@ -63,7 +65,7 @@ class Header:
     pixels_hash: str                # hex, first 8 bytes of SHA-256 over all images
     squeeze: list = field(default_factory=list)  # run-length [[0|1, count]]: return (H, W)
     tile: int = 0                   # tile side of the tiled images (0: none)
-    tiled: list = field(default_factory=list)  # a tilegrid.TileLayout per "tiled" image, in image order
+    tiled: list = field(default_factory=list)  # a tilegrid.TileLayout per tiled image (TILED_METHODS), in image order
 
     @property
     def count(self) -> int:
@@ -260,7 +262,7 @@ def parse_header(data: bytes) -> Header:
     tile, tiled = 0, []
     if flags & _F_TILED:
         tile = r.varint("tile side", MAX_TILE)
-        n_tiled = sum(n for m, n in methods if m == "tiled")
+        n_tiled = sum(n for m, n in methods if m in TILED_METHODS)
         if not n_tiled:
             r.bad("tile layouts flagged without tiled images")
         if n_tiled > len(data) - r.pos:
@@ -345,8 +347,10 @@ def _validate(h: Header) -> Header:
     n_tiled = n_model - n_vdm
     if len(h.tiled) != n_tiled or (n_tiled > 0) != (h.tile > 0) or h.tile > MAX_TILE:
         bad("tiled images and their layouts disagree")
-    for layout, shape in zip(h.tiled, _shapes_of(h, "tiled")):
-        why = check_layout(layout, shape, h.tile)
+    for layout, (shape, method) in zip(h.tiled, _shapes_of(h, TILED_METHODS)):
+        if method == "tiled-gray" and shape[2] != 1:
+            bad("a tiled-gray image with more than one channel")
+        why = check_layout(layout, coded_shape(shape, method), h.tile)
         if why:
             bad(f"tile layout of a {shape[0]}x{shape[1]} image: {why}")
     if "sequence" in h.names:
@@ -360,9 +364,15 @@ def _validate(h: Header) -> Header:
     return h
 
 
-def _shapes_of(h: Header, method: str):
-    """The shapes of the images coded with ``method``, in image order, walking the two
-    run-length lists together (never expanding all images: a run may claim millions)."""
+def coded_shape(shape: tuple[int, int, int], method: str) -> tuple[int, int, int]:
+    """The shape the chain codes for an image of ``shape``: "tiled-gray" images go
+    through a three-channel model as R = G = B."""
+    return (shape[0], shape[1], 3) if method == "tiled-gray" else tuple(shape)
+
+
+def _shapes_of(h: Header, methods: tuple[str, ...]):
+    """(shape, method) of the images coded with one of ``methods``, in image order, walking
+    the two run-length lists together (never expanding all images: a run may claim millions)."""
     runs = iter(h.shapes)
     shape, left = None, 0
     for m, n in h.methods:
@@ -371,7 +381,7 @@ def _shapes_of(h: Header, method: str):
                 hh, w, c, left = next(runs)
                 shape = (hh, w, c)
             take = min(n, left)
-            if m == method:
+            if m in methods:
                 for _ in range(take):
-                    yield shape
+                    yield shape, m
             n, left = n - take, left - take

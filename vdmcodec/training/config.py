@@ -10,6 +10,7 @@ from pathlib import Path
 from ..diffusion import ModelConfig
 from ..errors import DataError
 from ..objective import ObjectiveConfig
+from .augment import AugmentConfig
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,8 @@ class TrainConfig:
     threads: int | None = None     # torch.set_num_threads; None keeps torch's default
     # training-objective options (vdmcodec/objective.py): t sampling, weighting, STF, L_hybrid
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
+    # training-crop augmentations (augment.py): chroma subsampling, gray stored as RGB
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self):
         positive = {"batch_size": self.batch_size, "crop_multiple": self.crop_multiple, "patch_size": self.patch_size,
@@ -68,6 +71,15 @@ class RunConfig:
         bad = set(t) - names
         if bad:
             raise DataError(f"config: unknown train options {sorted(bad)}; valid: {sorted(names)}")
+        if "augment" in t:
+            a = dict(t["augment"])
+            anames = {f.name for f in fields(AugmentConfig)}
+            if set(a) - anames:
+                raise DataError(f"config: unknown train.augment options {sorted(set(a) - anames)}; valid: {sorted(anames)}")
+            try:
+                t["augment"] = AugmentConfig(**a)
+            except (TypeError, ValueError) as e:
+                raise DataError(f"config: bad train.augment ({e})") from None
         if "adam_betas" in t:
             t["adam_betas"] = tuple(t["adam_betas"])
         if "objective" in t:

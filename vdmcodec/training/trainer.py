@@ -32,6 +32,7 @@ from ..objective import Target, TimeSampling
 from ..zoo import atomic_write_bytes, save_model
 from .config import RunConfig
 from .datasets import DataSpec, as_specs, check_disjoint, load_images, load_validation, parse_range  # noqa: F401  (re-exported)
+from .augment import Augmenter
 from .resampler import LossSecondMomentResampler
 from .warmstart import warm_start
 
@@ -95,6 +96,7 @@ class Trainer:
         self.images = load_images(self.data_specs, tc.patch_size)
         self.sampler = PatchSampler(self.images, tc.patch_size, seed=tc.seed * 1000 + self.dist.rank,
                                     multiple=tc.crop_multiple)
+        self.augment = Augmenter(tc.augment, tc.seed)
         self.val_images = None
         self.val_skipped = 0
         if self.val_specs:
@@ -220,7 +222,8 @@ class Trainer:
             t, is_weight = self.resampler.sample(t)
         x_extra = None
         if obj.target is Target.stf and obj.stf_reference > B:
-            x_extra = to_tensor(self.sampler.batch(obj.stf_reference - B)).to(self.device)
+            x_extra = to_tensor(self.augment(self.sampler.batch(obj.stf_reference - B), self.step,
+                                             self.dist.world + self.dist.rank)).to(self.device)
         self.model.amp_dtype = torch.bfloat16 if self.bf16 else None
         terms = self.ddp(x, t, eps, eps_0, obj, is_weight, x_extra)
         L = terms.loss
@@ -327,7 +330,7 @@ class Trainer:
         wall0 = time.time()
         try:
             while self.step < target and not self._stop_all():
-                x = to_tensor(self.sampler.batch(tc.batch_size)).to(self.device)
+                x = to_tensor(self.augment(self.sampler.batch(tc.batch_size), self.step, self.dist.rank)).to(self.device)
                 last = self.train_step(x)
                 self.step += 1
                 if bar is not None:
