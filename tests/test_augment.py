@@ -89,7 +89,7 @@ def test_augment_config_in_run_config(tmp_path):
     assert load_config(p) == cfg
     for bad, msg in [({"grayscale": 1.5}, r"grayscale must be a probability in \[0, 1\]"),
                      ({"chroma_subsampling": 0.7, "grayscale": 0.5}, "must not exceed 1"),
-                     ({"sepia": 0.1}, "unknown train.augment options")]:
+                     ({"sepia": 0.1}, "unknown train.augment options"), (0.3, "must be a table of options")]:
         p.write_text(json.dumps({"train": {"augment": bad}}))
         with pytest.raises(DataError, match=msg) as e:
             load_config(p)

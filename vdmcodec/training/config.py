@@ -71,26 +71,11 @@ class RunConfig:
         bad = set(t) - names
         if bad:
             raise DataError(f"config: unknown train options {sorted(bad)}; valid: {sorted(names)}")
-        if "augment" in t:
-            a = dict(t["augment"])
-            anames = {f.name for f in fields(AugmentConfig)}
-            if set(a) - anames:
-                raise DataError(f"config: unknown train.augment options {sorted(set(a) - anames)}; valid: {sorted(anames)}")
-            try:
-                t["augment"] = AugmentConfig(**a)
-            except (TypeError, ValueError) as e:
-                raise DataError(f"config: bad train.augment ({e})") from None
         if "adam_betas" in t:
             t["adam_betas"] = tuple(t["adam_betas"])
-        if "objective" in t:
-            o = dict(t["objective"])
-            onames = {f.name for f in fields(ObjectiveConfig)}
-            if set(o) - onames:
-                raise DataError(f"config: unknown train.objective options {sorted(set(o) - onames)}; valid: {sorted(onames)}")
-            try:
-                t["objective"] = ObjectiveConfig(**o)
-            except (TypeError, ValueError) as e:
-                raise DataError(f"config: bad train.objective ({e})") from None
+        for key, cls in (("augment", AugmentConfig), ("objective", ObjectiveConfig)):
+            if key in t:
+                t[key] = _sub_config(key, cls, t[key])
         try:
             model = ModelConfig.from_dict(d.get("model", {}))
         except (TypeError, ValueError) as e:
@@ -100,6 +85,20 @@ class RunConfig:
         except (TypeError, ValueError) as e:
             raise DataError(f"config: bad train section ({e})") from None
         return RunConfig(model=model, train=train)
+
+
+def _sub_config(key: str, cls, values: dict):
+    """train.<key> as a ``cls``; unknown or bad options give a one-line DataError."""
+    if not isinstance(values, dict):
+        raise DataError(f"config: train.{key} must be a table of options, got {values!r}")
+    names = {f.name for f in fields(cls)}
+    unknown = set(values) - names
+    if unknown:
+        raise DataError(f"config: unknown train.{key} options {sorted(unknown)}; valid: {sorted(names)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise DataError(f"config: bad train.{key} ({e})") from None
 
 
 def load_config(path: Path | None) -> RunConfig:
