@@ -31,7 +31,7 @@ import torch
 
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.bench import _same, image_codecs, tiled_seeds
-from vdmcodec.coding.codec import load_codec
+from vdmcodec.coding.codec import coded_pixels, load_codec
 from vdmcodec.coding.container import MODEL_METHODS, unpack
 from vdmcodec.data import ImageItem, load_items, to_tensor
 from vdmcodec.evaluate import evaluate
@@ -95,7 +95,7 @@ def measure_elbo(codec, im: np.ndarray, T: int, seed: int, discrete: bool = True
     gray = im.shape[-1] == 1 and codec.channels == 3  # coded as R = G = B ("tiled-gray"): 3x the bits per pixel
     if im.shape[-1] != codec.channels and not gray:
         return None
-    x, k = (np.repeat(im, 3, axis=-1), 3) if gray else (im, 1)
+    x, k = (coded_pixels(im, "tiled-gray"), 3) if gray else (im, 1)
     t0 = time.perf_counter()
     d = None
     if discrete:

@@ -214,7 +214,7 @@ class Codec:
         out = {k: "tiled" for k, p in enumerate(pix) if p.shape[-1] == self.channels and tiles.needs_tiling(p.shape, self.tile)}
         if self.channels == 3:
             out.update({k: "tiled-gray" for k, p in enumerate(pix) if p.shape[-1] == 1})
-        return dict(sorted(out.items()))
+        return out
 
     def _entries(self, images, names) -> list[ImageEntry]:
         single = isinstance(images, np.ndarray) and images.ndim < 4

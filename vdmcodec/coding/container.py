@@ -38,7 +38,7 @@ MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
 METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray")
 MODEL_METHODS = ("vdm", "tiled", "tiled-gray")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
-# in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
+# coded in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
 TILED_METHODS = ("tiled", "tiled-gray")
 DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc", "portable")  # the network arithmetic (coding/chain.py: ARITHMETIC)
 DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
