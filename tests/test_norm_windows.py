@@ -1,0 +1,33 @@
+"""benchmarks/norm_windows.py: windows cover the image exactly and, with a per-pixel
+network, stitch back to the whole-image output."""
+import torch
+
+from benchmarks.norm_windows import eps_in_windows, window_spans
+
+
+def test_window_spans_tile_the_side_and_stay_inside():
+    for n in (1, 7, 64, 95, 96, 128, 391, 768):
+        for core, halo in ((96, 16), (112, 8), (32, 16), (1, 0)):
+            win = core + 2 * halo
+            spans = window_spans(n, core, win)
+            covered = []
+            for start, c0, c1 in spans:
+                w = min(win, n)
+                assert 0 <= start and start + w <= n
+                assert start <= c0 < c1 <= start + w
+                covered += range(c0, c1)
+            assert covered == list(range(n))
+
+
+def test_windows_reproduce_a_pointwise_network():
+    z = torch.randn(2, 3, 41, 70)  # batch of two: each window keeps its own image
+    out = eps_in_windows(lambda v: v * 2 + 1, z, 16, 4)
+    assert torch.equal(out, z * 2 + 1)
+
+
+def test_windows_see_only_their_window():
+    # a network whose output is the window's mean: cores in different windows differ
+    z = torch.arange(64.0).repeat(1, 1, 8, 1)
+    out = eps_in_windows(lambda v: v.mean(dim=(-2, -1), keepdim=True).expand_as(v), z, 16, 8)
+    assert out[0, 0, 0, 0].item() == z[..., :32].mean().item()
+    assert out[0, 0, 0, -1].item() == z[..., 32:].mean().item()
