@@ -31,7 +31,7 @@ from PIL import Image
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.coding.chain import ARITHMETIC
 from vdmcodec.coding.codec import coding_defaults
-from vdmcodec.diffusion import _data_scale
+from vdmcodec.diffusion import scale_pixels
 from vdmcodec.zoo import load_model
 
 
@@ -65,7 +65,7 @@ def eps_in_windows(eps_fn, z: torch.Tensor, core: int, halo: int) -> torch.Tenso
 @torch.no_grad()
 def measure(model, pixels: np.ndarray, windows: list[tuple[int, int]], draws: int, seed: int) -> dict:
     x = torch.from_numpy(pixels).permute(2, 0, 1)[None]
-    xd = _data_scale(x)
+    xd = scale_pixels(x)
     gen = torch.Generator().manual_seed(seed)
     ts = (torch.arange(draws) + torch.rand(draws, generator=gen)) / draws
     ways = [None] + windows
