@@ -32,7 +32,7 @@ import torch
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.bench import _same, image_codecs, tiled_seeds
 from vdmcodec.coding.codec import coded_pixels, load_codec
-from vdmcodec.coding.container import MODEL_METHODS, unpack
+from vdmcodec.coding.container import MODEL_METHODS, TILED_METHODS, unpack
 from vdmcodec.data import ImageItem, load_items, to_tensor
 from vdmcodec.evaluate import evaluate
 from vdmcodec.files import atomic_write_bytes
@@ -47,8 +47,10 @@ PHOTO_MP = 768 * 512 / 1e6
 # ---- one image -------------------------------------------------------------------------------
 def measure_vdmcodec(codec, im: np.ndarray, T: int) -> dict:
     """The model-coded file of this image alone (``force_model``), decoded and compared, and
-    what `vdmcodec compress` writes: the smaller of it and the all-classical file (compress
-    builds both). Where the model-coded file's bytes go."""
+    what `vdmcodec compress` writes: the all-classical file where the preflight gives the
+    model up (that compress is run, timed and checked against the prediction), else the
+    smaller of the model-coded and the all-classical file (compress builds both). Where the
+    model-coded file's bytes go."""
     t0 = time.perf_counter()
     blob = codec.compress([im], steps=T, force_model=True)
     enc = time.perf_counter() - t0
@@ -58,11 +60,28 @@ def measure_vdmcodec(codec, im: np.ndarray, T: int) -> dict:
     fallback = codec.compress([im], steps=T, classical_only=True)
     header, payload = unpack(blob)
     method = header.image_methods()[0]
-    written = blob if len(blob) < len(fallback) else fallback
+    t0 = time.perf_counter()
+    classical_bits = 8 * sum(unpack(fallback)[0].classical_sizes)
+    est, skip = codec.preflight_check(im, method, classical_bits) if method in TILED_METHODS else (None, False)
+    pre_s = time.perf_counter() - t0
+    if skip:
+        t0 = time.perf_counter()
+        written = codec.compress([im], steps=T)
+        compress_s = time.perf_counter() - t0
+        if written != fallback:
+            raise AssertionError(f"compress did not write the classical file the preflight predicted ({len(written)} bytes)")
+    else:
+        written = blob if len(blob) < len(fallback) else fallback
+        compress_s = enc + pre_s  # compress runs the preflight, then what force_model runs
+    t0 = time.perf_counter()
+    written_back = back if written is blob else codec.decompress(written)
+    written_dec = dec if written is blob else time.perf_counter() - t0
     row = {"bytes": len(written), "bpd": 8 * len(written) / im.size,
            "method": method if written is blob else unpack(fallback)[0].image_methods()[0],
            "model_bytes": len(blob), "model_bpd": 8 * len(blob) / im.size, "model_method": method,
-           "encode_s": enc, "decode_s": dec, "roundtrip": _same(back, [im]), "container_bytes": len(blob) - len(payload)}
+           "encode_s": enc, "decode_s": dec, "roundtrip": _same(back, [im]) and _same(written_back, [im]),
+           "container_bytes": len(blob) - len(payload), "preflight_bpd": est, "preflight_s": pre_s,
+           "preflight_skip": skip, "compress_s": compress_s, "written_decode_s": written_dec}
     if method in MODEL_METHODS:
         seed_bytes, seed_dims = tiled_seeds(header)
         row.update(seed_bytes=seed_bytes, seed_subpixels=seed_dims,
@@ -171,31 +190,37 @@ def mean(v) -> float:
 
 
 def set_table(name: str, rows: list[dict], codec_names: list[str], T: int) -> list[str]:
-    cols = ["vdmcodec", "model-coded", f"-ELBO T={T}", "-ELBO cont."] + codec_names
+    cols = ["vdmcodec", "model-coded", "preflight est.", f"-ELBO T={T}", "-ELBO cont."] + codec_names
     lines = [f"### {name} ({len(rows)} images)", "",
-             "| image | size | " + " | ".join(cols) + " | written as | model-coded vs -ELBO T | compress s | decompress s |",
-             "|---|---|" + "---:|" * len(cols) + "---|---:|---:|---:|"]
+             "| image | size | " + " | ".join(cols) + " | written as | model-coded vs -ELBO T | compress s | decompress s "
+             "| model-coded compress s | model-coded decompress s |",
+             "|---|---|" + "---:|" * len(cols) + "---|---:|---:|---:|---:|---:|"]
     for r in rows:
         v, e = r["vdmcodec"], r["elbo"]
+        est = v.get("preflight_bpd")
         cells = [f"{v['bpd']:.3f}", f"{v['model_bpd']:.3f}" if v["model_method"] in MODEL_METHODS else "-",
+                 "-" if est is None else f"{est:.3f}",
                  f"{discrete(e):.3f}" if discrete(e) is not None else "-", f"{e['continuous']:.3f}" if e else "-"]
         cells += [f"{r['classical'][c]['bpd']:.3f}" for c in codec_names]
         gap = (f"{v['model_bpd'] / discrete(e) - 1:+.1%}" if discrete(e) is not None
                and v["model_method"] in MODEL_METHODS else "-")
+        written = v["method"] + (" (preflight)" if v.get("preflight_skip") else "")
         lines.append(f"| {r['name']} | {r['shape'][1]}x{r['shape'][0]}x{r['shape'][2]} | " + " | ".join(cells)
-                     + f" | {v['method']} | {gap} | {v['encode_s']:.1f} | {v['decode_s']:.1f} |")
+                     + f" | {written} | {gap} | {v.get('compress_s', float('nan')):.1f} | "
+                     f"{v.get('written_decode_s', float('nan')):.1f} | {v['encode_s']:.1f} | {v['decode_s']:.1f} |")
     means = [mean(r["vdmcodec"]["bpd"] for r in rows),
              mean(r["vdmcodec"]["model_bpd"] if r["vdmcodec"]["model_method"] in MODEL_METHODS else None for r in rows),
              mean(r["elbo"]["discrete"] if r["elbo"] else None for r in rows),
              mean(r["elbo"]["continuous"] if r["elbo"] else None for r in rows)]
-    means_txt = ["-" if np.isnan(m) else f"**{m:.3f}**" for m in means]
+    means.insert(2, None)  # the preflight estimates are on crops: no mean
+    means_txt = ["-" if m is None or np.isnan(m) else f"**{m:.3f}**" for m in means]
     means_txt += [f"**{mean(r['classical'][c]['bpd'] for r in rows):.3f}**" for c in codec_names]
-    lines.append("| **mean** | | " + " | ".join(means_txt) + " | | | | |")
-    pools = [pooled(rows, lambda r: r["vdmcodec"]["bpd"]), None, None, None]
+    lines.append("| **mean** | | " + " | ".join(means_txt) + " | | | | | | |")
+    pools = [pooled(rows, lambda r: r["vdmcodec"]["bpd"]), None, None, None, None]
     pools += [pooled(rows, lambda r, c=c: r["classical"][c]["bpd"]) for c in codec_names]
     lines.append("| pooled (all bytes / all subpixels) | | " + " | ".join("-" if p is None else f"{p:.3f}" for p in pools)
-                 + " | | | | |")
-    gray = [r["name"] for r in rows if r["elbo"] is None]
+                 + " | | | | | | |")
+    gray = [r["name"] for r in rows if r["vdmcodec"]["model_method"] not in MODEL_METHODS]
     if gray:
         lines += ["", f"The -ELBO means are over the {len(rows) - len(gray)} images the model codes; "
                       f"{', '.join(gray)} (a channel count the model cannot code) is stored classically by vdmcodec."]
@@ -250,12 +275,27 @@ def speed_lines(sets: dict, codec_names: list[str], load_s: float) -> list[str]:
         mp = sum(r["shape"][0] * r["shape"][1] for r in model_rows) / 1e6
         line("vdmcodec, model-coded files", sum(r["vdmcodec"]["encode_s"] for r in model_rows),
              sum(r["vdmcodec"]["decode_s"] for r in model_rows), len(model_rows), mp)
+        written = [r for r in model_rows if r["vdmcodec"]["method"] in MODEL_METHODS]
+        if written:
+            mp = sum(r["shape"][0] * r["shape"][1] for r in written) / 1e6
+            line("vdmcodec, model-coded files where written so", sum(r["vdmcodec"]["compress_s"] for r in written),
+                 sum(r["vdmcodec"]["written_decode_s"] for r in written), len(written), mp)
     mp = sum(r["shape"][0] * r["shape"][1] for r in rows) / 1e6
+    if rows and all("compress_s" in r["vdmcodec"] for r in rows):
+        line("vdmcodec as written (preflight, then the chain where run), every image",
+             sum(r["vdmcodec"]["compress_s"] for r in rows), sum(r["vdmcodec"]["written_decode_s"] for r in rows),
+             len(rows), mp)
+        line("vdmcodec without the preflight (chain on every image), every image",
+             sum(r["vdmcodec"]["encode_s"] for r in rows),
+             sum(r["vdmcodec"]["decode_s"] if r["vdmcodec"]["method"] in MODEL_METHODS else r["vdmcodec"]["written_decode_s"]
+                 for r in rows), len(rows), mp)
     for c in codec_names:
         line(c, sum(r["classical"][c]["encode_s"] for r in rows), sum(r["classical"][c]["decode_s"] for r in rows), len(rows), mp)
     lines += ["", f"Model loading (once per process, not in the figures above): {load_s:.2f} s. vdmcodec's compress "
               "includes its PNG and WebP encodings of the whole image (it writes the smaller of model-coded and "
-              "classical); decompress is that of the model-coded file."]
+              "classical). 'model-coded files': the chain's compress (no preflight) and decompress of every image "
+              "the model can code; 'as written': what `vdmcodec compress` costs (the preflight's crops, then the "
+              "chain unless the preflight gave the model up) and the decompress of the file it writes."]
     return lines
 
 
@@ -325,7 +365,8 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "figures, pooled = all bytes over all subpixels (how the data README measured its figures, so the targets "
         "compare pooled figures; the -ELBO pools weight each model-coded image by its subpixels). vdmcodec is "
         "what `vdmcodec compress` writes (the smaller of the model-coded and the all-classical file: 'written as' says "
-        "which); model-coded is that file's model-coded candidate, header and seeds included. The -ELBO columns are the model's estimates on the same image, not files: T-step "
+        "which; '(preflight)': compress estimated the model's rate on crops first and, the classical file being far "
+        "smaller, never ran the chain; 'preflight est.' is that estimate); model-coded is that file's model-coded candidate, header and seeds included. The -ELBO columns are the model's estimates on the same image, not files: T-step "
         f"(every step evaluated, seed {meta['seed']}) is what the chain should cost; continuous time is the T -> infinity "
         f"bound ({CONTINUOUS_DRAWS} stratified draws of t)"
         + ("; the T-step one was not run here (--elbo continuous: it costs as much as a compress)" if meta.get("elbo") == "continuous" else "")

@@ -64,6 +64,10 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         threads: Optional[int] = typer.Option(1, min=1, max=1024, help="torch threads for the network; recorded in the "
                                               "file, whose decoder runs the same count. 1 (the default) decodes on "
                                               "any machine and was faster than 2 for the network's small batches here."),
+        preflight: bool = typer.Option(True, help="Estimate the model's rate on a few crops of each large image "
+                                       "first and code classically, without the diffusion chain, those whose "
+                                       "classical file is far smaller (--no-preflight: run the chain on every image "
+                                       "the model can code)."),
         json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ):
@@ -90,7 +94,9 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             if output.exists() and output.is_dir():
                 fail(f"{output}: is a folder")
             items = load_items(list(inputs))
-            codec = load_codec(model, arithmetic=arithmetic)
+            from vdmcodec.coding.preflight import PreflightConfig
+
+            codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None)
             blob = codec.compress([it.pixels for it in items], steps=steps, names=[it.name for it in items], progress=progress)
             from vdmcodec.zoo import atomic_write_bytes
 

@@ -183,3 +183,24 @@ def test_every_shipped_card_names_its_directory():
     assert dirs
     for d in dirs:
         assert read_card(d)["card"]["name"] == d.name, d
+
+
+@pytest.mark.parametrize("flag, chained", [([], False), (["--no-preflight"], True)])
+def test_compress_preflight_skips_the_chain_unless_switched_off(tmp_path, tiny_model_dir, monkeypatch, flag, chained):
+    """A flat 256x256 image: a few hundred classical bytes against the untrained model's
+    estimate, so the preflight stores it classically without the chain; --no-preflight
+    runs the chain (and compress still writes the smaller, classical, file)."""
+    from vdmcodec.coding import tiles
+
+    calls = []
+    orig = tiles.push_image
+    monkeypatch.setattr(tiles, "push_image", lambda *a, **k: calls.append(1) or orig(*a, **k))
+    src = tmp_path / "flat.png"
+    Image.fromarray(np.full((256, 256), 200, dtype=np.uint8)).save(src)
+    arc = tmp_path / "flat.vdmc"
+    res = runner.invoke(app, ["compress", str(src), "-o", str(arc), "--model", str(tiny_model_dir), "--steps", "2",
+                              "--no-progress", *flag])
+    assert res.exit_code == 0, res.output
+    assert bool(calls) == chained
+    res = runner.invoke(app, ["info", str(arc), "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["images"] == 1

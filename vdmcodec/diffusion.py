@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import Denoiser, NetworkConfig, NetworkKind
+from .networks import ConditioningCache, Denoiser, NetworkConfig, NetworkKind
 from .objective import LossWeighting, ObjectiveConfig, Target, TimeSampling, edm_weight, lognormal_gamma_params, truncated_normal_icdf
 from .preconditioning import Preconditioning, edm_vp_scales
 from .schedules import NoiseSchedule, ScheduleConfig, ScheduleKind, alpha_sigma, make_schedule
@@ -104,10 +104,12 @@ class VDM(nn.Module):
         """Predicted noise; gamma_t has shape [B]. Drops the learned-variance channels."""
         return self.eps_and_v(z_t, gamma_t)[0]
 
-    def eps_and_v(self, z_t: torch.Tensor, gamma_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def eps_and_v(self, z_t: torch.Tensor, gamma_t: torch.Tensor,
+                  cache: ConditioningCache | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """eps_hat and, with learned variances, iDDPM's interpolation v = tanh(net output) in
         [-1, 1] per subpixel (else None). With EDM preconditioning the network sees
-        z_t / sqrt(v_t) and predicts a residual (preconditioning.py)."""
+        z_t / sqrt(v_t) and predicts a residual (preconditioning.py). ``cache``: the
+        network's time conditioning kept across calls (inference; networks.ConditioningCache)."""
         C = z_t.shape[1]
         edm = self.cfg.precond is Preconditioning.edm
         scales = edm_vp_scales(_bc(gamma_t, z_t), self.cfg.sigma_data) if edm else None
@@ -115,15 +117,18 @@ class VDM(nn.Module):
         t_norm = self.t_norm(gamma_t)
         if self.amp_dtype is not None:
             with torch.autocast(z_t.device.type, dtype=self.amp_dtype):
-                out = self.net(net_in, t_norm)
+                out = self._net(net_in, t_norm, cache)
             eps_hat = out[:, :C].float()
             v_raw = out[:, C:].float()
         else:
-            out = self.net(net_in, t_norm)
+            out = self._net(net_in, t_norm, cache)
             eps_hat, v_raw = out[:, :C], out[:, C:]
         if edm:
             eps_hat = scales.eps_skip * z_t - scales.eps_out * eps_hat
         return eps_hat, (torch.tanh(v_raw) if self.learned_variance else None)
+
+    def _net(self, z, t_norm, cache):
+        return self.net(z, t_norm) if cache is None else self.net(z, t_norm, cache)  # any net(z, t_norm) without one
 
     def forward(self, x, t, eps, eps_0, objective: ObjectiveConfig | None = None, is_weight=None, x_extra=None) -> "TrainTerms":
         """Training forward pass (what DistributedDataParallel wraps)."""

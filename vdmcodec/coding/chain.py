@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from ..diffusion import VDM, VOCAB, scale_pixels
+from ..networks import ConditioningCache
 from . import exact
 from .ans import Codec, Message, categorical, permuted, whiten, windowed_gaussian
 
@@ -125,6 +126,9 @@ class DiffusionChain:
                 g = sched(t).numpy()
         self.gamma = g
         self.gamma_f32 = torch.from_numpy(g.astype(np.float32))
+        # the network's time conditioning at each level, shared by the segments coded at it
+        # (bit-identical to recomputing it: networks.ConditioningCache)
+        self._conditioning = ConditioningCache()
         self.alpha = np.sqrt(sigmoid(-g))
         self.sigma = np.sqrt(sigmoid(g))
         # q(z_i | z_{i-1}) = N(a_q z_{i-1}, std_q^2); level 0: q(z_0 | x) = N(alpha_0 x, sigma_0^2)
@@ -179,7 +183,7 @@ class DiffusionChain:
             device = next(self.network.parameters()).device
             z32 = torch.from_numpy(z_i.astype(np.float32)).to(device).contiguous(memory_format=self._memory_format)
             gam = self.gamma_f32[i].expand(z32.shape[0]).to(device)
-            eps_hat, v = self.network.eps_and_v(z32, gam)
+            eps_hat, v = self.network.eps_and_v(z32, gam, self._conditioning)
             eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
             v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
         g_t, g_s = self.gamma[i], self.gamma[i - 1]

@@ -8,6 +8,9 @@ How an archive is coded:
    real bits, so the classical bytes of the first few images ("seeds") are the initial
    ANS message (HiLLoC's trick): the decoder gets them back at the very end;
 3. if the whole archive would be smaller with every image classical, it is written so.
+Before the chain, a preflight (preflight.py) estimates the model's rate on a few crops of
+each large image and codes classically, without running the chain, those whose classical
+file is far smaller than even that estimate allows.
 A SHA-256 of all pixels is stored and verified on decode.
 
 Decoding replays the encoder's float32 network arithmetic, which depends on torch's thread
@@ -36,6 +39,7 @@ from ..hardware import cpu_capability, native_bf16
 from ..zoo import load_model, resolve_for_file
 from . import classical, tiles
 from .ans import EmptyMessageError, Message
+from .preflight import PreflightConfig, estimate_bpd, hopeless
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain
 from .container import (DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
                         coded_shape, pack, run_length, unpack)
@@ -124,7 +128,7 @@ def _plan_seeds(shapes, best, eligible, per_dim: float, tiled: dict | None = Non
     ``tiled`` ({image: "tiled" | "tiled-gray"}) images are coded after the chunks (tiles.py)
     and seed nothing here."""
     eligible_set, tiled = set(eligible), tiled or {}
-    methods = ["vdm" if k in eligible_set else tiled.get(k, best[k][0]) for k in range(len(shapes))]
+    methods = ["vdm" if k in eligible_set else tiled[k] if k in tiled else best[k][0] for k in range(len(shapes))]
     order = _encode_order(shapes, methods)
     need = per_dim * math.prod(shapes[order[0]]) + 64
     have = 8 * sum(len(best[k][1]) for k in range(len(shapes)) if methods[k] not in MODEL_METHODS)
@@ -145,13 +149,15 @@ class Codec:
     """Lossless compression with one VDM. ``steps`` is the default T of ``compress``."""
 
     def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
-                 tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC):
+                 tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC,
+                 preflight: PreflightConfig | None = PreflightConfig()):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
         self.arithmetic = arithmetic  # what compress runs; decompress runs what the file names
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
+        self.preflight = preflight  # None: every codable image goes through the chain
         self._chains: dict[tuple[int, int, str], DiffusionChain] = {}
 
     @property
@@ -171,7 +177,8 @@ class Codec:
                  progress: bool = False, classical_only: bool = False, force_model: bool = False) -> bytes:
         """Compress images (uint8 numpy (H, W) / (H, W, 1|3) or PIL) into one container.
         ``force_model`` keeps the model-coded result even where all-classical is smaller
-        (for measurements); ``classical_only`` skips the model."""
+        (for measurements) and runs the chain on every image the model can code, without
+        the preflight; ``classical_only`` skips the model."""
         entries = self._entries(images, names)
         T = int(steps or self.steps)
         if T < 1:
@@ -179,14 +186,15 @@ class Codec:
         pix = [e.pixels for e in entries]
         shapes = [p.shape for p in pix]
         best = [classical.encode_best(p) for p in pix]
-        all_classical = self._pack_classical(entries, best, T)
         # images with a side longer than a tile are coded in tiles (tiles.py: bounded memory,
         # their own seeds); smaller ones whole, in chunks of equal shapes
         tiled = self._tiled_methods(pix)
         eligible = [k for k, p in enumerate(pix)
                     if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS and k not in tiled]
+        if not (force_model or classical_only):  # images the preflight gives up on stay classical
+            tiled = {k: m for k, m in tiled.items() if not self.preflight_check(pix[k], m, 8 * len(best[k][1]))[1]}
         if classical_only or not (eligible or tiled):
-            return all_classical
+            return self._pack_classical(entries, best, T)
         chain = self.chain(T, self.grid_bits)
         blob = None
         for margin in INIT_MARGINS:  # a short estimate only costs a retry with more seeds
@@ -194,14 +202,15 @@ class Codec:
             plan = _plan_seeds(shapes, best, eligible, per_dim, tiled) if eligible else None
             if plan is None:
                 if not tiled:
-                    return all_classical
-                plan = ([tiled.get(k, b[0]) for k, b in enumerate(best)], [])
+                    return self._pack_classical(entries, best, T)
+                plan = ([tiled[k] if k in tiled else best[k][0] for k in range(len(pix))], [])
             methods, order = plan
             try:
                 blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress)
                 break
             except EmptyMessageError:
                 continue
+        all_classical = self._pack_classical(entries, best, T)
         if blob is None:
             if force_model:
                 raise EmptyMessageError("the chain ran out of initial bits at every margin")
@@ -215,6 +224,24 @@ class Codec:
         if self.channels == 3:
             out.update({k: "tiled-gray" for k, p in enumerate(pix) if p.shape[-1] == 1})
         return out
+
+    def preflight_estimate(self, pixels: np.ndarray, method: str = "tiled") -> float | None:
+        """The preflight's estimate of the model's bits per subpixel on one image (uint8
+        [H, W, C]) coded as ``method`` ("tiled" or "tiled-gray": bits per gray subpixel),
+        or None where compress runs no preflight (switched off, or a small image)."""
+        cfg = self.preflight
+        if cfg is None or pixels.shape[0] * pixels.shape[1] < cfg.min_pixels:
+            return None
+        coded = coded_pixels(pixels, method)
+        return estimate_bpd(self.model, coded, cfg) * coded.shape[-1] / pixels.shape[-1]
+
+    def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int) -> tuple[float | None, bool]:
+        """(the preflight's estimate or None, whether compress gives the model up on this
+        image, whose best classical encoding takes ``classical_bits``)."""
+        est = self.preflight_estimate(pixels, method)
+        if est is None:
+            return None, False
+        return est, hopeless(est, classical_bits, pixels.size, self.preflight)
 
     def _entries(self, images, names) -> list[ImageEntry]:
         single = isinstance(images, np.ndarray) and images.ndim < 4
@@ -509,15 +536,16 @@ def _bar(progress: bool, total: int, desc: str):
 
 
 def load_codec(name_or_dir: str | Path | None = None, steps: int | None = None, device: str = "cpu",
-               arithmetic: str | None = None) -> Codec:
+               arithmetic: str | None = None, preflight: PreflightConfig | None = PreflightConfig()) -> Codec:
     """A Codec for a shipped model name (default: the default model) or a model directory.
     ``steps`` is compress's default T and ``arithmetic`` what compress runs (a key of
     coding.chain.ARITHMETIC); either left None comes from the model card (coding_steps,
     coding_arithmetic: chosen by measurement for that model), else DEFAULT_STEPS and
-    DEFAULT_ARITHMETIC. Decompress runs whatever a file names."""
+    DEFAULT_ARITHMETIC. Decompress runs whatever a file names. ``preflight``: compress's
+    quick estimate that skips the chain on images the model clearly loses (None: off)."""
     model, info = load_model(name_or_dir, device=device)
     steps, arithmetic = coding_defaults(info, steps, arithmetic, device)
-    return Codec(model, info, steps=steps, arithmetic=arithmetic)
+    return Codec(model, info, steps=steps, arithmetic=arithmetic, preflight=preflight)
 
 
 def coding_defaults(info: dict, steps: int | None = None, arithmetic: str | None = None,

@@ -1,0 +1,152 @@
+"""The compress preflight (coding/preflight.py): its crops, that its estimate is the
+continuous-time negative ELBO of those crops, and that compress skips the chain exactly on
+the images it gives up on (and never with force_model or the preflight off).
+
+Tiny untrained RGB model; small preflight settings so that small images get one.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tests.helpers import tiny_model_config
+from vdmcodec.coding import container
+from vdmcodec.coding.codec import Codec
+from vdmcodec.coding.preflight import PreflightConfig, crop_origins, estimate_bpd, hopeless
+from vdmcodec.diffusion import VDM
+from vdmcodec.likelihood import bpd_continuous
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SMALL = PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(3)
+    return VDM(tiny_model_config(image_channels=3)).eval().requires_grad_(False)
+
+
+def codec_for(model, preflight) -> Codec:
+    return Codec(model, {"name": "tiny3", "sha256": "03" * 32}, steps=2, tile=8, preflight=preflight)
+
+
+def noise(shape, seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+@pytest.mark.parametrize("hw", [(480, 500), (64, 64), (10, 300), (300, 10), (5, 5)])
+@pytest.mark.parametrize("n", [1, 4, 16])
+def test_crop_origins_spread_over_the_image_corners_included(hw, n):
+    h, w = hw
+    side = 64
+    got = crop_origins(h, w, n, side)
+    assert n <= len(got) <= 2 * n
+    sh, sw = min(side, h), min(side, w)
+    assert all(0 <= y <= h - sh and 0 <= x <= w - sw for y, x in got)
+    if n > 1 and h > sh and w > sw:
+        assert {(0, 0), (h - sh, w - sw), (0, w - sw), (h - sh, 0)} <= set(got) or len(got) == 2
+
+
+def test_estimate_is_the_continuous_elbo_of_its_crops(model):
+    """One crop covering the whole image: the estimate is likelihood.bpd_continuous of it,
+    same noise (same generator, same order of draws)."""
+    im = noise((16, 16, 3))
+    cfg = PreflightConfig(crops=1, crop=16, draws=3, seed=5)
+    est = estimate_bpd(model, im, cfg)
+    x = torch.from_numpy(im).permute(2, 0, 1)[None].contiguous()
+    ref = float(bpd_continuous(model, x, torch.Generator().manual_seed(5), t_samples=3).total[0])
+    assert est == pytest.approx(ref, rel=1e-5)
+    assert estimate_bpd(model, im, cfg) == est  # deterministic
+
+
+def test_estimate_keeps_crops_times_draws_on_small_images(model, monkeypatch):
+    """An image smaller than the crops' area gets fewer crops and more draws."""
+    calls = []
+    orig = VDM.loss_diff_continuous
+
+    def spy(self, x, t, eps, *a, **k):
+        calls.append(x.shape[0])
+        return orig(self, x, t, eps, *a, **k)
+
+    monkeypatch.setattr(VDM, "loss_diff_continuous", spy)
+    estimate_bpd(model, noise((16, 16, 3)), PreflightConfig(crops=8, crop=16, draws=2))
+    assert calls == [1] * 16
+    calls.clear()
+    estimate_bpd(model, noise((64, 64, 3)), PreflightConfig(crops=8, crop=16, draws=2))
+    n = len(crop_origins(64, 64, 8, 16))  # a 3 x 3 grid for "about 8"
+    assert calls == [n] * -(-16 // n)
+
+
+def test_hopeless_compares_the_estimate_over_its_margin():
+    cfg = PreflightConfig(margin=1.25)
+    assert hopeless(5.0, 3.9 * 100, 100, cfg)       # 5 / 1.25 = 4 > 3.9
+    assert not hopeless(5.0, 4.1 * 100, 100, cfg)
+    with pytest.raises(ValueError):
+        PreflightConfig(margin=0.9)
+
+
+def chain_must_not_run(codec, monkeypatch):
+    def refuse(*a, **k):
+        raise AssertionError("the chain ran")
+
+    monkeypatch.setattr(codec, "chain", refuse)
+
+
+def test_compress_skips_the_chain_on_an_image_classical_wins_by_far(model, monkeypatch):
+    """A flat image: a few hundred bytes classically, several bits per subpixel for the
+    untrained model. The preflight writes the classical file without running the chain."""
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = codec_for(model, SMALL)
+    expect = codec.compress([im], classical_only=True)
+    assert codec.preflight_estimate(im) > 1.0
+    chain_must_not_run(codec, monkeypatch)
+    blob = codec.compress([im])
+    assert blob == expect
+    assert np.array_equal(codec.decompress(blob)[0], im)
+
+
+@pytest.mark.parametrize("preflight", [None, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9),
+                                       PreflightConfig(min_pixels=10**6)])
+def test_compress_runs_the_chain_when_the_preflight_is_off_or_hopeful_or_small(model, monkeypatch, preflight):
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = codec_for(model, preflight)
+    chain_must_not_run(codec, monkeypatch)
+    with pytest.raises(AssertionError, match="the chain ran"):
+        codec.compress([im])
+
+
+def test_force_model_ignores_the_preflight(model):
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = codec_for(model, SMALL)
+    blob = codec.compress([im], force_model=True)
+    assert container.unpack(blob)[0].image_methods() == ["tiled"]
+    assert np.array_equal(codec.decompress(blob)[0], im)
+
+
+def test_in_an_archive_only_the_images_given_up_on_skip_the_chain(model, monkeypatch):
+    """In an archive, an image given up on is stored classically (its bytes seed the stack)
+    while the others still go through the chain; gray images are estimated as R = G = B."""
+    from vdmcodec.coding import tiles
+
+    flat = np.full((40, 48, 3), 77, dtype=np.uint8)
+    busy = noise((40, 48, 3), seed=1)
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=2.0))
+    assert not hopeless(codec.preflight_estimate(busy), 8 * 40 * 48 * 3, busy.size, codec.preflight)
+    chained = []
+    orig = tiles.push_image
+
+    def spy(chain, msg, pixels, *a, **k):
+        chained.append(pixels.copy())
+        return orig(chain, msg, pixels, *a, **k)
+
+    monkeypatch.setattr(tiles, "push_image", spy)
+    blob = codec.compress([flat, busy])
+    assert len(chained) == 1 and np.array_equal(chained[0], busy)
+    out = codec.decompress(blob)
+    assert np.array_equal(out[0], flat) and np.array_equal(out[1], busy)
+    gray = np.full((40, 48, 1), 9, dtype=np.uint8)
+    assert codec.preflight_estimate(gray, "tiled-gray") == pytest.approx(
+        3 * codec.preflight_estimate(np.repeat(gray, 3, -1)), rel=1e-9)
+

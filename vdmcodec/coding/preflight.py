@@ -1,0 +1,85 @@
+"""A quick look before the chain: skip the model on images it clearly cannot win.
+
+Compress writes, per image, the model-coded result or the best classical one, whichever is
+smaller; the model's way costs T network passes over the image (about a minute for a
+768x512 photo at T = 64 here), also on images where the classical file is several times
+smaller (screenshots, palette and gray images: the model knows photographs). The
+preflight estimates the model's rate from the continuous-time negative ELBO on a few
+crops of the image, ``crops`` crops of ``crop`` x ``crop`` pixels on a regular grid (the
+corners included), each at ``draws`` low-discrepancy draws of t: ``crops x draws`` network
+passes over ``crop``-sized inputs, about 1% of the chain's work on a 768x512 photo. When
+even the estimate divided by ``margin`` is above the classical bits, the image is coded
+classically and the chain never runs.
+
+Measured (the step-12667 photo model, CSet14 and CSet5, 16 crops of 64 px, 4 draws, three
+noise seeds): estimate / model-coded file between 0.84 and 1.13 over the 19 photos, where
+the model-coded file is between 0.91 and 3.5 times the classical one. The default margin
+1.25 leaves room above the largest overestimate seen (1.13); images the model loses by
+less than that are coded both ways, as without the preflight. Only the encoder's choice
+depends on it (the file records each image's method), so it never touches losslessness.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..diffusion import VDM, low_discrepancy_t
+from ..likelihood import nats_to_bpd
+
+
+@dataclass(frozen=True)
+class PreflightConfig:
+    crops: int = 16        # crops per image (fewer on images smaller than crops x crop^2 pixels)
+    crop: int = 64         # their side: the photo model's training crop
+    draws: int = 4         # low-discrepancy draws of t per crop
+    margin: float = 1.25   # skip when estimate / margin > classical bits per subpixel
+    min_pixels: int = 256 * 256  # smaller images go through the chain without a preflight
+    seed: int = 0          # the estimate's noise: fixed, so compress is deterministic
+
+    def __post_init__(self):
+        if self.crops < 1 or self.crop < 1 or self.draws < 1:
+            raise ValueError("preflight crops, crop and draws must be >= 1")
+        if not self.margin >= 1.0:
+            raise ValueError(f"preflight margin must be >= 1, got {self.margin}")
+
+
+def crop_origins(h: int, w: int, n: int, side: int) -> list[tuple[int, int]]:
+    """Top-left corners of about ``n`` crops of ``side`` (clipped to the image) on a grid
+    of rows x cols spread evenly over an h x w image, the four corners included."""
+    sh, sw = min(side, h), min(side, w)
+    rows = max(1, min(n, round(math.sqrt(n * h / w))))
+    cols = max(1, -(-n // rows))
+    ys = np.linspace(0, h - sh, rows).round().astype(int)
+    xs = np.linspace(0, w - sw, cols).round().astype(int)
+    return [(int(y), int(x)) for y in ys for x in xs]
+
+
+@torch.no_grad()
+def estimate_bpd(model: VDM, pixels: np.ndarray, cfg: PreflightConfig = PreflightConfig()) -> float:
+    """The model's negative ELBO (continuous time) in bits per subpixel of ``pixels`` (uint8
+    [H, W, C] with C the model's channels), estimated on crops. The crops' count shrinks on
+    images smaller than ``crops`` crops and their draws grow to keep at least crops x draws
+    network passes per crop-sized input."""
+    h, w, _ = pixels.shape
+    origins = crop_origins(h, w, max(1, min(cfg.crops, math.ceil(h * w / cfg.crop**2))), cfg.crop)
+    draws = math.ceil(cfg.crops * cfg.draws / len(origins))
+    side_h, side_w = min(cfg.crop, h), min(cfg.crop, w)
+    batch = np.stack([pixels[y : y + side_h, x : x + side_w] for y, x in origins])
+    device = next(model.parameters()).device
+    x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
+    g = torch.Generator().manual_seed(cfg.seed)
+    nats = model.loss_recon(x, torch.randn(x.shape, generator=g).to(device)) + model.loss_prior(x)
+    for _ in range(draws):
+        t = low_discrepancy_t(x.shape[0], g, device)
+        nats = nats + model.loss_diff_continuous(x, t, torch.randn(x.shape, generator=g).to(device)) / draws
+    return float(nats_to_bpd(nats.double(), x[0].numel()).mean())
+
+
+def hopeless(estimate: float, classical_bits: float, subpixels: int, cfg: PreflightConfig = PreflightConfig()) -> bool:
+    """The classical file (``classical_bits`` for ``subpixels``) beats even the optimistic
+    reading of the model's estimate (bits per the chain's subpixels, already scaled to the
+    image's)."""
+    return estimate / cfg.margin > classical_bits / subpixels
