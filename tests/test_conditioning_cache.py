@@ -3,6 +3,8 @@ coded at the same noise level is bit-identical to recomputing it, keyed on every
 conditioning depends on, bounded, and off where autograd records."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 
@@ -57,14 +59,33 @@ def test_cached_conditioning_gives_the_same_bits(model, monkeypatch, amp):
     model.amp_dtype = None
 
 
-def test_the_key_separates_t_batch_and_autocast(model):
+def test_the_key_separates_t_batch_autocast_network_and_weights(model):
+    net = model.net
     t = torch.tensor([0.5])
-    k = ConditioningCache.key(t, torch.float32)
-    assert k != ConditioningCache.key(torch.tensor([0.25]), torch.float32)
-    assert k != ConditioningCache.key(torch.tensor([0.5, 0.5]), torch.float32)
+    k = ConditioningCache.key(net, t, torch.float32)
+    assert k != ConditioningCache.key(net, torch.tensor([0.25]), torch.float32)
+    assert k != ConditioningCache.key(net, torch.tensor([0.5, 0.5]), torch.float32)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert k != ConditioningCache.key(t, torch.float32)
-    assert k == ConditioningCache.key(torch.tensor([0.5]), torch.float32)
+        assert k != ConditioningCache.key(net, t, torch.float32)
+    assert k == ConditioningCache.key(net, torch.tensor([0.5]), torch.float32)
+    other = copy.deepcopy(net)
+    assert k != ConditioningCache.key(other, t, torch.float32)
+    with torch.no_grad():
+        other.emb[0].weight.mul_(1.0)  # an in-place update, even one that changes no value
+    k_other = ConditioningCache.key(other, t, torch.float32)
+    with torch.no_grad():
+        other.mid1.emb.bias.add_(1.0)
+    assert k_other != ConditioningCache.key(other, t, torch.float32)
+
+
+def test_a_weight_update_is_not_served_stale_conditioning(model):
+    net = copy.deepcopy(model.net).eval()
+    cache = ConditioningCache()
+    z, t = torch.randn(1, 3, 8, 8), torch.tensor([0.3])
+    with torch.no_grad():
+        net(z, t, cache)
+        net.mid1.emb.bias.add_(0.5)
+        assert torch.equal(net(z, t, cache), net(z, t))
 
 
 def test_the_cache_is_bounded_and_unused_under_autograd(model, monkeypatch):

@@ -105,10 +105,12 @@ class ConditioningCache:
     the network on many segments of a photo at each of its T levels, and the time MLP and
     every block's FiLM projection (small matrix products, mostly call and bfloat16-cast
     overhead) depend on t alone: reusing them took monarch's (768x512, T = 64, two threads)
-    decompress from 60.2 to 53.8 s and its compress from 67.1 to 62.3 s, same files. An entry is used only for the same t
-    values, batch, dtype, device and autocast state, so its tensors are what the call would
-    compute: outputs are bit-identical with and without the cache. Bounded by
-    ``max_elements`` (oldest entries go first); never used where autograd records."""
+    decompress from 60.2 to 53.8 s and its compress from 67.1 to 62.3 s, same files. An
+    entry is used only by the same network with unchanged weights (their in-place version
+    counters), for the same t values, batch, dtype, device and autocast state, so its
+    tensors are what the call would compute: outputs are bit-identical with and without the
+    cache. Bounded by ``max_elements`` (oldest entries go first); never used where autograd
+    records."""
 
     def __init__(self, max_elements: int = 1 << 22):
         self.max_elements = max_elements
@@ -116,11 +118,12 @@ class ConditioningCache:
         self._elements = 0
 
     @staticmethod
-    def key(t_norm: torch.Tensor, dtype: torch.dtype) -> tuple:
+    def key(net: nn.Module, t_norm: torch.Tensor, dtype: torch.dtype) -> tuple:
         dev = t_norm.device.type
         amp = torch.is_autocast_enabled(dev)
-        return (t_norm.detach().cpu().numpy().tobytes(), tuple(t_norm.shape), t_norm.dtype, dtype, str(t_norm.device),
-                amp, torch.get_autocast_dtype(dev) if amp else None)
+        weights = (id(net), tuple(p._version for p in net.parameters()))
+        return (weights, t_norm.detach().cpu().numpy().tobytes(), tuple(t_norm.shape), t_norm.dtype, dtype,
+                str(t_norm.device), amp, torch.get_autocast_dtype(dev) if amp else None)
 
     def get(self, key: tuple) -> Conditioning | None:
         return self._entries.get(key)
@@ -206,7 +209,7 @@ class Denoiser(nn.Module):
         if pad_h or pad_w:
             z = F.pad(z, (0, pad_w, 0, pad_h), mode="replicate")
         use_cache = cache is not None and not torch.is_grad_enabled()
-        key = ConditioningCache.key(t_norm, z.dtype) if use_cache else None
+        key = ConditioningCache.key(self, t_norm, z.dtype) if use_cache else None
         cond = cache.get(key) if use_cache else None
         if cond is None:
             cond = Conditioning(self.emb(timestep_embedding(t_norm, self.cfg.channels).to(z.dtype)))
