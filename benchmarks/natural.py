@@ -490,7 +490,8 @@ def main(argv=None):
                   f"{r['vdmcodec']['encode_s']:.1f}+{r['vdmcodec']['decode_s']:.1f} s), -ELBO "
                   + (f"{e['discrete'] if e['discrete'] is not None else e['continuous']:.3f}" if e else "-") + ", "
                   + ", ".join(f"{c} {r['classical'][c]['bpd']:.3f}" for c in names), file=sys.stderr, flush=True)
-        sets[name] = rows
+        if rows:  # --images may select nothing from a set
+            sets[name] = rows
     used = {f"{n}/{r['name']}" for n, rs in sets.items() for r in rs}
     meta["resumed"] = [t for t in resumed if t in used]
     meta["resumed_from"] = str(partial_path)
