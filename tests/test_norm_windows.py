@@ -31,3 +31,14 @@ def test_windows_see_only_their_window():
     out = eps_in_windows(lambda v: v.mean(dim=(-2, -1), keepdim=True).expand_as(v), z, 16, 8)
     assert out[0, 0, 0, 0].item() == z[..., :32].mean().item()
     assert out[0, 0, 0, -1].item() == z[..., 32:].mean().item()
+
+
+def test_block_phase_crops_leave_room_for_every_shift():
+    from benchmarks.block_phase import crop_grid
+
+    for h, w in ((64, 64), (100, 300), (512, 768), (72, 72)):
+        for shift in (0, 4, 8):
+            corners = crop_grid(h, w, 64, shift)
+            assert all(y % 64 == 0 and x % 64 == 0 for y, x in corners)
+            assert all(y + shift + 64 <= h and x + shift + 64 <= w for y, x in corners)
+            assert len(corners) == ((h - 64 - shift) // 64 + 1) * ((w - 64 - shift) // 64 + 1)

@@ -302,3 +302,45 @@ def test_bf16_config_trains_in_bf16_only_where_native(tmp_path, mnist_path, monk
     tr.fit(1)
     assert tr.bf16 is native
     assert seen and set(seen) == {torch.bfloat16 if native else torch.float32}
+
+
+def test_learning_rate_warmup_stable_decay():
+    from vdmcodec.training.lr_schedule import learning_rate
+
+    lr = 1e-3
+    # warmup, then constant when no decay is asked for
+    assert learning_rate(lr, 10, 0) == pytest.approx(1e-4)
+    assert learning_rate(lr, 10, 9) == lr
+    assert learning_rate(lr, 10, 10**6) == lr
+    for shape in ("linear", "cosine", "1-sqrt"):
+        rates = [learning_rate(lr, 10, s, decay_start=100, decay_steps=50, lr_min=1e-5, shape=shape) for s in range(300)]
+        assert rates[99] == lr  # constant up to the start
+        assert all(a >= b for a, b in zip(rates[99:], rates[100:])), shape  # never rises while decaying
+        assert rates[100] < lr
+        assert rates[149] == pytest.approx(1e-5) and rates[299] == pytest.approx(1e-5)
+    # 1-sqrt drops faster early than linear, cosine slower
+    at = {sh: learning_rate(lr, 1, 110, 100, 100, 0.0, sh) for sh in ("linear", "cosine", "1-sqrt")}
+    assert at["1-sqrt"] < at["linear"] < at["cosine"]
+    assert at["linear"] == pytest.approx(lr * (1 - 11 / 100))
+
+
+def test_lr_decay_config_checked_and_applied(tmp_path, mnist_path):
+    with pytest.raises(ValueError, match="lr_decay_shape"):
+        TrainConfig(lr_decay_start=5, lr_decay_shape="exp")
+    with pytest.raises(ValueError, match="lr_min"):
+        TrainConfig(lr=1e-3, lr_min=1e-2)
+    with pytest.raises(ValueError, match="lr_decay_steps"):
+        TrainConfig(lr_decay_start=5, lr_decay_steps=0)
+    # a run resumed with a decay from its current step: the optimiser gets the decayed rates
+    data = write_npy(tmp_path / "train.npy", 64, mnist_path)
+    out = tmp_path / "run"
+    tr = Trainer(RunConfig(model=tiny_model_config(), train=TINY_TRAIN), out, DataSpec(data), progress=False)
+    tr.fit(5)
+    cool = replace(TINY_TRAIN, lr_decay_start=5, lr_decay_steps=4, lr_min=0.0, lr_decay_shape="linear")
+    tr2 = Trainer(RunConfig(model=tiny_model_config(), train=cool), out, DataSpec(data), progress=False, resume=True)
+    assert tr2.step == 5
+    tr2.fit(10)
+    logged = [json.loads(line) for line in (out / "train.log").read_text().splitlines() if '"lr"' in line]
+    assert [r["step"] for r in logged] == [10]
+    assert logged[-1]["lr"] == 0.0  # step 9: past the 4-step decay
+    assert tr2.opt.param_groups[0]["lr"] == 0.0

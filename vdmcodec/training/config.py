@@ -11,6 +11,7 @@ from ..diffusion import ModelConfig
 from ..errors import DataError
 from ..objective import ObjectiveConfig
 from .augment import AugmentConfig
+from .lr_schedule import DECAY_SHAPES
 
 
 @dataclass(frozen=True)
@@ -18,6 +19,12 @@ class TrainConfig:
     batch_size: int = 64
     lr: float = 5e-4
     lr_warmup: int = 200
+    # optional decay after the constant phase (lr_schedule.py): from step lr_decay_start
+    # the rate falls to lr_min over lr_decay_steps steps, then stays there
+    lr_decay_start: int | None = None
+    lr_decay_steps: int = 1000
+    lr_min: float = 0.0
+    lr_decay_shape: str = "1-sqrt"
     weight_decay: float = 0.01
     adam_betas: tuple[float, float] = (0.9, 0.99)
     grad_clip: float = 1.0
@@ -45,6 +52,15 @@ class TrainConfig:
                if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1)]
         if not (isinstance(self.lr, (int, float)) and self.lr > 0):
             bad.append(f"lr must be positive, got {self.lr!r}")
+        if self.lr_decay_start is not None:
+            if isinstance(self.lr_decay_start, bool) or not isinstance(self.lr_decay_start, int) or self.lr_decay_start < 0:
+                bad.append(f"lr_decay_start must be a step (integer >= 0) or null, got {self.lr_decay_start!r}")
+            if isinstance(self.lr_decay_steps, bool) or not isinstance(self.lr_decay_steps, int) or self.lr_decay_steps < 1:
+                bad.append(f"lr_decay_steps must be a positive integer, got {self.lr_decay_steps!r}")
+        if not (isinstance(self.lr_min, (int, float)) and 0 <= self.lr_min <= (self.lr if isinstance(self.lr, (int, float)) else 0)):
+            bad.append(f"lr_min must be in [0, lr], got {self.lr_min!r}")
+        if self.lr_decay_shape not in DECAY_SHAPES:
+            bad.append(f"lr_decay_shape must be one of {list(DECAY_SHAPES)}, got {self.lr_decay_shape!r}")
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             bad.append(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         if bad:

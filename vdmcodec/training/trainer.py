@@ -33,6 +33,7 @@ from ..zoo import atomic_write_bytes, save_model
 from .config import RunConfig
 from .datasets import DataSpec, as_specs, check_disjoint, load_images, load_validation, parse_range  # noqa: F401  (re-exported)
 from .augment import Augmenter
+from .lr_schedule import learning_rate
 from .resampler import LossSecondMomentResampler
 from .warmstart import warm_start
 
@@ -207,7 +208,7 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         tc = self.cfg.train
-        return tc.lr * min(1.0, (step + 1) / max(1, tc.lr_warmup))
+        return learning_rate(tc.lr, tc.lr_warmup, step, tc.lr_decay_start, tc.lr_decay_steps, tc.lr_min, tc.lr_decay_shape)
 
     def train_step(self, x: torch.Tensor) -> dict:
         tc = self.cfg.train
@@ -256,8 +257,9 @@ class Trainer:
                     fix /= self.dist.world
                 p.grad = fix if p.grad is None else p.grad + fix
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+        lr = self.lr_at(self.step)
         for g in self.opt.param_groups:
-            g["lr"] = self.lr_at(self.step)
+            g["lr"] = lr
         self.opt.step()
         self._ema_update()
         self.model.amp_dtype = None
@@ -272,6 +274,7 @@ class Trainer:
             "diff_bpd": float(L.loss_diff.detach().mean() * scale),
             "diff_bpd_var": float(elbo_diff.var()),
             "grad_norm": float(gnorm),
+            "lr": lr,
         }
         if not obj.is_default or terms.extra is not None:
             # the unweighted ELBO estimate beside the trained objective
