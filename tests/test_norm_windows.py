@@ -42,3 +42,20 @@ def test_block_phase_crops_leave_room_for_every_shift():
             assert all(y % 64 == 0 and x % 64 == 0 for y, x in corners)
             assert all(y + shift + 64 <= h and x + shift + 64 <= w for y, x in corners)
             assert len(corners) == ((h - 64 - shift) // 64 + 1) * ((w - 64 - shift) // 64 + 1)
+
+
+def test_whole_photo_bits_paired_and_finite():
+    import numpy as np
+
+    from benchmarks.whole_photos import photo_bits
+    from tests.helpers import tiny_model_config
+    from vdmcodec.diffusion import VDM
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config()
+    model = VDM(cfg).eval()
+    c = cfg.network.image_channels
+    px = np.random.default_rng(0).integers(0, 256, (12, 20, c), dtype=np.uint8)
+    a, b = photo_bits(model, px, 4, 3), photo_bits(model, px, 4, 3)
+    assert a == b and np.isfinite(a) and a > 0  # same seed: same t and noise
+    assert photo_bits(model, px, 4, 4) != a  # another photo index draws other noise

@@ -344,3 +344,24 @@ def test_lr_decay_config_checked_and_applied(tmp_path, mnist_path):
     assert [r["step"] for r in logged] == [10]
     assert logged[-1]["lr"] == 0.0  # step 9: past the 4-step decay
     assert tr2.opt.param_groups[0]["lr"] == 0.0
+
+
+def test_ship_a_decayed_branch_with_the_constant_rate_checkpoint(tmp_path):
+    """--checkpoint-from: the weights and card come from the branch, the training state
+    to continue from from the other run, and the card says which step that state is at."""
+    from vdmcodec.diffusion import VDM
+    from vdmcodec.training.ship import ship
+    from vdmcodec.zoo import save_model
+
+    torch.manual_seed(0)
+    branch, main, out = tmp_path / "branch", tmp_path / "main", tmp_path / "shipped"
+    save_model(branch, VDM(tiny_model_config()), {"name": "tiny", "steps": 5000, "cpu_hours": 5.5})
+    save_model(main, VDM(tiny_model_config()), {"name": "tiny", "steps": 4800, "cpu_hours": 5.2})
+    (branch / "checkpoint.pt").write_bytes(b"branch state")
+    (main / "checkpoint.pt").write_bytes(b"main state")
+    card = ship(branch, out, None, checkpoint=False, notes=None, checkpoint_from=main)
+    assert (out / "checkpoint.pt").read_bytes() == b"main state"
+    assert (out / "model.safetensors").read_bytes() == (branch / "model.safetensors").read_bytes()
+    assert card["steps"] == 5000 and card["checkpoint"]["steps"] == 4800 and card["checkpoint"]["cpu_hours"] == 5.2
+    card = ship(branch, out, None, checkpoint=True, notes=None)  # a plain ship: its own state, no such note
+    assert (out / "checkpoint.pt").read_bytes() == b"branch state" and "checkpoint" not in card

@@ -4,7 +4,9 @@ python -m vdmcodec.training.ship --run runs/mnist --out models/mnist [--checkpoi
 The card gains the image size, the codec's defaults for this model (--coding-steps T,
 --coding-arithmetic A: what `load_codec` uses when the caller names none) and, with
 --checkpoint, the full training state is copied too (checkpoint.pt), so that a fresh machine
-can resume the run from the repository. Re-shipping over an earlier ship keeps what the run
+can resume the run from the repository; --checkpoint-from RUN2 ships RUN2's training state
+instead (a decayed branch shipped from RUN, the constant-rate RUN2 to continue from:
+lr_schedule.py), and the card says which step that state is at. Re-shipping over an earlier ship keeps what the run
 cannot know: its image size, coding defaults and the evaluations of earlier sessions (a run
 resumed on a fresh machine logs only its own).
 """
@@ -22,10 +24,16 @@ KEPT = ("image_size", "coding_steps", "coding_arithmetic")  # card keys a re-shi
 
 
 def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, notes: str | None,
-         coding_steps: int | None = None, coding_arithmetic: str | None = None, name: str | None = None) -> dict:
+         coding_steps: int | None = None, coding_arithmetic: str | None = None, name: str | None = None,
+         checkpoint_from: Path | None = None) -> dict:
     run, out = Path(run), Path(out)
     meta = json.loads((run / CARD).read_text())
     card = meta["card"]
+    state_run = Path(checkpoint_from) if checkpoint_from is not None else (run if checkpoint else None)
+    if checkpoint_from is not None:
+        other = json.loads((state_run / CARD).read_text())["card"]
+        card["checkpoint"] = {"run": "another run of the same model (constant learning rate), to resume from",
+                              "steps": other.get("steps"), "cpu_hours": other.get("cpu_hours")}
     earlier = json.loads((out / CARD).read_text()).get("card", {}) if (out / CARD).exists() else {}
     card.update({k: earlier[k] for k in KEPT if k in earlier and k not in card})
     if image_size:
@@ -56,8 +64,8 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
     atomic_write_bytes(out / CARD, (json.dumps({"config": meta["config"], "card": card}, indent=2) + "\n").encode())
     if (run / "run.json").exists():
         shutil.copyfile(run / "run.json", out / "run.json")
-    if checkpoint:
-        atomic_write_bytes(out / "checkpoint.pt", (run / "checkpoint.pt").read_bytes())
+    if state_run is not None:
+        atomic_write_bytes(out / "checkpoint.pt", (state_run / "checkpoint.pt").read_bytes())
     return card
 
 
@@ -66,14 +74,16 @@ def main(argv=None):
     ap.add_argument("--run", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--image-size", type=int, nargs=2, default=None)
-    ap.add_argument("--checkpoint", action="store_true")
+    ap.add_argument("--checkpoint", action="store_true", help="ship the run's training state (checkpoint.pt) too")
+    ap.add_argument("--checkpoint-from", type=Path, default=None,
+                    help="ship this other run's training state instead (the run to continue from)")
     ap.add_argument("--notes", default=None)
     ap.add_argument("--name", default=None, help="the model name in the card (default: the run's)")
     ap.add_argument("--coding-steps", type=int, default=None, help="the codec's default T for this model")
     ap.add_argument("--coding-arithmetic", default=None, help="the codec's default network arithmetic for this model")
     args = ap.parse_args(argv)
     card = ship(args.run, args.out, args.image_size, args.checkpoint, args.notes, args.coding_steps, args.coding_arithmetic,
-                args.name)
+                args.name, args.checkpoint_from)
     print(json.dumps({k: card.get(k) for k in ("name", "steps", "cpu_hours", "val_bpd_continuous")}))
 
 

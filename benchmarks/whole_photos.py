@@ -1,0 +1,113 @@
+"""Paired comparison of photo models on what the codec codes: whole photographs.
+
+python -m benchmarks.whole_photos --models natural,runs/natural_cool [--draws 8] [--threads 2] [--arithmetic A]
+    [--out benchmarks/results/whole_photos.md] [IMAGE ...]
+
+The continuous-time negative ELBO (reconstruction + prior + diffusion term) of each whole
+validation photo, one network pass over the photo per t draw, in one network arithmetic for all
+(--arithmetic, default the first model's card's: autocast dtype and memory format). Every model
+sees the same t draws and noise for a photo (seeded by the photo's index), so the
+differences are far more certain than the values. Default photos: the RGB photos of CSet14
+and CSet5 that are not palette images (<= 256 colours: WebP's palette wins those by far).
+The validation crops the trainer reports are 64x64: this measures the models at the size
+the codec uses them.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from benchmarks.mnist import machine, resolve_data
+from vdmcodec.coding.chain import ARITHMETIC
+from vdmcodec.coding.codec import coding_defaults
+from vdmcodec.diffusion import scale_pixels
+from vdmcodec.zoo import file_sha256, load_model, resolve
+
+DATA = Path("../shared/data/natural")
+DEFAULT_PHOTOS = ([DATA / "CSet14" / f"{n}.png" for n in "barbara coastguard comic flowers foreman monarch pepper ppt3 zebra".split()]
+                  + [DATA / "CSet5" / f"{n}.png" for n in "baby bird butterfly woman".split()])
+
+
+@torch.no_grad()
+def photo_bits(model, pixels: np.ndarray, draws: int, seed: int) -> float:
+    """The continuous-time -ELBO of one photo (uint8 [H, W, C]) in bits."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)[None]
+    xd = scale_pixels(x)
+    nats = float(model.loss_recon(x, torch.randn(x.shape, generator=gen)).sum() + model.loss_prior(x).sum())
+    ts = (torch.arange(draws) + torch.rand(draws, generator=gen)) / draws
+    for k in range(draws):
+        eps = torch.randn(x.shape, generator=gen)
+        gamma, dgamma = model.gamma.gamma_and_derivative(ts[k:k + 1])
+        e = model.eps_and_v(model.q_sample(xd, gamma, eps), gamma.expand(1))[0]
+        nats += float(0.5 * dgamma * (eps - e).float().square().sum()) / draws
+    return nats / math.log(2)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("images", nargs="*", type=Path)
+    ap.add_argument("--models", required=True, help="shipped names or model directories, comma-separated")
+    ap.add_argument("--draws", type=int, default=8)
+    ap.add_argument("--arithmetic", default=None, help="network arithmetic (default: the first model's card's)")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/whole_photos.md"))
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    paths = args.images or DEFAULT_PHOTOS
+    photos = [np.array(Image.open(resolve_data(p)).convert("RGB")) for p in paths]
+    names = [m for m in args.models.split(",") if m]
+    arith = args.arithmetic
+    if arith is not None and arith not in ARITHMETIC:
+        raise SystemExit(f"--arithmetic must be one of {', '.join(ARITHMETIC)}")
+    rows = []
+    for name in names:
+        model, info = load_model(name)
+        model.eval()
+        arith = arith or coding_defaults(info)[1]
+        if ARITHMETIC[arith].portable:
+            raise SystemExit("the portable arithmetic is not measured here")
+        model.amp_dtype = ARITHMETIC[arith].autocast
+        model.net = model.net.to(memory_format=ARITHMETIC[arith].memory_format)
+        bits = [photo_bits(model, px, args.draws, k) for k, px in enumerate(photos)]
+        card = info.get("card", {})
+        rows.append({"model": name, "sha256": file_sha256(resolve(name) / "model.safetensors")[:16],
+                     "steps": card.get("steps"), "bpd": [b / px.size for b, px in zip(bits, photos)],
+                     "pooled": sum(bits) / sum(px.size for px in photos)})
+        print(name, f"pooled {rows[-1]['pooled']:.4f}", flush=True)
+    result = {"command": "python -m benchmarks.whole_photos " + shlex.join(sys.argv[1:] if argv is None else argv),
+              "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+              "machine": machine(), "arithmetic": arith, "draws": args.draws,
+              "photos": [p.name for p in paths], "rows": rows}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
+    m = result["machine"]
+    base = rows[0]
+    lines = ["# Photo models on whole photographs: continuous-time -ELBO, paired", "",
+             f"Command: `{result['command']}`", "",
+             f"Date: {result['date']}; machine: {m['cpu']} ({m['cpu_count']} logical CPUs), {m['torch_threads']} torch thread(s), "
+             f"torch {m['torch']}.", "",
+             f"Network arithmetic {arith} for every model; {args.draws} stratified t draws per photo, the same t and noise "
+             "for every model; bits per subpixel (reconstruction + prior + diffusion). Pooled: all bits over all "
+             f"subpixels; in brackets the change against `{base['model']}`.", "",
+             "| model | weights sha256 | steps | pooled | " + " | ".join(p.stem for p in paths) + " |",
+             "|---|---|---:|---:|" + "---:|" * len(paths)]
+    for r in rows:
+        cells = [f"{v:.4f}" if r is base else f"{v:.4f} ({v / b - 1:+.2%})" for v, b in zip(r["bpd"], base["bpd"])]
+        pooled = f"{r['pooled']:.4f}" if r is base else f"{r['pooled']:.4f} ({r['pooled'] / base['pooled'] - 1:+.2%})"
+        lines.append(f"| `{r['model']}` | {r['sha256']}... | {r['steps']} | **{pooled}** | " + " | ".join(cells) + " |")
+    args.out.write_text("\n".join(lines) + "\n")
+    print("wrote", args.out)
+
+
+if __name__ == "__main__":
+    main()
