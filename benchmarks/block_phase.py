@@ -24,8 +24,7 @@ import torch
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding.chain import ARITHMETIC
-from vdmcodec.coding.codec import coding_defaults
+from benchmarks.norm_windows import in_codec_arithmetic
 from vdmcodec.diffusion import scale_pixels
 from vdmcodec.zoo import load_model
 
@@ -73,12 +72,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     shifts = [tuple(int(v) for v in s.split("+")) for s in args.shifts.split(",")]
     model, info = load_model(args.model)
-    model.eval()
-    arith = coding_defaults(info)[1]
-    if ARITHMETIC[arith].portable:
-        raise SystemExit("the portable arithmetic is not measured here")
-    model.amp_dtype = ARITHMETIC[arith].autocast
-    model.net = model.net.to(memory_format=ARITHMETIC[arith].memory_format)
+    arith = in_codec_arithmetic(model, info)
     rows = []
     for path in args.images:
         pixels = np.array(Image.open(resolve_data(path)).convert("RGB"))

@@ -35,6 +35,20 @@ from vdmcodec.diffusion import scale_pixels
 from vdmcodec.zoo import load_model
 
 
+def in_codec_arithmetic(model, info: dict, arith: str | None = None) -> str:
+    """Put ``model`` (eval mode) in the network arithmetic the codec runs for it (``arith``,
+    default its card's): autocast dtype and memory format. Returns the arithmetic's name."""
+    arith = arith or coding_defaults(info)[1]
+    if arith not in ARITHMETIC:
+        raise SystemExit(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arith!r}")
+    if ARITHMETIC[arith].portable:
+        raise SystemExit("the portable arithmetic is not measured here")
+    model.eval()
+    model.amp_dtype = ARITHMETIC[arith].autocast
+    model.net = model.net.to(memory_format=ARITHMETIC[arith].memory_format)
+    return arith
+
+
 def window_spans(n: int, core: int, win: int) -> list[tuple[int, int, int]]:
     """(window start, core start, core end) along a side of n: the cores tile [0, n) and
     every window [start, start + min(win, n)) lies inside it."""
@@ -102,12 +116,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     windows = [tuple(int(v) for v in s.split("+")) for s in args.windows.split(",")]
     model, info = load_model(args.model)
-    model.eval()
-    arith = coding_defaults(info)[1]
-    model.amp_dtype = ARITHMETIC[arith].autocast
-    if ARITHMETIC[arith].portable:
-        raise SystemExit("the portable arithmetic is not measured here")
-    model.net = model.net.to(memory_format=ARITHMETIC[arith].memory_format)
+    arith = in_codec_arithmetic(model, info)
     rows = []
     for path in args.images:
         pixels = np.array(Image.open(resolve_data(path)).convert("RGB"))

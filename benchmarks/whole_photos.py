@@ -27,8 +27,7 @@ import torch
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding.chain import ARITHMETIC
-from vdmcodec.coding.codec import coding_defaults
+from benchmarks.norm_windows import in_codec_arithmetic
 from vdmcodec.diffusion import scale_pixels
 from vdmcodec.zoo import file_sha256, load_model, resolve
 
@@ -67,17 +66,10 @@ def main(argv=None):
     photos = [np.array(Image.open(resolve_data(p)).convert("RGB")) for p in paths]
     names = [m for m in args.models.split(",") if m]
     arith = args.arithmetic
-    if arith is not None and arith not in ARITHMETIC:
-        raise SystemExit(f"--arithmetic must be one of {', '.join(ARITHMETIC)}")
     rows = []
     for name in names:
         model, info = load_model(name)
-        model.eval()
-        arith = arith or coding_defaults(info)[1]
-        if ARITHMETIC[arith].portable:
-            raise SystemExit("the portable arithmetic is not measured here")
-        model.amp_dtype = ARITHMETIC[arith].autocast
-        model.net = model.net.to(memory_format=ARITHMETIC[arith].memory_format)
+        arith = in_codec_arithmetic(model, info, arith)  # the first model's, then the same for all
         bits = [photo_bits(model, px, args.draws, k) for k, px in enumerate(photos)]
         card = info.get("card", {})
         rows.append({"model": name, "sha256": file_sha256(resolve(name) / "model.safetensors")[:16],

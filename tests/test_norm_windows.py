@@ -59,3 +59,22 @@ def test_whole_photo_bits_paired_and_finite():
     a, b = photo_bits(model, px, 4, 3), photo_bits(model, px, 4, 3)
     assert a == b and np.isfinite(a) and a > 0  # same seed: same t and noise
     assert photo_bits(model, px, 4, 4) != a  # another photo index draws other noise
+
+
+def test_in_codec_arithmetic_sets_the_cards_arithmetic():
+    import pytest
+
+    from benchmarks.norm_windows import in_codec_arithmetic
+    from tests.helpers import tiny_model_config
+    from vdmcodec.diffusion import VDM
+
+    model = VDM(tiny_model_config())
+    assert in_codec_arithmetic(model, {"card": {"coding_arithmetic": "float32-nhwc"}}) == "float32-nhwc"
+    assert model.amp_dtype is None and not model.training
+    conv = next(m for m in model.net.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert in_codec_arithmetic(model, {}, "float32") == "float32"
+    with pytest.raises(SystemExit, match="arithmetic must be one of"):
+        in_codec_arithmetic(model, {}, "int8")
+    with pytest.raises(SystemExit, match="portable"):
+        in_codec_arithmetic(model, {}, "portable")
