@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding.chain import ARITHMETIC
+from vdmcodec.coding.chain import ARITHMETIC, apply_arithmetic
 from vdmcodec.coding.codec import coding_defaults
 from vdmcodec.diffusion import scale_pixels
 from vdmcodec.zoo import load_model
@@ -43,9 +43,7 @@ def in_codec_arithmetic(model, info: dict, arith: str | None = None) -> str:
         raise SystemExit(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arith!r}")
     if ARITHMETIC[arith].portable:
         raise SystemExit("the portable arithmetic is not measured here")
-    model.eval()
-    model.amp_dtype = ARITHMETIC[arith].autocast
-    model.net = model.net.to(memory_format=ARITHMETIC[arith].memory_format)
+    apply_arithmetic(model, arith)
     return arith
 
 

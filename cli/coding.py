@@ -181,6 +181,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             typer.echo(f"{archive}: {header.count} images, {len(blob)} bytes, {8 * len(blob) / dims:.4f} bpd")
             if header.model is not None:
                 typer.echo(f"model: {header.model} (weights {header.model_hash}...)  steps: {header.steps}  grid_bits: {header.grid_bits}")
+                typer.echo("levels: " + ("uniform" if header.levels is None else
+                                         f"the model card's fitted coding_times (sha256 {header.levels}...)"))
                 typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}")
             else:
                 typer.echo("model: none (every image is coded classically)")

@@ -1,6 +1,7 @@
 """Bits-back coding over the VDM's discrete-time latent chain (Bit-Swap ordering).
 
-With T steps, levels i = 0..T sit at t_i = i/T and z_i ~ q(z_i | x). Encoding a batch x:
+With T steps, levels i = 0..T sit at t_i = i/T (or at times fitted to the model: levels.py)
+and z_i ~ q(z_i | x). Encoding a batch x:
 
     pop z_0 ~ q(z_0 | x);  push x with p(x | z_0)
     for i = 1..T:  pop z_i ~ q(z_i | z_{i-1});  push z_{i-1} with p(z_{i-1} | z_i)
@@ -47,7 +48,7 @@ import torch
 
 from ..diffusion import VDM, VOCAB, scale_pixels
 from ..networks import ConditioningCache
-from . import exact
+from . import exact, levels
 from .ans import Codec, Message, categorical, permuted, whiten, windowed_gaussian
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
@@ -80,12 +81,26 @@ ARITHMETIC = {"float32": Arithmetic(torch.contiguous_format),
               "portable": Arithmetic(torch.contiguous_format, portable=True)}
 
 
+def apply_arithmetic(model: VDM, name: str) -> VDM:
+    """Put ``model`` (in place, eval mode) in a non-portable arithmetic of ARITHMETIC: its
+    autocast dtype and activations' memory format. For measurements that should see the
+    network as the chain runs it."""
+    arith = ARITHMETIC[name]
+    if arith.portable:
+        raise ValueError("the portable arithmetic runs exact.py, not the model")
+    model.eval()
+    model.amp_dtype = arith.autocast
+    model.net = model.net.to(memory_format=arith.memory_format)
+    return model
+
+
 @dataclass(frozen=True)
 class ChainConfig:
     steps: int = 100    # T
     grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (see above)
     whiten: bool = True  # mask the stack top before each posterior pop
     arithmetic: str = "float32"  # a key of ARITHMETIC
+    times: tuple[float, ...] | None = None  # level times t_0..t_T (levels.py); None: t_i = i / T
 
 
 class DiffusionChain:
@@ -108,7 +123,10 @@ class DiffusionChain:
                                                        _np_of(exact.sigmoid)) if self.portable
                                                       else (np.exp, np.expm1, np.log, _sigmoid))
         T = cfg.steps
-        t = torch.arange(T + 1, dtype=torch.float64) / T
+        if cfg.times is None:
+            t = torch.arange(T + 1, dtype=torch.float64) / T
+        else:
+            t = torch.tensor(levels.check_times(cfg.times, T), dtype=torch.float64)
         if self.portable:
             self.network = None
             self._exact_net = exact.network_for(model)

@@ -37,7 +37,7 @@ import torch
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
 from ..hardware import cpu_capability, native_bf16
 from ..zoo import load_model, resolve_for_file
-from . import classical, tiles
+from . import classical, levels, tiles
 from .ans import EmptyMessageError, Message
 from .preflight import PreflightConfig, estimate_bpd, hopeless
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain
@@ -51,6 +51,7 @@ MAX_CHUNK_IMAGES = 64
 MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound; larger images are coded classically
 INIT_MARGINS = (1.1, 1.5, 3.0)  # safety factors on the estimated initial bits, tried in turn
 MAX_CACHED_CHAINS = 4           # per-(steps, grid_bits) chains a Codec keeps
+_COMPRESS_TIMES = object()      # Codec.chain's default: the level times compress uses
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ class Codec:
 
     def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
                  tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC,
-                 preflight: PreflightConfig | None = PreflightConfig()):
+                 preflight: PreflightConfig | None = PreflightConfig(), fitted_levels: bool = True):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
         self.model, self.info = model, info
@@ -158,18 +159,30 @@ class Codec:
         self.arithmetic = arithmetic  # what compress runs; decompress runs what the file names
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self.preflight = preflight  # None: every codable image goes through the chain
-        self._chains: dict[tuple[int, int, str], DiffusionChain] = {}
+        self.fitted_levels = fitted_levels  # compress at the card's coding_times where it lists them for T
+        self._chains: dict[tuple, DiffusionChain] = {}
 
     @property
     def channels(self) -> int:
         return self.model.cfg.network.image_channels
 
-    def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None) -> DiffusionChain:
-        key = (steps, grid_bits, arithmetic or self.arithmetic)
+    def level_times(self, steps: int) -> tuple[float, ...] | None:
+        """The level times compress uses at T = ``steps``: the card's fitted ones where it lists
+        them for that T (and ``fitted_levels``), else None (uniform)."""
+        if not self.fitted_levels:
+            return None
+        return levels.card_times(self.info.get("card", {}), steps, self.info.get("dir", "model"))
+
+    def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None, times=_COMPRESS_TIMES) -> DiffusionChain:
+        """The chain for (T, grid_bits, arithmetic, level times); ``times`` defaults to what
+        compress uses (``level_times``), None is uniform."""
+        if times is _COMPRESS_TIMES:
+            times = self.level_times(steps)
+        key = (steps, grid_bits, arithmetic or self.arithmetic, times)
         if key not in self._chains:
             if len(self._chains) >= MAX_CACHED_CHAINS:  # files choose (steps, grid_bits): keep memory bounded
                 self._chains.pop(next(iter(self._chains)))
-            self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits, arithmetic=key[2]))
+            self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits, arithmetic=key[2], times=times))
         return self._chains[key]
 
     # ---- compress --------------------------------------------------------------------
@@ -270,7 +283,7 @@ class Codec:
             raise VdmcodecError(f"{total} subpixels in all: an archive holds at most {MAX_TOTAL_SUBPIXELS}")
         return out
 
-    def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=()) -> Header:
+    def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None) -> Header:
         names = [e.name for e in entries]
         seq = [f"{k:05d}.png" for k in range(len(entries))]
         return Header(
@@ -291,6 +304,7 @@ class Codec:
             squeeze=run_length([int(e.squeeze) for e in entries]) if any(e.squeeze for e in entries) else [],
             tile=self.tile if layouts else 0,
             tiled=list(layouts),
+            levels=levels.times_digest(times) if uses_model and times is not None else None,
         )
 
     def _pack_classical(self, entries, best, T) -> bytes:
@@ -330,7 +344,7 @@ class Codec:
                 bar.close()
         layouts = self._push_tiled(entries, methods, chain, msg, per_dim, progress)
         header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad,
-                              uses_model=True, layouts=layouts)
+                              uses_model=True, layouts=layouts, times=chain.cfg.times)
         return pack(header, msg.to_bytes())
 
     def _push_tiled(self, entries, methods, chain, msg, per_dim, progress) -> list:
@@ -421,8 +435,15 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         for start, size in header.chunks:  # the encoder's bounds, checked before any batch is allocated
             if size > MAX_CHUNK_IMAGES or size * math.prod(shapes[order[start]]) > MAX_CHUNK_SUBPIXELS:
                 raise FormatError("corrupted header (a chunk is larger than the encoder writes)")
+        times = None
+        if header.levels is not None:
+            times = levels.card_times(codec.info.get("card", {}), header.steps, codec.info.get("dir", "model"))
+            if times is None or levels.times_digest(times) != header.levels:
+                have = "none for this T" if times is None else levels.times_digest(times) + "..."
+                raise ModelError(f"file was coded at fitted level times (sha256 {header.levels}...) for T = {header.steps}; "
+                                 f"the loaded model's card lists {have}: decode with the model card the file was written with")
         try:
-            chain = codec.chain(header.steps, header.grid_bits, header.dtype)
+            chain = codec.chain(header.steps, header.grid_bits, header.dtype, times)
         except ValueError as e:  # steps / grid_bits this model cannot run: a forged header
             raise FormatError(f"invalid header for this model ({e})") from None
         msg = Message.from_bytes(payload)

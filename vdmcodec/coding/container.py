@@ -1,10 +1,11 @@
-"""The .vdmc container (format version 3): a compact binary header, then the payload.
+"""The .vdmc container (format version 4; version 3 is still read): a compact binary header,
+then the payload.
 
 Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (3)
+    4       1     format version (4; 3 has no level-times field)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
     5+v+H   P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
@@ -26,7 +27,8 @@ from ..errors import FormatError
 from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
-VERSION = 3
+VERSION = 4
+READABLE_VERSIONS = (3, 4)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
@@ -66,6 +68,7 @@ class Header:
     squeeze: list = field(default_factory=list)  # run-length [[0|1, count]]: return (H, W)
     tile: int = 0                   # tile side of the tiled images (0: none)
     tiled: list = field(default_factory=list)  # a tilegrid.TileLayout per tiled image (TILED_METHODS), in image order
+    levels: str | None = None       # hex, first 8 bytes of SHA-256 of the level times (levels.py); None: t_i = i / T
 
     @property
     def count(self) -> int:
@@ -136,6 +139,7 @@ def encode_header(h: Header) -> bytes:
         out += _str(h.model, MAX_SHORT_STR) + bytes.fromhex(h.model_hash or "")
         out += _varint(h.steps) + bytes([h.grid_bits, DTYPES.index(h.dtype)]) + _varint(h.threads)
         out += _str(h.torch, MAX_SHORT_STR)
+        out += bytes([0]) if h.levels is None else bytes([1]) + bytes.fromhex(h.levels)
     out += _varint(len(h.shapes))
     for r in h.shapes:
         out += b"".join(_varint(v) for v in r)
@@ -221,12 +225,12 @@ class _Reader:
             self.bad(f"{what} is not UTF-8")
 
 
-def parse_header(data: bytes) -> Header:
+def parse_header(data: bytes, version: int = VERSION) -> Header:
     r = _Reader(data)
     flags = r.byte("flags")
     if (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
         r.bad("unknown flags")
-    model = model_hash = None
+    model = model_hash = levels = None
     steps, grid_bits, torch_v, dtype, threads = 0, 0, "", "float32", 0
     if flags & _F_MODEL:
         model = r.string("model name", MAX_SHORT_STR)
@@ -239,6 +243,11 @@ def parse_header(data: bytes) -> Header:
         dtype = DTYPES[d]
         threads = r.varint("threads", MAX_THREADS)
         torch_v = r.string("torch version", MAX_SHORT_STR)
+        if version >= 4:
+            kind = r.byte("level times kind")
+            if kind > 1:
+                r.bad(f"unknown level times kind {kind}")
+            levels = r.take(HASH_BYTES, "level times hash").hex() if kind else None
     shapes = [[r.varint("height", MAX_SIDE), r.varint("width", MAX_SIDE), r.byte("channels"), r.varint("count", MAX_IMAGES)]
               for _ in range(r.count("shape runs", MAX_IMAGES, 4))]
     methods = []
@@ -285,7 +294,7 @@ def parse_header(data: bytes) -> Header:
     return Header(model=model, model_hash=model_hash, steps=steps, grid_bits=grid_bits, torch=torch_v, dtype=dtype,
                   threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
                   chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze,
-                  tile=tile, tiled=tiled)
+                  tile=tile, tiled=tiled, levels=levels)
 
 
 def unpack(blob: bytes) -> tuple[Header, bytes]:
@@ -298,8 +307,9 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
     if len(blob) < 5 + 1 + 4:
         raise FormatError("truncated file (header missing)")
     version = blob[4]
-    if version != VERSION:
-        raise FormatError(f"unsupported format version {version} (this build reads version {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise FormatError(f"unsupported format version {version} (this build reads versions "
+                          f"{', '.join(map(str, READABLE_VERSIONS))})")
     (crc,) = struct.unpack_from("<I", blob, len(blob) - 4)
     if zlib.crc32(blob[:-4]) != crc:
         raise FormatError("truncated or corrupted file (CRC-32 mismatch)")
@@ -309,7 +319,7 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
     start = r.pos
     if hlen > len(blob) - 4 - start:
         raise FormatError("truncated file (header length exceeds the file)")
-    header = _validate(parse_header(blob[start : start + hlen]))
+    header = _validate(parse_header(blob[start : start + hlen], version))
     return header, blob[start + hlen : -4]
 
 

@@ -8,7 +8,8 @@ can resume the run from the repository; --checkpoint-from RUN2 ships RUN2's trai
 instead (a decayed branch shipped from RUN, the constant-rate RUN2 to continue from:
 lr_schedule.py), and the card says which step that state is at. Re-shipping over an earlier ship keeps what the run
 cannot know: its image size, coding defaults and the evaluations of earlier sessions (a run
-resumed on a fresh machine logs only its own).
+resumed on a fresh machine logs only its own). It drops the card's fitted level times
+(coding_times): they belong to the weights they were fitted to; run fit_levels again.
 """
 from __future__ import annotations
 

@@ -1,0 +1,89 @@
+"""Fit the coding chain's level times to a shipped model and store them in its card
+(coding/levels.py: the times that minimise the measured T-step bound on training crops).
+
+python -m vdmcodec.training.fit_levels --model models/natural --data DIR [--data DIR ...]
+    [--steps T] [--crops 16] [--size 128] [--points 257] [--write]
+
+Run it after ``ship`` (a re-ship drops the card's times: they belong to the weights they were
+fitted to), on training data only. Prints the T-step diffusion term (bits per dimension) at
+uniform and at fitted times, and the continuous-time term, on the crops it measured.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..coding.chain import apply_arithmetic
+from ..coding.codec import coding_defaults
+from ..coding.levels import fit, measure
+from ..errors import ModelError, VdmcodecError
+from ..zoo import CARD, atomic_write_bytes, load_model
+
+
+def training_crops(paths: list[Path], count: int, size: int, channels: int, seed: int) -> np.ndarray:
+    """``count`` random ``size`` x ``size`` crops (whole images when they are no larger)."""
+    from ..data import PatchSampler
+    from ..training.datasets import DataSpec, load_images
+
+    images = load_images([DataSpec(Path(p)) for p in paths], size)
+    if isinstance(images, np.ndarray) and max(images.shape[1:3]) <= size:
+        sampler = PatchSampler(images, None, seed=seed)
+    else:
+        sampler = PatchSampler(images, size, seed=seed, multiple=32)
+    crops = sampler.batch(count)
+    if crops.shape[-1] != channels:
+        raise ModelError(f"the data has {crops.shape[-1]} channels, the model {channels}")
+    return crops
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Fit the coding chain's level times to a model (training data only).")
+    ap.add_argument("--model", required=True, help="shipped name or model directory")
+    ap.add_argument("--data", action="append", required=True, type=Path, help="training images (repeatable)")
+    ap.add_argument("--steps", type=int, default=None, help="T (default: the card's coding_steps)")
+    ap.add_argument("--crops", type=int, default=16)
+    ap.add_argument("--size", type=int, default=128, help="crop side")
+    ap.add_argument("--points", type=int, default=257, help="candidate times K (uniform in t)")
+    ap.add_argument("--samples", type=int, default=60_000, help="subpixels whose statistics are kept")
+    ap.add_argument("--max-jump", type=int, default=48, help="longest step, in candidates")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--write", action="store_true", help="store the times in the model card (coding_times)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        model, info = load_model(args.model)
+        steps, arithmetic = coding_defaults(info, args.steps)
+        apply_arithmetic(model, arithmetic)
+        crops = training_crops(args.data, args.crops, args.size, model.cfg.network.image_channels, args.seed)
+        from tqdm import tqdm
+
+        with tqdm(total=args.points, unit="t", desc="levels", dynamic_ncols=True, disable=None) as bar:
+            stats = measure(model, crops, args.points, args.samples, args.seed, bar.update)
+        result = fit(stats, steps, args.max_jump)
+    except (VdmcodecError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    report = {"steps": steps, "uniform_bpd": result["uniform_bpd"], "fitted_bpd": result["fitted_bpd"],
+              "continuous_bpd": result["continuous_bpd"], "crops": int(crops.shape[0]), "size": list(crops.shape[1:3]),
+              "points": args.points, "samples": args.samples, "seed": args.seed, "arithmetic": arithmetic,
+              "data": [Path(p).name for p in args.data], "weights_sha256": info["sha256"][:16],
+              "model_steps": info["card"].get("steps")}
+    print(json.dumps(report))
+    if args.write:
+        meta = json.loads((Path(info["dir"]) / CARD).read_text())
+        meta["card"]["coding_times"] = list(result["times"])
+        meta["card"]["coding_times_fit"] = report
+        atomic_write_bytes(Path(info["dir"]) / CARD, (json.dumps(meta, indent=2) + "\n").encode())
+        print(f"wrote coding_times (T = {steps}) to {Path(info['dir']) / CARD}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
