@@ -365,3 +365,25 @@ def test_ship_a_decayed_branch_with_the_constant_rate_checkpoint(tmp_path):
     assert card["steps"] == 5000 and card["checkpoint"]["steps"] == 4800 and card["checkpoint"]["cpu_hours"] == 5.2
     card = ship(branch, out, None, checkpoint=True, notes=None)  # a plain ship: its own state, no such note
     assert (out / "checkpoint.pt").read_bytes() == b"branch state" and "checkpoint" not in card
+
+
+def test_reship_keeps_fitted_level_times_only_for_the_same_weights(tmp_path):
+    from vdmcodec.diffusion import VDM
+    from vdmcodec.training.ship import ship
+    from vdmcodec.zoo import file_sha256, save_model
+
+    torch.manual_seed(0)
+    run, out = tmp_path / "run", tmp_path / "shipped"
+    save_model(run, VDM(tiny_model_config()), {"name": "tiny", "steps": 10})
+    ship(run, out, None, checkpoint=False, notes=None, coding_steps=3)
+    meta = json.loads((out / "model.json").read_text())
+    fit = {"weights_sha256": file_sha256(out / "model.safetensors")[:16]}
+    meta["card"].update({"coding_times": [0.0, 0.3, 0.6, 1.0], "coding_times_fit": fit})
+    (out / "model.json").write_text(json.dumps(meta))
+    ship(run, out, None, checkpoint=False, notes="same weights, new notes")
+    card = load_model(out)[1]["card"]
+    assert card["coding_times"] == [0.0, 0.3, 0.6, 1.0] and card["notes"] == "same weights, new notes"
+    save_model(run, VDM(tiny_model_config()), {"name": "tiny", "steps": 20})  # new weights
+    ship(run, out, None, checkpoint=False, notes=None)
+    card = load_model(out)[1]["card"]
+    assert "coding_times" not in card and "coding_times_fit" not in card and card["coding_steps"] == 3

@@ -8,12 +8,14 @@ can resume the run from the repository; --checkpoint-from RUN2 ships RUN2's trai
 instead (a decayed branch shipped from RUN, the constant-rate RUN2 to continue from:
 lr_schedule.py), and the card says which step that state is at. Re-shipping over an earlier ship keeps what the run
 cannot know: its image size, coding defaults and the evaluations of earlier sessions (a run
-resumed on a fresh machine logs only its own). It drops the card's fitted level times
-(coding_times): they belong to the weights they were fitted to; run fit_levels again.
+resumed on a fresh machine logs only its own). It keeps the card's fitted level times
+(coding_times) only when the weights are the ones they were fitted to: after new weights, run
+fit_levels again.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -37,6 +39,10 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
                               "steps": other.get("steps"), "cpu_hours": other.get("cpu_hours")}
     earlier = json.loads((out / CARD).read_text()).get("card", {}) if (out / CARD).exists() else {}
     card.update({k: earlier[k] for k in KEPT if k in earlier and k not in card})
+    weights = (run / WEIGHTS).read_bytes()
+    fitted_for = earlier.get("coding_times_fit", {}).get("weights_sha256")
+    if "coding_times" in earlier and fitted_for and hashlib.sha256(weights).hexdigest().startswith(fitted_for):
+        card.update({k: earlier[k] for k in ("coding_times", "coding_times_fit")})
     if image_size:
         card["image_size"] = image_size
     if coding_steps is not None:
@@ -61,7 +67,7 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
     if history:
         card["eval_history"] = history
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / WEIGHTS, (run / WEIGHTS).read_bytes())
+    atomic_write_bytes(out / WEIGHTS, weights)
     atomic_write_bytes(out / CARD, (json.dumps({"config": meta["config"], "card": card}, indent=2) + "\n").encode())
     if (run / "run.json").exists():
         shutil.copyfile(run / "run.json", out / "run.json")
