@@ -2,7 +2,7 @@
 (coding/levels.py: the times that minimise the measured T-step bound on training crops).
 
 python -m vdmcodec.training.fit_levels --model models/natural --data DIR [--data DIR ...]
-    [--steps T] [--crops 16] [--size 128] [--points 257] [--write]
+    [--range START:STOP] [--steps T] [--crops 16] [--size 128] [--points 257] [--write]
 
 Run it after ``ship`` (a re-ship drops the card's times: they belong to the weights they were
 fitted to), on training data only. Prints the T-step diffusion term (bits per dimension) at
@@ -23,14 +23,17 @@ from ..coding.codec import coding_defaults
 from ..coding.levels import fit, measure
 from ..errors import ModelError, VdmcodecError
 from ..zoo import CARD, atomic_write_bytes, load_model
+from .datasets import parse_range
 
 
-def training_crops(paths: list[Path], count: int, size: int, channels: int, seed: int) -> np.ndarray:
-    """``count`` random ``size`` x ``size`` crops (whole images when they are no larger)."""
+def training_crops(paths: list[Path], count: int, size: int, channels: int, seed: int,
+                   span: tuple[int, int | None] = (0, None)) -> np.ndarray:
+    """``count`` random ``size`` x ``size`` crops (whole images when they are no larger) of the
+    images ``span`` (start, stop) of each path."""
     from ..data import PatchSampler
     from ..training.datasets import DataSpec, load_images
 
-    images = load_images([DataSpec(Path(p)) for p in paths], size)
+    images = load_images([DataSpec(Path(p), *span) for p in paths], size)
     if isinstance(images, np.ndarray) and max(images.shape[1:3]) <= size:
         sampler = PatchSampler(images, None, seed=seed)
     else:
@@ -45,6 +48,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Fit the coding chain's level times to a model (training data only).")
     ap.add_argument("--model", required=True, help="shipped name or model directory")
     ap.add_argument("--data", action="append", required=True, type=Path, help="training images (repeatable)")
+    ap.add_argument("--range", default=None, help="START:STOP: the training images of each --data (e.g. 0:8000)")
     ap.add_argument("--steps", type=int, default=None, help="T (default: the card's coding_steps)")
     ap.add_argument("--crops", type=int, default=16)
     ap.add_argument("--size", type=int, default=128, help="crop side")
@@ -61,7 +65,8 @@ def main(argv=None) -> int:
         model, info = load_model(args.model)
         steps, arithmetic = coding_defaults(info, args.steps)
         apply_arithmetic(model, arithmetic)
-        crops = training_crops(args.data, args.crops, args.size, model.cfg.network.image_channels, args.seed)
+        crops = training_crops(args.data, args.crops, args.size, model.cfg.network.image_channels, args.seed,
+                               parse_range(args.range))
         from tqdm import tqdm
 
         with tqdm(total=args.points, unit="t", desc="levels", dynamic_ncols=True, disable=None) as bar:
@@ -73,7 +78,7 @@ def main(argv=None) -> int:
     report = {"steps": steps, "uniform_bpd": result["uniform_bpd"], "fitted_bpd": result["fitted_bpd"],
               "continuous_bpd": result["continuous_bpd"], "crops": int(crops.shape[0]), "size": list(crops.shape[1:3]),
               "points": args.points, "samples": args.samples, "seed": args.seed, "arithmetic": arithmetic,
-              "data": [Path(p).name for p in args.data], "weights_sha256": info["sha256"][:16],
+              "data": [Path(p).name for p in args.data], "range": args.range or "all", "weights_sha256": info["sha256"][:16],
               "model_steps": info["card"].get("steps")}
     print(json.dumps(report))
     if args.write:
