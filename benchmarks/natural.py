@@ -360,7 +360,7 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "CPUs: timings are upper bounds of an idle machine's).", "",
         f"Model: `{meta['model']}` (weights sha256 {meta['model_sha256'][:16]}...; card: "
         + ", ".join(f"{k} {card[k]}" for k in ("data", "steps", "cpu_hours", "val_bpd_continuous") if card.get(k) is not None)
-        + f"), T = {T} steps, tile side {meta['tile']}.", "",
+        + f"), T = {T} steps at {meta.get('levels', 'uniform')} level times, tile side {meta['tile']}.", "",
         "Every image is its own file. bpd = 8 x bytes / subpixels of that image; **mean** = the mean of the per-image "
         "figures, pooled = all bytes over all subpixels (how the data README measured its figures, so the targets "
         "compare pooled figures; the -ELBO pools weight each model-coded image by its subpixels). vdmcodec is "
@@ -445,7 +445,8 @@ def main(argv=None):
     meta = {"command": "python -m benchmarks.natural " + shlex.join(sys.argv[1:] if argv is None else argv),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "limit": args.limit, "images": args.images, "model": codec.info["name"], "model_sha256": codec.info["sha256"],
-            "model_card": codec.info["card"], "tile": codec.tile, "seed": args.seed, "load_s": load_s,
+            "model_card": codec.info["card"], "tile": codec.tile,
+            "levels": "fitted (the card's coding_times)" if codec.level_times(codec.steps) else "uniform", "seed": args.seed, "load_s": load_s,
             "memory_steps": args.memory_steps, "codecs": [{"name": c.name, "settings": c.settings} for c in codecs]}
     elbo_mode = "none" if args.skip_elbo else args.elbo
     meta["elbo"] = elbo_mode
