@@ -35,6 +35,7 @@ The command that fits and stores them: python -m vdmcodec.training.fit_levels (a
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import struct
@@ -111,8 +112,7 @@ def measure(model: VDM, crops: np.ndarray, points: int = 257, samples: int = 60_
     eps = torch.randn(x.shape, generator=gen)
     idx = torch.randperm(eps.numel(), generator=gen)[: min(samples, eps.numel())]
     t = torch.linspace(0, 1, points, dtype=torch.float64)
-    sched = _float64_schedule(model)
-    gamma = sched(t)
+    gamma = copy.deepcopy(model.gamma).to("cpu").double()(t)  # the schedule in float64, as the chain evaluates it
     err2 = np.empty((points, idx.numel()), np.float32)
     v_out = np.empty_like(err2) if model.learned_variance else None
     device = next(model.parameters()).device
@@ -126,12 +126,6 @@ def measure(model: VDM, crops: np.ndarray, points: int = 257, samples: int = 60_
         if progress is not None:
             progress(1)
     return LevelStats(t.numpy(), gamma.numpy(), err2, v_out)
-
-
-def _float64_schedule(model: VDM):
-    import copy
-
-    return copy.deepcopy(model.gamma).to("cpu").double()
 
 
 def _logsigmoid(a):

@@ -4,8 +4,8 @@
 python -m vdmcodec.training.fit_levels --model models/natural --data DIR [--data DIR ...]
     [--range START:STOP] [--steps T] [--crops 16] [--size 128] [--points 257] [--write]
 
-Run it after ``ship`` (a re-ship drops the card's times: they belong to the weights they were
-fitted to), on training data only. Prints the T-step diffusion term (bits per dimension) at
+Run it after ``ship`` of new weights (a re-ship keeps the card's times only for the weights
+they were fitted to), on training data only. Prints the T-step diffusion term (bits per dimension) at
 uniform and at fitted times, and the continuous-time term, on the crops it measured.
 """
 from __future__ import annotations
@@ -21,18 +21,16 @@ import torch
 from ..coding.chain import apply_arithmetic
 from ..coding.codec import coding_defaults
 from ..coding.levels import fit, measure
+from ..data import PatchSampler
 from ..errors import ModelError, VdmcodecError
 from ..zoo import CARD, atomic_write_bytes, load_model
-from .datasets import parse_range
+from .datasets import DataSpec, load_images, parse_range
 
 
 def training_crops(paths: list[Path], count: int, size: int, channels: int, seed: int,
                    span: tuple[int, int | None] = (0, None)) -> np.ndarray:
     """``count`` random ``size`` x ``size`` crops (whole images when they are no larger) of the
     images ``span`` (start, stop) of each path."""
-    from ..data import PatchSampler
-    from ..training.datasets import DataSpec, load_images
-
     images = load_images([DataSpec(Path(p), *span) for p in paths], size)
     if isinstance(images, np.ndarray) and max(images.shape[1:3]) <= size:
         sampler = PatchSampler(images, None, seed=seed)

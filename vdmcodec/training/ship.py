@@ -15,12 +15,11 @@ fit_levels again.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
-from ..zoo import CARD, WEIGHTS, atomic_write_bytes
+from ..zoo import CARD, WEIGHTS, atomic_write_bytes, file_sha256
 
 
 KEPT = ("image_size", "coding_steps", "coding_arithmetic")  # card keys a re-ship carries over
@@ -39,9 +38,8 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
                               "steps": other.get("steps"), "cpu_hours": other.get("cpu_hours")}
     earlier = json.loads((out / CARD).read_text()).get("card", {}) if (out / CARD).exists() else {}
     card.update({k: earlier[k] for k in KEPT if k in earlier and k not in card})
-    weights = (run / WEIGHTS).read_bytes()
     fitted_for = earlier.get("coding_times_fit", {}).get("weights_sha256")
-    if "coding_times" in earlier and fitted_for and hashlib.sha256(weights).hexdigest().startswith(fitted_for):
+    if "coding_times" in earlier and fitted_for and file_sha256(run / WEIGHTS).startswith(fitted_for):
         card.update({k: earlier[k] for k in ("coding_times", "coding_times_fit")})
     if image_size:
         card["image_size"] = image_size
@@ -67,7 +65,7 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
     if history:
         card["eval_history"] = history
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(out / WEIGHTS, weights)
+    atomic_write_bytes(out / WEIGHTS, (run / WEIGHTS).read_bytes())
     atomic_write_bytes(out / CARD, (json.dumps({"config": meta["config"], "card": card}, indent=2) + "\n").encode())
     if (run / "run.json").exists():
         shutil.copyfile(run / "run.json", out / "run.json")
