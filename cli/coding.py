@@ -164,6 +164,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             from dataclasses import asdict
 
             from vdmcodec.coding.container import unpack
+            from vdmcodec.coding.structure import describe
 
             try:
                 blob = archive.read_bytes()
@@ -184,6 +185,9 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 typer.echo("levels: " + ("uniform" if header.levels is None else
                                          f"the model card's fitted coding_times (sha256 {header.levels}...)"))
                 typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}")
+                if header.structures:
+                    used = [describe(p) for p in header.structures if p is not None]
+                    typer.echo(f"structure priors: {len(used)} of {len(header.structures)} tiled images ({'; '.join(sorted(set(used)))})")
             else:
                 typer.echo("model: none (every image is coded classically)")
             typer.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in methods.items()))

@@ -81,6 +81,25 @@ def test_augmenter_shares_determinism_and_channels():
     assert Augmenter(AugmentConfig(), seed=1)(batch, step=5) is batch
 
 
+@pytest.mark.parametrize("share", [0.0, 1 / 3, 1.0])
+def test_augmenter_chroma_422_share(share, monkeypatch):
+    """chroma_422 is the share of the subsampled crops that are 4:2:2 (factors (1, 2)); the
+    rest are 4:2:0."""
+    import vdmcodec.training.augment as augment
+
+    factors = []
+    real = augment.subsample_chroma
+    monkeypatch.setattr(augment, "subsample_chroma", lambda x, f, *a: factors.append(f) or real(x, f, *a))
+    batch = np.stack([smooth_rgb(16, 16, s) for s in range(120)])
+    Augmenter(AugmentConfig(chroma_subsampling=1.0, chroma_422=share), seed=3)(batch, step=0)
+    assert len(factors) == 120 and set(factors) <= {(1, 2), (2, 2)}
+    n422 = factors.count((1, 2))
+    if share in (0.0, 1.0):
+        assert n422 == round(share * 120)
+    else:
+        assert 25 <= n422 <= 55   # about 40 of 120
+
+
 def test_augment_config_in_run_config(tmp_path):
     cfg = RunConfig(model=tiny_model_config(image_channels=3),
                     train=TrainConfig(augment=AugmentConfig(chroma_subsampling=0.25, grayscale=0.1)))

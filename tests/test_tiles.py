@@ -142,13 +142,13 @@ def test_chain_segments_stay_within_the_region_bound(monkeypatch):
     seen = []
     push, pop = chain.push, chain.pop
 
-    def spy_push(msg, x, progress=None):
+    def spy_push(msg, x, progress=None, **kw):
         seen.append(x.size)
-        return push(msg, x, progress)
+        return push(msg, x, progress, **kw)
 
-    def spy_pop(msg, shape, progress=None):
+    def spy_pop(msg, shape, progress=None, **kw):
         seen.append(int(np.prod(shape)))
-        return pop(msg, shape, progress)
+        return pop(msg, shape, progress, **kw)
 
     monkeypatch.setattr(chain, "push", spy_push)
     monkeypatch.setattr(chain, "pop", spy_pop)

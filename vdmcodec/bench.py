@@ -169,10 +169,10 @@ def network_timer(codec: Codec, steps: int):
     clock = {"seconds": 0.0, "calls": 0}
     inner = chain._p_mean
 
-    def timed(z_i, i):
+    def timed(z_i, i, *rest):
         t0 = time.perf_counter()
         try:
-            return inner(z_i, i)
+            return inner(z_i, i, *rest)
         finally:
             clock["seconds"] += time.perf_counter() - t0
             clock["calls"] += 1

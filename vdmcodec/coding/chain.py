@@ -50,6 +50,7 @@ from ..diffusion import VDM, VOCAB, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
 from .ans import Codec, Message, categorical, permuted, whiten, windowed_gaussian
+from .structure import StructurePrior
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
 MAX_CATEGORICAL_SYMBOLS = 1 << 17  # probability rows per constriction call (memory bound)
@@ -191,10 +192,13 @@ class DiffusionChain:
 
     # ---- the network -----------------------------------------------------------------
     @torch.no_grad()
-    def _p_mean(self, z_i: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray | None]:
+    def _p_mean(self, z_i: np.ndarray, i: int, structure: StructurePrior | None = None,
+                origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
-        and beta), else None (std_p)."""
+        and beta), else None (std_p). ``structure``: a chroma-structure prior whose posterior
+        means replace the network's prediction of the block differences (structure.py) of
+        the batch, whose pixel (0, 0) sits at image coordinates ``origin``."""
         if self.portable:
             eps_hat, v = self._exact_eps_and_v(z_i, i)
         else:
@@ -204,6 +208,9 @@ class DiffusionChain:
             eps_hat, v = self.network.eps_and_v(z32, gam, self._conditioning)
             eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
             v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
+        if structure is not None:
+            eps_hat = structure.adjust_eps(eps_hat, z_i, float(self.alpha[i]), float(self.sigma[i]), origin,
+                                           self._exp, self._log)
         g_t, g_s = self.gamma[i], self.gamma[i - 1]
         expm1, log = ((lambda v: float(self._expm1(v)), lambda v: float(self._log(v))) if self.portable
                       else (math.expm1, math.log))  # (the float arithmetics' files were written with libm's)
@@ -294,8 +301,10 @@ class DiffusionChain:
         return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
 
     # ---- the chain -----------------------------------------------------------------------
-    def push(self, msg: Message, x: np.ndarray, progress=None) -> None:
-        """Encode a batch x (uint8 [B, C, H, W]) onto the stack."""
+    def push(self, msg: Message, x: np.ndarray, progress=None, structure: StructurePrior | None = None,
+             origin: tuple[int, int] = (0, 0)) -> None:
+        """Encode a batch x (uint8 [B, C, H, W]) onto the stack (``structure``, ``origin``: see
+        ``_p_mean``; the decoder must pass the same)."""
         T = self.cfg.steps
         x_s = scale_pixels(torch.from_numpy(x)).double().numpy()
         self._whiten(msg, 0, x.size)
@@ -307,19 +316,20 @@ class DiffusionChain:
             self._whiten(msg, i, x.size)
             k = self._q_codec(i, self.a_q[i] * z_prev).pop(msg)
             z = (k * self.delta[i]).reshape(x.shape)
-            self._p_codec(i - 1, *self._p_mean(z, i)).push(msg, k_prev)
+            self._p_codec(i - 1, *self._p_mean(z, i, structure, origin)).push(msg, k_prev)
             z_prev, k_prev = z, k
             if progress is not None:
                 progress(1)
         self._p_codec(T, np.zeros(x.shape)).push(msg, k_prev)
 
-    def pop(self, msg: Message, shape: tuple[int, int, int, int], progress=None) -> np.ndarray:
+    def pop(self, msg: Message, shape: tuple[int, int, int, int], progress=None,
+            structure: StructurePrior | None = None, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
         """Decode a batch of the given shape [B, C, H, W] from the stack."""
         T = self.cfg.steps
         k = self._p_codec(T, np.zeros(shape)).pop(msg)
         z = (k * self.delta[T]).reshape(shape)
         for i in range(T, 0, -1):
-            k_prev = self._p_codec(i - 1, *self._p_mean(z, i)).pop(msg)
+            k_prev = self._p_codec(i - 1, *self._p_mean(z, i, structure, origin)).pop(msg)
             z_prev = (k_prev * self.delta[i - 1]).reshape(shape)
             self._q_codec(i, self.a_q[i] * z_prev).push(msg, k)
             self._whiten(msg, i, z_prev.size)

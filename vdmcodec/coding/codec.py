@@ -37,15 +37,18 @@ import torch
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
 from ..hardware import cpu_capability, native_bf16
 from ..zoo import load_model, resolve_for_file
-from . import classical, levels, tiles
+from . import classical, levels, structure, tiles
 from .ans import EmptyMessageError, Message
-from .preflight import PreflightConfig, estimate_bpd, hopeless
+from .preflight import PreflightConfig, estimate_bpd, hopeless, structure_gains
+from .structure import StructurePrior
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain
 from .container import (DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
                         coded_shape, pack, run_length, unpack)
 
 DEFAULT_STEPS = 128
 DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
+# crops on which compress estimates what a chroma-structure prior saves (preflight.structure_gains)
+STRUCTURE_PROBE = PreflightConfig(crops=4, crop=64, draws=32)
 DEFAULT_ARITHMETIC = "float32-nhwc"  # measured: benchmarks/results/coding_arithmetic.md
 MAX_CHUNK_IMAGES = 64
 MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound; larger images are coded classically
@@ -151,7 +154,8 @@ class Codec:
 
     def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
                  tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC,
-                 preflight: PreflightConfig | None = PreflightConfig(), fitted_levels: bool = True):
+                 preflight: PreflightConfig | None = PreflightConfig(), fitted_levels: bool = True,
+                 structure_priors: bool = True):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
         self.model, self.info = model, info
@@ -160,6 +164,9 @@ class Codec:
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self.preflight = preflight  # None: every codable image goes through the chain
         self.fitted_levels = fitted_levels  # compress at the card's coding_times where it lists them for T
+        # try chroma-structure priors (structure.py) on tiled RGB images; keep one where the
+        # preflight's crops estimate a saving
+        self.structure_priors = structure_priors
         self._chains: dict[tuple, DiffusionChain] = {}
 
     @property
@@ -209,6 +216,7 @@ class Codec:
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         chain = self.chain(T, self.grid_bits)
+        structures = {k: self.choose_structure(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
         blob = None
         for margin in INIT_MARGINS:  # a short estimate only costs a retry with more seeds
             per_dim = chain.initial_bits_per_dim() * margin
@@ -219,7 +227,7 @@ class Codec:
                 plan = ([tiled[k] if k in tiled else best[k][0] for k in range(len(pix))], [])
             methods, order = plan
             try:
-                blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress)
+                blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress, structures)
                 break
             except EmptyMessageError:
                 continue
@@ -237,6 +245,19 @@ class Codec:
         if self.channels == 3:
             out.update({k: "tiled-gray" for k, p in enumerate(pix) if p.shape[-1] == 1})
         return out
+
+    def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain) -> StructurePrior | None:
+        """The chroma-structure prior (structure.py) ``chain`` codes a tiled RGB image with: of
+        the candidates measured on the image, the one with the largest saving estimated on
+        crops (STRUCTURE_PROBE), if that beats the prior's header bytes; else None."""
+        if not self.structure_priors or self.channels != 3:
+            return None
+        priors = structure.candidates(pixels)
+        if not priors:
+            return None
+        gains = structure_gains(chain, pixels, priors, STRUCTURE_PROBE)
+        k = int(np.argmax(gains))
+        return priors[k] if gains[k] * pixels.size > 8 * len(priors[k].to_bytes()) else None
 
     def preflight_estimate(self, pixels: np.ndarray, method: str = "tiled") -> float | None:
         """The preflight's estimate of the model's bits per subpixel on one image (uint8
@@ -283,7 +304,8 @@ class Codec:
             raise VdmcodecError(f"{total} subpixels in all: an archive holds at most {MAX_TOTAL_SUBPIXELS}")
         return out
 
-    def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None) -> Header:
+    def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None,
+                structures=()) -> Header:
         names = [e.name for e in entries]
         seq = [f"{k:05d}.png" for k in range(len(entries))]
         return Header(
@@ -305,6 +327,7 @@ class Codec:
             tile=self.tile if layouts else 0,
             tiled=list(layouts),
             levels=levels.times_digest(times) if uses_model and times is not None else None,
+            structures=list(structures) if any(p is not None for p in structures) else [],
         )
 
     def _pack_classical(self, entries, best, T) -> bytes:
@@ -313,7 +336,7 @@ class Codec:
         header = self._header(entries, methods, [len(b[1]) for b in best], [], T, 0, uses_model=False)
         return pack(header, blob)
 
-    def _compress_chain(self, entries, best, methods, order, chain, per_dim, progress) -> bytes:
+    def _compress_chain(self, entries, best, methods, order, chain, per_dim, progress, structures=None) -> bytes:
         classical_idx = [k for k, m in enumerate(methods) if m not in MODEL_METHODS]
         cblob = b"".join(best[k][1] for k in classical_idx)
         pad = (-len(cblob)) % 4
@@ -342,18 +365,21 @@ class Codec:
         finally:
             if bar is not None:
                 bar.close()
-        layouts = self._push_tiled(entries, methods, chain, msg, per_dim, progress)
+        structures = structures or {}
+        layouts, priors = self._push_tiled(entries, methods, chain, msg, per_dim, progress, structures)
         header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad,
-                              uses_model=True, layouts=layouts, times=chain.cfg.times)
+                              uses_model=True, layouts=layouts, times=chain.cfg.times, structures=priors)
         return pack(header, msg.to_bytes())
 
-    def _push_tiled(self, entries, methods, chain, msg, per_dim, progress) -> list:
-        """The tiled images, after the chunks, in image order (tiles.py)."""
+    def _push_tiled(self, entries, methods, chain, msg, per_dim, progress, structures: dict) -> tuple[list, list]:
+        """The tiled images, after the chunks, in image order (tiles.py): their layouts and
+        structure priors."""
         idx = [k for k, m in enumerate(methods) if m in TILED_METHODS]
+        priors = [structures.get(k) for k in idx]
         bar = _tile_bar(progress, [entries[k].pixels.shape for k in idx], self.tile, "compress")
         try:
             return [tiles.push_image(chain, msg, coded_pixels(entries[k].pixels, methods[k]), self.tile, per_dim,
-                                     bar and bar.update) for k in idx]
+                                     bar and bar.update, prior) for k, prior in zip(idx, priors)], priors
         finally:
             if bar is not None:
                 bar.close()
@@ -478,8 +504,9 @@ def _pop_tiled(chain: DiffusionChain, msg: Message, header: Header, shapes, meth
     """Decode the tiled images (pushed last, so popped first) into ``out``."""
     bar = _tile_bar(progress, [shapes[k] for k in tiled_idx], header.tile, "decompress")
     try:
-        for k, layout in reversed(list(zip(tiled_idx, header.tiled))):
-            im = tiles.pop_image(chain, msg, layout, coded_shape(shapes[k], methods[k]), header.tile, bar and bar.update)
+        priors = header.structures or [None] * len(tiled_idx)
+        for k, layout, prior in reversed(list(zip(tiled_idx, header.tiled, priors))):
+            im = tiles.pop_image(chain, msg, layout, coded_shape(shapes[k], methods[k]), header.tile, bar and bar.update, prior)
             if methods[k] == "tiled-gray":
                 if not ((im[..., 0] == im[..., 1]).all() and (im[..., 1] == im[..., 2]).all()):
                     raise _mismatch(header)

@@ -1,11 +1,11 @@
-"""The .vdmc container (format version 4; version 3 is still read): a compact binary header,
-then the payload.
+"""The .vdmc container (format version 5; versions 3 and 4 are still read): a compact binary
+header, then the payload.
 
 Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (4; 3 has no level-times field)
+    4       1     format version (5; 4 has no structure priors, 3 neither nor level times)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
     5+v+H   P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
@@ -24,11 +24,12 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
+from .structure import StructurePrior
 from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
-VERSION = 4
-READABLE_VERSIONS = (3, 4)
+VERSION = 5
+READABLE_VERSIONS = (3, 4, 5)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
@@ -69,6 +70,7 @@ class Header:
     tile: int = 0                   # tile side of the tiled images (0: none)
     tiled: list = field(default_factory=list)  # a tilegrid.TileLayout per tiled image (TILED_METHODS), in image order
     levels: str | None = None       # hex, first 8 bytes of SHA-256 of the level times (levels.py); None: t_i = i / T
+    structures: list = field(default_factory=list)  # per tiled image: a structure.StructurePrior or None (version 5)
 
     @property
     def count(self) -> int:
@@ -151,6 +153,8 @@ def encode_header(h: Header) -> bytes:
         out += _varint(len(h.chunks)) + b"".join(_varint(size) for _, size in h.chunks)
     if h.tiled:
         out += _varint(h.tile) + b"".join(encode_layout(t) for t in h.tiled)
+        structures = h.structures or [None] * len(h.tiled)
+        out += b"".join(bytes([0]) if p is None else p.to_bytes() for p in structures)
     if "list" in h.names:
         out += b"".join(_str(s, MAX_NAME_BYTES) for s in h.names["list"])
     elif not default_names:
@@ -268,7 +272,7 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
         size = r.varint("chunk size", MAX_IMAGES)
         chunks.append([pos, size])
         pos += size
-    tile, tiled = 0, []
+    tile, tiled, structures = 0, [], []
     if flags & _F_TILED:
         tile = r.varint("tile side", MAX_TILE)
         n_tiled = sum(n for m, n in methods if m in TILED_METHODS)
@@ -277,6 +281,8 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
         if n_tiled > len(data) - r.pos:
             r.bad("more tiled images than the header holds")
         tiled = [parse_layout(r, MAX_SIDE) for _ in range(n_tiled)]
+        if version >= 5:
+            structures = [_parse_structure(r) for _ in range(n_tiled)]
     if flags & _F_NAME_LIST:
         if n_images > len(data) - r.pos:
             r.bad("more names than the header holds")
@@ -294,7 +300,22 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
     return Header(model=model, model_hash=model_hash, steps=steps, grid_bits=grid_bits, torch=torch_v, dtype=dtype,
                   threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
                   chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze,
-                  tile=tile, tiled=tiled, levels=levels)
+                  tile=tile, tiled=tiled, levels=levels, structures=structures if any(structures) else [])
+
+
+def _parse_structure(r: _Reader) -> StructurePrior | None:
+    mode = r.byte("structure mode")
+    try:
+        size = StructurePrior.size_of(mode)
+    except ValueError:
+        r.bad(f"unknown structure mode {mode}")
+    if size == 1:
+        return None
+    data = bytes([mode]) + r.take(size - 1, "structure prior")
+    try:
+        return StructurePrior.from_bytes(data)
+    except ValueError as e:
+        r.bad(f"structure prior ({e})")
 
 
 def unpack(blob: bytes) -> tuple[Header, bytes]:
@@ -357,9 +378,14 @@ def _validate(h: Header) -> Header:
     n_tiled = n_model - n_vdm
     if len(h.tiled) != n_tiled or (n_tiled > 0) != (h.tile > 0) or h.tile > MAX_TILE:
         bad("tiled images and their layouts disagree")
-    for layout, (shape, method) in zip(h.tiled, _shapes_of(h, TILED_METHODS)):
+    if h.structures and len(h.structures) != n_tiled:
+        bad("structure priors do not match the tiled images")
+    structures = h.structures or [None] * n_tiled
+    for layout, (shape, method), prior in zip(h.tiled, _shapes_of(h, TILED_METHODS), structures):
         if method == "tiled-gray" and shape[2] != 1:
             bad("a tiled-gray image with more than one channel")
+        if prior is not None and (method != "tiled" or shape[2] != 3):
+            bad("a structure prior on an image that is not tiled RGB")
         why = check_layout(layout, coded_shape(shape, method), h.tile)
         if why:
             bad(f"tile layout of a {shape[0]}x{shape[1]} image: {why}")

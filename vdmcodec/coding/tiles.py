@@ -33,6 +33,7 @@ import numpy as np
 from . import classical
 from .ans import Message, uniform
 from .chain import DiffusionChain
+from .structure import StructurePrior
 from .tilegrid import MAX_REGION_SUBPIXELS, MAX_TILE, Band, Rect, Segment, TileLayout, grid, rects
 
 DEFAULT_TILE = 32
@@ -53,8 +54,8 @@ def check_tile(tile: int) -> int:
 class _Planner:
     """The encoder's running layout: where the next segment starts and how big it may be."""
 
-    def __init__(self, pixels: np.ndarray, tile: int, per_dim: float):
-        self.pixels, self.tile, self.per_dim = pixels, tile, per_dim
+    def __init__(self, pixels: np.ndarray, tile: int, per_dim: float, structure: StructurePrior | None = None):
+        self.pixels, self.tile, self.per_dim, self.structure = pixels, tile, per_dim, structure
         self.h, self.w, self.c = pixels.shape
         self.rows, self.cols = grid(self.h, self.w, tile)
 
@@ -75,12 +76,13 @@ class _Planner:
 
 
 def push_image(chain: DiffusionChain, msg: Message, pixels: np.ndarray, tile: int, per_dim: float,
-               progress: Callable[[int], None] | None = None) -> TileLayout:
+               progress: Callable[[int], None] | None = None, structure: StructurePrior | None = None) -> TileLayout:
     """Code one image (uint8 [H, W, C]) onto the stack; return its layout for the header.
     ``per_dim``: the estimated initial bits per dimension of a chain segment (with margin).
-    ``progress(n)`` is called with the tiles of each segment coded. Raises
+    ``progress(n)`` is called with the tiles of each segment coded; ``structure``: the
+    image's chroma-structure prior (structure.py) or None. Raises
     ans.EmptyMessageError when the estimate was short (the caller retries)."""
-    p = _Planner(pixels, check_tile(tile), per_dim)
+    p = _Planner(pixels, check_tile(tile), per_dim, structure)
     bands: list[Band] = []
     row = 0
     while row < p.rows:
@@ -89,7 +91,7 @@ def push_image(chain: DiffusionChain, msg: Message, pixels: np.ndarray, tile: in
         while row + nrows < p.rows and p.fits(msg, p.dims(row, nrows + 1, 0, p.cols)):
             nrows += 1
         if nrows:
-            _push_chain(chain, msg, p.crop(row, nrows, 0, p.cols))
+            _push_chain(chain, msg, p, row, nrows, 0, p.cols)
             bands.append(Band(nrows, (Segment(p.cols, "vdm"),)))
             if progress is not None:
                 progress(nrows * p.cols)
@@ -109,7 +111,7 @@ def _push_row(chain, msg, p: _Planner, row: int, progress) -> list[Segment]:
         while col + ncols < p.cols and p.fits(msg, p.dims(row, 1, col, ncols + 1)):
             ncols += 1
         if ncols:
-            _push_chain(chain, msg, p.crop(row, 1, col, ncols))
+            _push_chain(chain, msg, p, row, 1, col, ncols)
             segs.append(Segment(ncols, "vdm"))
         else:
             ncols, method, data = _classical_seed(msg, p, row, col)
@@ -149,24 +151,26 @@ def _pop_raw_bytes(msg: Message, n: int) -> bytes:
 _BYTE_MODEL = constriction.stream.model.Uniform(256)
 
 
-def _push_chain(chain: DiffusionChain, msg: Message, region: np.ndarray) -> None:
-    chain.push(msg, np.ascontiguousarray(region.transpose(2, 0, 1)[None]))
+def _push_chain(chain: DiffusionChain, msg: Message, p: _Planner, row: int, nrows: int, col: int, ncols: int) -> None:
+    region = p.crop(row, nrows, col, ncols)
+    chain.push(msg, np.ascontiguousarray(region.transpose(2, 0, 1)[None]), structure=p.structure,
+               origin=(row * p.tile, col * p.tile))
 
 
 def pop_image(chain: DiffusionChain, msg: Message, layout: TileLayout, shape: tuple[int, int, int], tile: int,
-              progress: Callable[[int], None] | None = None) -> np.ndarray:
+              progress: Callable[[int], None] | None = None, structure: StructurePrior | None = None) -> np.ndarray:
     """Decode one tiled image (the layout was validated against ``shape`` by the container)."""
     h, w, c = shape
     out = np.zeros(shape, dtype=np.uint8)
     for rect in reversed(rects(layout, h, w, tile)):
-        out[rect.y0 : rect.y1, rect.x0 : rect.x1] = _pop_rect(chain, msg, rect, c)
+        out[rect.y0 : rect.y1, rect.x0 : rect.x1] = _pop_rect(chain, msg, rect, c, structure)
         if progress is not None:
             progress(math.prod(grid(rect.y1 - rect.y0, rect.x1 - rect.x0, tile)))
     return out
 
 
-def _pop_rect(chain: DiffusionChain, msg: Message, rect: Rect, c: int) -> np.ndarray:
+def _pop_rect(chain: DiffusionChain, msg: Message, rect: Rect, c: int, structure: StructurePrior | None) -> np.ndarray:
     hh, ww, _ = rect.shape(c)
     if rect.method == "vdm":
-        return chain.pop(msg, (1, c, hh, ww))[0].transpose(1, 2, 0)
+        return chain.pop(msg, (1, c, hh, ww), structure=structure, origin=(rect.y0, rect.x0))[0].transpose(1, 2, 0)
     return classical.decode(_pop_raw_bytes(msg, rect.nbytes), rect.method, (hh, ww, c))

@@ -89,11 +89,12 @@ def gray_rgb(x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    chroma_subsampling: float = 0.0  # share of RGB crops whose chroma is subsampled (2/3 4:2:0, 1/3 4:2:2)
+    chroma_subsampling: float = 0.0  # share of RGB crops whose chroma is subsampled
     grayscale: float = 0.0           # share of RGB crops turned gray (R = G = B)
+    chroma_422: float = 1 / 3        # share of the subsampled crops that are 4:2:2 (the rest 4:2:0)
 
     def __post_init__(self):
-        for k in ("chroma_subsampling", "grayscale"):
+        for k in ("chroma_subsampling", "grayscale", "chroma_422"):
             v = getattr(self, k)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
                 raise ValueError(f"augment.{k} must be a probability in [0, 1], got {v!r}")
@@ -123,7 +124,7 @@ class Augmenter:
         for i in range(len(batch)):
             u = rng.random()
             if u < self.cfg.chroma_subsampling:
-                factors = (2, 2) if rng.random() < 2 / 3 else (1, 2)
+                factors = (1, 2) if rng.random() >= 1 - self.cfg.chroma_422 else (2, 2)
                 if H % factors[0] or W % factors[1]:
                     continue
                 upsample = "replicate" if rng.random() < 0.5 else "linear"
