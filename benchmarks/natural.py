@@ -33,6 +33,7 @@ from benchmarks.mnist import machine, resolve_data
 from vdmcodec.bench import _same, image_codecs, tiled_seeds
 from vdmcodec.coding.codec import coded_pixels, load_codec
 from vdmcodec.coding.container import MODEL_METHODS, TILED_METHODS, unpack
+from vdmcodec.coding.structure import describe
 from vdmcodec.data import ImageItem, load_items, to_tensor
 from vdmcodec.evaluate import evaluate
 from vdmcodec.files import atomic_write_bytes
@@ -81,7 +82,8 @@ def measure_vdmcodec(codec, im: np.ndarray, T: int) -> dict:
            "model_bytes": len(blob), "model_bpd": 8 * len(blob) / im.size, "model_method": method,
            "encode_s": enc, "decode_s": dec, "roundtrip": _same(back, [im]) and _same(written_back, [im]),
            "container_bytes": len(blob) - len(payload), "preflight_bpd": est, "preflight_s": pre_s,
-           "preflight_skip": skip, "compress_s": compress_s, "written_decode_s": written_dec}
+           "preflight_skip": skip, "compress_s": compress_s, "written_decode_s": written_dec,
+           "structure": describe(header.structures[0] if header.structures else None)}
     if method in MODEL_METHODS:
         seed_bytes, seed_dims = tiled_seeds(header)
         row.update(seed_bytes=seed_bytes, seed_subpixels=seed_dims,
@@ -205,6 +207,8 @@ def set_table(name: str, rows: list[dict], codec_names: list[str], T: int) -> li
         gap = (f"{v['model_bpd'] / discrete(e) - 1:+.1%}" if discrete(e) is not None
                and v["model_method"] in MODEL_METHODS else "-")
         written = v["method"] + (" (preflight)" if v.get("preflight_skip") else "")
+        if v["method"] in MODEL_METHODS and v.get("structure", "none") != "none":
+            written += f" with a {v['structure'].split(' (')[0]} prior"
         lines.append(f"| {r['name']} | {r['shape'][1]}x{r['shape'][0]}x{r['shape'][2]} | " + " | ".join(cells)
                      + f" | {written} | {gap} | {v.get('compress_s', float('nan')):.1f} | "
                      f"{v.get('written_decode_s', float('nan')):.1f} | {v['encode_s']:.1f} | {v['decode_s']:.1f} |")
@@ -366,7 +370,8 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "compare pooled figures; the -ELBO pools weight each model-coded image by its subpixels). vdmcodec is "
         "what `vdmcodec compress` writes (the smaller of the model-coded and the all-classical file: 'written as' says "
         "which; '(preflight)': compress estimated the model's rate on crops first and, the classical file being far "
-        "smaller, never ran the chain; 'preflight est.' is that estimate); model-coded is that file's model-coded candidate, header and seeds included. The -ELBO columns are the model's estimates on the same image, not files: T-step "
+        "smaller, never ran the chain; 'with a 4:2:2 prior': the chain used a chroma-structure prior, "
+        "coding/structure.py; 'preflight est.' is that estimate); model-coded is that file's model-coded candidate, header and seeds included. The -ELBO columns are the model's estimates on the same image, not files: T-step "
         f"(every step evaluated, seed {meta['seed']}) is what the chain should cost; continuous time is the T -> infinity "
         f"bound ({CONTINUOUS_DRAWS} stratified draws of t)"
         + ("; the T-step one was not run here (--elbo continuous: it costs as much as a compress)" if meta.get("elbo") == "continuous" else "")

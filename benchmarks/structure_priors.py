@@ -94,7 +94,9 @@ def main(argv=None):
              f"T = {codec.steps}, {codec.arithmetic}. Estimated saving: `preflight.structure_gains` on "
              f"{STRUCTURE_PROBE.crops} crops of {STRUCTURE_PROBE.crop} px at {STRUCTURE_PROBE.draws} stratified levels "
              "(bits per subpixel; compress keeps the best candidate when its saving beats the prior's header bytes). "
-             "Files: bits per subpixel of the whole file, the same codec without a prior and with the best candidate.", "",
+             "Files: bits per subpixel of the whole file, the same codec without a prior and with the best candidate. "
+             "'estimate s' times both estimates of a photo (the table's and compress's own choice), so about twice what "
+             "compress spends on it; the compress times here do not include it.", "",
              "| photo | size | candidates (estimated saving, bpd) | compress chooses | without | with | change | "
              "estimate s | compress s (without / with) | decompress s | exact |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]

@@ -47,7 +47,9 @@ MODE_IDS = {"422": 1, "420": 2}
 @dataclass(frozen=True)
 class StructurePrior:
     mode: str                                  # a key of MODES
-    weights: tuple[tuple[int, ...], ...]       # per component: CELLS + 1 uint16 weights >= 1 (last: broad)
+    # per component: CELLS + 1 uint16 weights >= 1 (last: the broad component); a grid cell of
+    # weight 1 is left out of the prior (measure gives weight 1 exactly to the cells no block had)
+    weights: tuple[tuple[int, ...], ...]
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -113,8 +115,9 @@ class StructurePrior:
             # posterior over the grid's cells; sums run cell by cell (elementwise arithmetic
             # only, so that every machine gets the same bits)
             lw = _log_weights(w, log)
+            cells = [k for k in range(CELLS) if w[k] > 1]               # weight 1: a cell the image never had
             logits = []
-            for (d0, d1), lw_k in zip(grid, lw[:CELLS]):
+            for (d0, d1), lw_k in zip(grid[cells], lw[cells]):
                 r0, r1 = comp_obs[:, 0] - d0, comp_obs[:, 1] - d1
                 logits.append(lw_k - 0.5 * (prec[0, 0] * r0 * r0 + 2.0 * prec[0, 1] * r0 * r1 + prec[1, 1] * r1 * r1)
                               - log_norm)
@@ -123,10 +126,10 @@ class StructurePrior:
             for lg in logits[1:]:
                 top = np.maximum(top, lg)
             total, m0, m1 = np.zeros_like(top), np.zeros_like(top), np.zeros_like(top)
-            for (d0, d1), lg in zip(grid, logits[:CELLS]):
+            for (d0, d1), lg in zip(grid[cells], logits[:-1]):
                 p = exp(lg - top)
                 total, m0, m1 = total + p, m0 + p * d0, m1 + p * d1
-            p = exp(logits[CELLS] - top)                                # broad: keep the network's value
+            p = exp(logits[-1] - top)                                   # broad: keep the network's value
             total, m0, m1 = total + p, m0 + p * comp_hat[:, 0], m1 + p * comp_hat[:, 1]
             e0 = (m0 / total - comp_hat[:, 0]) / n_b                    # per-pixel change of (R - G, B - G)
             e1 = (m1 / total - comp_hat[:, 1]) / n_b
