@@ -10,11 +10,13 @@ of chroma still cost ~0.29 of its 3.37 bpd, where their rounding leaves ~0.08).
 
 A ``StructurePrior`` names the block shape and, per orthogonal block-difference component
 (4:2:2: one; 4:2:0: horizontal, vertical and diagonal Haar differences), a discrete prior
-over that component's value in integer levels on a (2L + 1)^2 grid (R - G, B - G). Given
-the noisy latent, the exact posterior mean of each component under that prior (the noise
-on a component is Gaussian with a known 2 x 2 covariance) replaces the network's
-prediction of it, by the smallest change of the predicted pixels; everything the prior
-says nothing about keeps the network's prediction. The encoder measures the priors on the
+over that component's value in integer levels on a (2L + 1)^2 grid (R - G, B - G) plus a
+broad component (a flat density over a wide square) for the values off the grid. Given the
+noisy latent, the exact posterior mean of each component under that prior (the noise on a
+component is Gaussian with a known 2 x 2 covariance; the broad component's share of the
+posterior keeps the network's prediction) replaces the network's prediction of it, by the
+smallest change of the predicted pixels; everything the prior says nothing about keeps
+the network's prediction. The encoder measures the priors on the
 image, writes them into the file and uses the prior only where it lowers the estimated
 rate (``codec``); the decoder reads them and runs the same float64 arithmetic.
 
