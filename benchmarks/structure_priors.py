@@ -1,9 +1,11 @@
-"""Chroma-structure priors (coding/structure.py): files with and without, side by side.
+"""Structure priors (coding/structure.py: chroma subsampling; coding/jpeg_prior.py: decoded
+JPEGs): files with and without, side by side.
 
 python -m benchmarks.structure_priors [--model natural] [--threads 1] [--out benchmarks/results/structure_priors.md] [IMAGE ...]
 
-For every RGB photo: the candidate priors (modes whose block differences fall on the prior's
-grid for >= 90% of the blocks), compress's estimated saving of each (preflight.structure_gains
+For every RGB photo: the candidate priors (chroma modes whose block differences fall on the
+prior's grid for >= 90% of the blocks; JPEG lattices seen on >= 8 luma DCT coefficients, at
+three (spread, tau) settings), compress's estimated saving of each (preflight.structure_gains
 on its crops) and its choice. Where there is a candidate, the photo is compressed twice by the
 same codec through the chain (force_model, no preflight): without a prior and with the
 candidate of the largest estimated saving, chosen or not (so the table shows whether the
@@ -26,7 +28,7 @@ import torch
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding import container, structure
+from vdmcodec.coding import container, jpeg_prior, structure
 from vdmcodec.coding.codec import STRUCTURE_PROBE, load_codec
 from vdmcodec.coding.preflight import structure_gains
 
@@ -52,11 +54,11 @@ def main(argv=None):
     for path in args.images or default_photos():
         px = np.array(Image.open(resolve_data(path)).convert("RGB"))
         row = {"image": path.name, "size": f"{px.shape[1]}x{px.shape[0]}", "subpixels": int(px.size)}
-        priors = structure.candidates(px)
+        priors = structure.candidates(px) + jpeg_prior.candidates(px)
         t0 = time.perf_counter()
         gains = structure_gains(chain, px, priors, STRUCTURE_PROBE)
         chosen = codec.choose_structure(px, chain)
-        row.update(estimate_s=time.perf_counter() - t0, candidates={p.mode: g for p, g in zip(priors, gains)},
+        row.update(estimate_s=time.perf_counter() - t0, candidates={structure.describe(p): g for p, g in zip(priors, gains)},
                    chosen=structure.describe(chosen))
         if priors:
             best = priors[int(np.argmax(gains))]
@@ -86,7 +88,7 @@ def main(argv=None):
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
-    lines = ["# Chroma-structure priors: files with and without, side by side", "",
+    lines = ["# Structure priors (chroma subsampling, decoded JPEGs): files with and without, side by side", "",
              f"Command: `{result['command']}`", "",
              f"Date: {result['date']}; machine: {m['cpu']} ({m['cpu_count']} logical CPUs), {m['torch_threads']} torch "
              f"thread(s), torch {m['torch']}, 1-minute load {m['load_average_1min']:.2f} at the end.", "",
@@ -101,7 +103,7 @@ def main(argv=None):
              "estimate s | compress s (without / with) | decompress s | exact |",
              "|---|---|---|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        cands = ", ".join(f"{k[0]}:{k[1]}:{k[2]} {v:+.3f}" for k, v in r["candidates"].items()) or "none"
+        cands = ", ".join(f"{k.split(' (exact')[0]} {v:+.3f}" for k, v in r["candidates"].items()) or "none"
         if "with" in r:
             lines.append(f"| {r['image']} | {r['size']} | {cands} | {r['chosen']} | {r['without']:.4f} | {r['with']:.4f} | "
                          f"{r['with'] / r['without'] - 1:+.2%} | {r['estimate_s']:.1f} | {r['without_s']:.1f} / "

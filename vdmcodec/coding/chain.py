@@ -50,7 +50,6 @@ from ..diffusion import VDM, VOCAB, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
 from .ans import Codec, Message, categorical, permuted, whiten, windowed_gaussian
-from .structure import StructurePrior
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
 MAX_CATEGORICAL_SYMBOLS = 1 << 17  # probability rows per constriction call (memory bound)
@@ -192,11 +191,11 @@ class DiffusionChain:
 
     # ---- the network -----------------------------------------------------------------
     @torch.no_grad()
-    def _p_mean(self, z_i: np.ndarray, i: int, structure: StructurePrior | None = None,
+    def _p_mean(self, z_i: np.ndarray, i: int, structure=None,
                 origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
-        and beta), else None (std_p). ``structure``: a chroma-structure prior whose posterior
+        and beta), else None (std_p). ``structure``: a structure prior (structure.py or jpeg_prior.py) whose posterior
         means replace the network's prediction of the block differences (structure.py) of
         the batch, whose pixel (0, 0) sits at image coordinates ``origin``."""
         if self.portable:
@@ -301,7 +300,7 @@ class DiffusionChain:
         return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
 
     # ---- the chain -----------------------------------------------------------------------
-    def push(self, msg: Message, x: np.ndarray, progress=None, structure: StructurePrior | None = None,
+    def push(self, msg: Message, x: np.ndarray, progress=None, structure=None,
              origin: tuple[int, int] = (0, 0)) -> None:
         """Encode a batch x (uint8 [B, C, H, W]) onto the stack (``structure``, ``origin``: see
         ``_p_mean``; the decoder must pass the same)."""
@@ -323,7 +322,7 @@ class DiffusionChain:
         self._p_codec(T, np.zeros(x.shape)).push(msg, k_prev)
 
     def pop(self, msg: Message, shape: tuple[int, int, int, int], progress=None,
-            structure: StructurePrior | None = None, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
+            structure=None, origin: tuple[int, int] = (0, 0)) -> np.ndarray:
         """Decode a batch of the given shape [B, C, H, W] from the stack."""
         T = self.cfg.steps
         k = self._p_codec(T, np.zeros(shape)).pop(msg)

@@ -37,10 +37,9 @@ import torch
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
 from ..hardware import cpu_capability, native_bf16
 from ..zoo import load_model, resolve_for_file
-from . import classical, levels, structure, tiles
+from . import classical, jpeg_prior, levels, structure, tiles
 from .ans import EmptyMessageError, Message
 from .preflight import PreflightConfig, estimate_bpd, hopeless, structure_gains
-from .structure import StructurePrior
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain
 from .container import (DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
                         coded_shape, pack, run_length, unpack)
@@ -164,8 +163,8 @@ class Codec:
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self.preflight = preflight  # None: every codable image goes through the chain
         self.fitted_levels = fitted_levels  # compress at the card's coding_times where it lists them for T
-        # try chroma-structure priors (structure.py) on tiled RGB images; keep one where the
-        # preflight's crops estimate a saving
+        # try structure priors (structure.py, jpeg_prior.py) on tiled RGB images; keep one
+        # where an estimate on crops says it saves bits
         self.structure_priors = structure_priors
         self._chains: dict[tuple, DiffusionChain] = {}
 
@@ -246,13 +245,16 @@ class Codec:
             out.update({k: "tiled-gray" for k, p in enumerate(pix) if p.shape[-1] == 1})
         return out
 
-    def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain) -> StructurePrior | None:
-        """The chroma-structure prior (structure.py) ``chain`` codes a tiled RGB image with: of
-        the candidates measured on the image, the one with the largest saving estimated on
-        crops (STRUCTURE_PROBE), if that beats the prior's header bytes; else None."""
+    def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain):
+        """The structure prior ``chain`` codes a tiled RGB image with (structure.py: chroma
+        subsampling; jpeg_prior.py: decoded JPEGs, float arithmetics only): of the candidates
+        measured on the image, the one with the largest saving estimated on crops
+        (STRUCTURE_PROBE), if that beats the prior's header bytes; else None."""
         if not self.structure_priors or self.channels != 3:
             return None
         priors = structure.candidates(pixels)
+        if not ARITHMETIC[chain.cfg.arithmetic].portable:  # its DCT is a float matrix product
+            priors += jpeg_prior.candidates(pixels)
         if not priors:
             return None
         gains = structure_gains(chain, pixels, priors, STRUCTURE_PROBE)

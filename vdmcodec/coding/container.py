@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 
 from ..errors import FormatError
-from .structure import StructurePrior
+from .structure import parse_prior, prior_size
 from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
@@ -70,7 +70,7 @@ class Header:
     tile: int = 0                   # tile side of the tiled images (0: none)
     tiled: list = field(default_factory=list)  # a tilegrid.TileLayout per tiled image (TILED_METHODS), in image order
     levels: str | None = None       # hex, first 8 bytes of SHA-256 of the level times (levels.py); None: t_i = i / T
-    structures: list = field(default_factory=list)  # per tiled image: a structure.StructurePrior or None (version 5)
+    structures: list = field(default_factory=list)  # per tiled image: a structure / jpeg_prior prior or None (version 5)
 
     @property
     def count(self) -> int:
@@ -303,17 +303,17 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
                   tile=tile, tiled=tiled, levels=levels, structures=structures if any(structures) else [])
 
 
-def _parse_structure(r: _Reader) -> StructurePrior | None:
+def _parse_structure(r: _Reader):
     mode = r.byte("structure mode")
     try:
-        size = StructurePrior.size_of(mode)
+        size = prior_size(mode)
     except ValueError:
         r.bad(f"unknown structure mode {mode}")
     if size == 1:
         return None
     data = bytes([mode]) + r.take(size - 1, "structure prior")
     try:
-        return StructurePrior.from_bytes(data)
+        return parse_prior(data)
     except ValueError as e:
         r.bad(f"structure prior ({e})")
 

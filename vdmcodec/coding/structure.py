@@ -217,9 +217,25 @@ def candidates(pixels: np.ndarray) -> list[StructurePrior]:
     return out
 
 
-def describe(prior: StructurePrior | None) -> str:
+def prior_size(mode_id: int) -> int:
+    """Bytes of a serialised prior of either kind with this mode byte (0: none, 1 byte)."""
+    from .jpeg_prior import MODE_ID, SIZE
+
+    return SIZE if mode_id == MODE_ID else StructurePrior.size_of(mode_id)
+
+
+def parse_prior(data: bytes):
+    """A serialised prior of either kind (its ``prior_size(data[0])`` bytes), or None."""
+    from .jpeg_prior import MODE_ID, JpegPrior
+
+    return JpegPrior.from_bytes(data) if data[0] == MODE_ID else StructurePrior.from_bytes(data)
+
+
+def describe(prior) -> str:
     if prior is None:
         return "none"
+    if not isinstance(prior, StructurePrior):
+        return prior.describe()
     zero = CELLS // 2
     share = [w[zero] / sum(w) for w in prior.weights]
     return f"{prior.mode[0]}:{prior.mode[1]}:{prior.mode[2]} chroma (exact share {', '.join(f'{s:.0%}' for s in share)})"

@@ -33,7 +33,6 @@ import numpy as np
 from . import classical
 from .ans import Message, uniform
 from .chain import DiffusionChain
-from .structure import StructurePrior
 from .tilegrid import MAX_REGION_SUBPIXELS, MAX_TILE, Band, Rect, Segment, TileLayout, grid, rects
 
 DEFAULT_TILE = 32
@@ -54,7 +53,7 @@ def check_tile(tile: int) -> int:
 class _Planner:
     """The encoder's running layout: where the next segment starts and how big it may be."""
 
-    def __init__(self, pixels: np.ndarray, tile: int, per_dim: float, structure: StructurePrior | None = None):
+    def __init__(self, pixels: np.ndarray, tile: int, per_dim: float, structure=None):
         self.pixels, self.tile, self.per_dim, self.structure = pixels, tile, per_dim, structure
         self.h, self.w, self.c = pixels.shape
         self.rows, self.cols = grid(self.h, self.w, tile)
@@ -76,11 +75,11 @@ class _Planner:
 
 
 def push_image(chain: DiffusionChain, msg: Message, pixels: np.ndarray, tile: int, per_dim: float,
-               progress: Callable[[int], None] | None = None, structure: StructurePrior | None = None) -> TileLayout:
+               progress: Callable[[int], None] | None = None, structure=None) -> TileLayout:
     """Code one image (uint8 [H, W, C]) onto the stack; return its layout for the header.
     ``per_dim``: the estimated initial bits per dimension of a chain segment (with margin).
     ``progress(n)`` is called with the tiles of each segment coded; ``structure``: the
-    image's chroma-structure prior (structure.py) or None. Raises
+    image's structure prior (structure.py, jpeg_prior.py) or None. Raises
     ans.EmptyMessageError when the estimate was short (the caller retries)."""
     p = _Planner(pixels, check_tile(tile), per_dim, structure)
     bands: list[Band] = []
@@ -158,7 +157,7 @@ def _push_chain(chain: DiffusionChain, msg: Message, p: _Planner, row: int, nrow
 
 
 def pop_image(chain: DiffusionChain, msg: Message, layout: TileLayout, shape: tuple[int, int, int], tile: int,
-              progress: Callable[[int], None] | None = None, structure: StructurePrior | None = None) -> np.ndarray:
+              progress: Callable[[int], None] | None = None, structure=None) -> np.ndarray:
     """Decode one tiled image (the layout was validated against ``shape`` by the container)."""
     h, w, c = shape
     out = np.zeros(shape, dtype=np.uint8)
@@ -169,7 +168,7 @@ def pop_image(chain: DiffusionChain, msg: Message, layout: TileLayout, shape: tu
     return out
 
 
-def _pop_rect(chain: DiffusionChain, msg: Message, rect: Rect, c: int, structure: StructurePrior | None) -> np.ndarray:
+def _pop_rect(chain: DiffusionChain, msg: Message, rect: Rect, c: int, structure) -> np.ndarray:
     hh, ww, _ = rect.shape(c)
     if rect.method == "vdm":
         return chain.pop(msg, (1, c, hh, ww), structure=structure, origin=(rect.y0, rect.x0))[0].transpose(1, 2, 0)
