@@ -30,17 +30,11 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
+from vdmcodec.coding.jpeg_prior import dct_matrix
 
 DATA = Path("../shared/data/natural")
 ZIGZAG = [(0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0)]
 MIN_VALUES = 50
-
-
-def dct_matrix(n: int = 8) -> np.ndarray:
-    k = np.arange(n)
-    d = np.sqrt(2.0 / n) * np.cos(np.pi * (2 * k[None, :] + 1) * k[:, None] / (2 * n))
-    d[0] /= np.sqrt(2.0)
-    return d
 
 
 def luma(pixels: np.ndarray) -> np.ndarray:
