@@ -30,27 +30,11 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding.jpeg_prior import dct_matrix
+from vdmcodec.coding.jpeg_prior import block_dct, dct_matrix, luma  # noqa: F401 (dct_matrix: re-exported)
 
 DATA = Path("../shared/data/natural")
 ZIGZAG = [(0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0)]
 MIN_VALUES = 50
-
-
-def luma(pixels: np.ndarray) -> np.ndarray:
-    x = pixels.astype(np.float64)
-    if x.ndim == 2 or x.shape[-1] == 1:
-        return x.reshape(x.shape[0], x.shape[1]) - 128.0
-    return 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2] - 128.0
-
-
-def block_dct(y: np.ndarray, oy: int, ox: int) -> np.ndarray:
-    """[n_blocks, 8, 8] orthonormal DCT of the 8x8 blocks of y starting at (oy, ox)."""
-    y = y[oy:, ox:]
-    h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
-    b = y[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
-    d = dct_matrix()
-    return np.einsum("ui,nij,vj->nuv", d, b, d)
 
 
 def lattice_residual(values: np.ndarray, q: int) -> float | None:

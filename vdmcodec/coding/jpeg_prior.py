@@ -24,8 +24,9 @@ from typing import Callable
 
 import numpy as np
 
+from .structure import LEVEL
+
 MODE_ID = 3
-LEVEL = 2.0 / 256.0
 W_LUMA = np.array([0.299, 0.587, 0.114])
 BROAD_WIDTH = 2048.0      # the broad part: flat over this many units of a coefficient
 ZERO_STEP = 255           # q of a coefficient that is ~0 in every block: the lattice is {0}
@@ -121,16 +122,28 @@ class JpegPrior:
         return out
 
 
+def luma(pixels: np.ndarray) -> np.ndarray:
+    """JFIF luma minus 128 (float64 [H, W]) of uint8 [H, W, 3] pixels; gray ones as they are."""
+    x = pixels.astype(np.float64)
+    if x.ndim == 2 or x.shape[-1] == 1:
+        return x.reshape(x.shape[0], x.shape[1]) - 128.0
+    return W_LUMA[0] * x[..., 0] + W_LUMA[1] * x[..., 1] + W_LUMA[2] * x[..., 2] - 128.0
+
+
+def block_dct(y: np.ndarray, oy: int = 0, ox: int = 0) -> np.ndarray:
+    """[n_blocks, 8, 8] orthonormal DCT of the complete 8x8 blocks of y starting at (oy, ox)."""
+    y = y[oy:, ox:]
+    h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
+    b = y[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
+    return np.einsum("ui,nij,vj->nuv", _D, b, _D)
+
+
 def estimate_steps(pixels: np.ndarray) -> tuple[tuple[int, ...], float]:
     """The 64 quantisation steps seen in an RGB image's luma on its own 8 x 8 grid (0 where
     none), and the share of coefficients farther than 1.5 units from their lattice."""
-    x = pixels.astype(np.float64)
-    y = 0.299 * x[..., 0] + 0.587 * x[..., 1] + 0.114 * x[..., 2] - 128.0
-    h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
-    if not h or not w:
+    if pixels.shape[0] < 8 or pixels.shape[1] < 8:
         return (0,) * 64, 1.0
-    blk = y[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
-    c = np.einsum("ui,nij,vj->nuv", _D, blk, _D).reshape(-1, 64)
+    c = block_dct(luma(pixels)).reshape(-1, 64)
     steps, off = [], []
     for k in range(64):
         vals = c[:, k]

@@ -57,17 +57,22 @@ def crop_origins(h: int, w: int, n: int, side: int) -> list[tuple[int, int]]:
     return [(int(y), int(x)) for y in ys for x in xs]
 
 
+def preflight_crops(pixels: np.ndarray, cfg: PreflightConfig) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """The crops' origins and the crops (uint8 [N, h, w, C]) of ``cfg`` on an image."""
+    h, w, _ = pixels.shape
+    origins = crop_origins(h, w, max(1, min(cfg.crops, math.ceil(h * w / cfg.crop**2))), cfg.crop)
+    side_h, side_w = min(cfg.crop, h), min(cfg.crop, w)
+    return origins, np.stack([pixels[y : y + side_h, x : x + side_w] for y, x in origins])
+
+
 @torch.no_grad()
 def estimate_bpd(model: VDM, pixels: np.ndarray, cfg: PreflightConfig = PreflightConfig()) -> float:
     """The model's negative ELBO (continuous time) in bits per subpixel of ``pixels`` (uint8
     [H, W, C] with C the model's channels), estimated on crops. The crops' count shrinks on
     images smaller than ``crops`` crops and their draws grow to keep at least crops x draws
     network passes per crop-sized input."""
-    h, w, _ = pixels.shape
-    origins = crop_origins(h, w, max(1, min(cfg.crops, math.ceil(h * w / cfg.crop**2))), cfg.crop)
+    origins, batch = preflight_crops(pixels, cfg)
     draws = math.ceil(cfg.crops * cfg.draws / len(origins))
-    side_h, side_w = min(cfg.crop, h), min(cfg.crop, w)
-    batch = np.stack([pixels[y : y + side_h, x : x + side_w] for y, x in origins])
     device = next(model.parameters()).device
     x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -99,10 +104,7 @@ def structure_gains(chain, pixels: np.ndarray, priors: list, cfg: PreflightConfi
     stds make errors cost more where the network is sure."""
     if not priors:
         return []
-    h, w, _ = pixels.shape
-    origins = crop_origins(h, w, max(1, min(cfg.crops, math.ceil(h * w / cfg.crop**2))), cfg.crop)
-    side_h, side_w = min(cfg.crop, h), min(cfg.crop, w)
-    crops = np.stack([pixels[y : y + side_h, x0 : x0 + side_w] for y, x0 in origins])
+    origins, crops = preflight_crops(pixels, cfg)
     x = scale_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()).double().numpy()
     rng = np.random.default_rng(cfg.seed)
     T = chain.cfg.steps
