@@ -104,3 +104,11 @@ def test_portable_coding_does_not_offer_the_jpeg_prior(monkeypatch):
     assert tiny_rgb_codec(arithmetic="portable").choose_structure(im, tiny_rgb_codec(arithmetic="portable").chain(2, 2)) is None
     codec = tiny_rgb_codec()
     assert isinstance(codec.choose_structure(im, codec.chain(2, 2)), JpegPrior)
+
+
+def test_block_dct_is_the_orthonormal_2d_dct():
+    b = np.random.default_rng(0).standard_normal((3, 5, 8, 8))
+    d = jpeg_prior.dct_matrix()
+    np.testing.assert_allclose(d @ d.T, np.eye(8), atol=1e-12)
+    np.testing.assert_allclose(jpeg_prior.dct2(b), np.einsum("ui,bnij,vj->bnuv", d, b, d), atol=1e-12)
+    np.testing.assert_allclose(jpeg_prior.dct2(jpeg_prior.dct2(b), inverse=True), b, atol=1e-12)

@@ -173,6 +173,39 @@ def test_levels_command_writes_the_card(tiny_model_dir, tmp_path):
     assert container.unpack(blob)[0].levels == levels.times_digest(card["coding_times"])
 
 
+def test_times_for_another_T_sit_beside_the_default_ones(fitted_dir, tmp_path):
+    meta = json.loads((fitted_dir / CARD).read_text())
+    meta["card"]["coding_steps"] = 3
+    meta["card"]["coding_times_more"] = {"2": {"times": [0.0, 0.7, 1.0], "fit": {}}}
+    (fitted_dir / CARD).write_text(json.dumps(meta))
+    ims = images(3)[1:]
+    codec = load_codec(fitted_dir)
+    assert codec.level_times(3) == (0.0, 0.3, 0.45, 1.0) and codec.level_times(2) == (0.0, 0.7, 1.0)
+    assert codec.level_times(4) is None
+    blob = codec.compress(ims, steps=2, force_model=True)
+    assert container.unpack(blob)[0].levels == levels.times_digest((0.0, 0.7, 1.0))
+    for a, b in zip(load_codec(fitted_dir).decompress(blob), ims):
+        np.testing.assert_array_equal(a, b)
+    meta["card"]["coding_times_more"]["2"]["times"] = [0.0, 1.0, 0.5]
+    (fitted_dir / CARD).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match=r"coding_times_more\[2\]"):
+        load_codec(fitted_dir).decompress(blob)
+    # the levels command fits another T beside the default one
+    data = tmp_path / "data"
+    data.mkdir()
+    from PIL import Image
+
+    for k in range(2):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (40, 48), dtype=np.uint8)).save(data / f"{k}.png")
+    meta["card"]["coding_times_more"] = {}
+    (fitted_dir / CARD).write_text(json.dumps(meta))
+    assert fit_levels.main(["--model", str(fitted_dir), "--data", str(data), "--steps", "5", "--crops", "2", "--size", "16",
+                            "--points", "17", "--samples", "300", "--write"]) == 0
+    card = json.loads((fitted_dir / CARD).read_text())["card"]
+    assert card["coding_times"] == [0.0, 0.3, 0.45, 1.0]
+    assert len(card["coding_times_more"]["5"]["times"]) == 6 and card["coding_times_more"]["5"]["fit"]["steps"] == 5
+
+
 @pytest.mark.parametrize("arithmetic", ["portable", "float32-nhwc"])
 def test_fitted_times_in_every_arithmetic(fitted_dir, arithmetic):
     ims = images(9)[1:]

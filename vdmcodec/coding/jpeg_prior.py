@@ -45,6 +45,14 @@ def dct_matrix(n: int = 8) -> np.ndarray:
 _D = dct_matrix()
 
 
+def dct2(b: np.ndarray, inverse: bool = False) -> np.ndarray:
+    """Orthonormal 2-D DCT D b D^T of [..., 8, 8] blocks (inverse: D^T b D), as two matrix
+    products over all blocks at once."""
+    m = _D if inverse else _D.T
+    t = (b.reshape(-1, 8) @ m).reshape(b.shape).swapaxes(-1, -2)
+    return (t.reshape(-1, 8) @ m).reshape(b.shape).swapaxes(-1, -2)
+
+
 @dataclass(frozen=True)
 class JpegPrior:
     q: tuple[int, ...]      # 64 steps, row-major (u, v); 0: no prior on that coefficient
@@ -84,38 +92,39 @@ class JpegPrior:
         win = (slice(None), slice(None), slice(oy, oy + ny * 8), slice(ox, ox + nx * 8))
         x_hat = (z[win] - sigma * eps_hat[win]) / alpha
         # luma minus 128 in pixel units: x_s / LEVEL = x + 1/2 - 128
-        y = np.einsum("c,bchw->bhw", W_LUMA, x_hat) / LEVEL - 0.5 * W_LUMA.sum()
+        y = (W_LUMA[0] * x_hat[:, 0] + W_LUMA[1] * x_hat[:, 1] + W_LUMA[2] * x_hat[:, 2]) / LEVEL - 0.5 * W_LUMA.sum()
         blk = y.reshape(B, ny, 8, nx, 8).transpose(0, 1, 3, 2, 4)                    # [B, ny, nx, 8, 8]
-        c = np.einsum("ui,bmnij,vj->bmnuv", _D, blk, _D).reshape(B, ny, nx, 64)
+        c = dct2(blk).reshape(B, ny, nx, 64)
         var_noise = (sigma / alpha / LEVEL) ** 2 * float((W_LUMA**2).sum())          # per coefficient
         s2 = (self.spread / 256.0) ** 2
         v = (self.tau / 256.0) * var_noise + s2
         rho = self.rho / 65536.0
         q = np.asarray(self.q, dtype=np.float64)
-        new = c.copy()
         sd = math.sqrt(v)
-        for k in range(64):
-            qk = q[k]
-            if qk == 0 or sd > 2.0 * qk:
-                continue                                   # no prior, or the comb is washed out
-            ck = c[..., k]
+        active = np.flatnonzero((q > 0) & (2.0 * q >= sd))  # no prior, or the comb washed out
+        if active.size == 0:
+            return eps_hat
+        reach = np.ceil(6.0 * sd / q[active]).astype(np.int64) + 1
+        log_broad = math.log(rho / BROAD_WIDTH)
+        tau_share = (v - s2) / v                            # Gaussian product: towards the lattice point
+        new = c.copy()
+        for r in np.unique(reach):                          # coefficients with one reach at once
+            k = active[reach == r]
+            qk, ck = q[k], c[..., k]
             n0 = np.round(ck / qk)
-            reach = int(math.ceil(6.0 * sd / qk)) + 1
-            log_comb = math.log((1.0 - rho) / qk) - 0.5 * math.log(2.0 * math.pi * v)
-            logits = [log_comb - 0.5 * np.square((n0 + j) * qk - ck) / v for j in range(-reach, reach + 1)]
-            log_broad = math.log(rho / BROAD_WIDTH)
+            log_comb = np.log((1.0 - rho) / qk) - 0.5 * math.log(2.0 * math.pi * v)
+            offsets = range(-int(r), int(r) + 1)
+            logits = [log_comb - 0.5 * np.square((n0 + j) * qk - ck) / v for j in offsets]
             top = np.maximum.reduce(logits + [np.full_like(ck, log_broad)])
             total = exp(log_broad - top)
             mean = total * ck
-            tau_share = (v - s2) / v                        # Gaussian product: towards the lattice point
-            for j, lg in zip(range(-reach, reach + 1), logits):
+            for j, lg in zip(offsets, logits):
                 p = exp(lg - top)
-                lat = (n0 + j) * qk
                 total = total + p
-                mean = mean + p * (ck + tau_share * (lat - ck))
+                mean = mean + p * (ck + tau_share * ((n0 + j) * qk - ck))
             new[..., k] = mean / total
         dc = (new - c).reshape(B, ny, nx, 8, 8)
-        dy = np.einsum("ui,bmnuv,vj->bmnij", _D, dc, _D).transpose(0, 1, 3, 2, 4).reshape(B, ny * 8, nx * 8)
+        dy = dct2(dc, inverse=True).transpose(0, 1, 3, 2, 4).reshape(B, ny * 8, nx * 8)
         dx = dy[:, None] * (W_LUMA / float((W_LUMA**2).sum()))[None, :, None, None] * LEVEL
         out = eps_hat.copy()
         out[win] = eps_hat[win] - (alpha / sigma) * dx
@@ -135,7 +144,7 @@ def block_dct(y: np.ndarray, oy: int = 0, ox: int = 0) -> np.ndarray:
     y = y[oy:, ox:]
     h, w = (y.shape[0] // 8) * 8, (y.shape[1] // 8) * 8
     b = y[:h, :w].reshape(h // 8, 8, w // 8, 8).transpose(0, 2, 1, 3).reshape(-1, 8, 8)
-    return np.einsum("ui,nij,vj->nuv", _D, b, _D)
+    return dct2(b)
 
 
 def estimate_steps(pixels: np.ndarray) -> tuple[tuple[int, ...], float]:

@@ -26,8 +26,9 @@ worse than uniform on the crops it was measured on. Measured on the natural mode
 3.0197 (-0.61%). The continuous-time term of the same crops is 2.8487: most of the T-step
 excess is the discretisation itself (T = 128, uniform: 2.9238), which no placement removes.
 
-A model card may list its times (``coding_times``: T + 1 floats, written by this module's
-command); the codec then codes at those levels when it runs that card's T, and a file records
+A model card may list its times (``coding_times``: T + 1 floats for its default T, and
+``coding_times_more``: {"T": {"times": [...], "fit": {...}}} for other T such as a slower,
+smaller T = 128; written by this module's command); the codec then codes at those levels when it runs that card's T, and a file records
 their hash (``times_digest``) so that the decoder knows it needs them. A re-ship of new
 weights drops the times (training/ship.py): they belong to the weights they were fitted to.
 
@@ -76,14 +77,18 @@ def times_digest(times) -> str:
 
 
 def card_times(card: dict, steps: int, where: str = "model") -> tuple[float, ...] | None:
-    """The card's level times if it lists them for T = ``steps``, else None (uniform)."""
-    times = card.get("coding_times")
+    """The card's level times if it lists them for T = ``steps`` (``coding_times`` for its
+    coding T, ``coding_times_more[str(T)]["times"]`` for others), else None (uniform)."""
+    times, key = card.get("coding_times"), "coding_times"
+    if times is None or len(times) != steps + 1:
+        more = card.get("coding_times_more") or {}
+        times, key = (more.get(str(steps)) or {}).get("times"), f"coding_times_more[{steps}]"
     if times is None:
         return None
     try:
         times = check_times(times)
     except ValueError as e:
-        raise ModelError(f"{where}: card's coding_times: {e}") from None
+        raise ModelError(f"{where}: card's {key}: {e}") from None
     return times if len(times) == steps + 1 else None
 
 

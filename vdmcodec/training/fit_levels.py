@@ -4,7 +4,9 @@
 python -m vdmcodec.training.fit_levels --model models/natural --data DIR [--data DIR ...]
     [--range START:STOP] [--steps T] [--crops 16] [--size 128] [--points 257] [--write]
 
-Run it after ``ship`` of new weights (a re-ship keeps the card's times only for the weights
+Without --steps it fits the card's coding T (``coding_times``); with another T it stores
+those times beside them (``coding_times_more``), for ``compress --steps T``. Run it after
+``ship`` of new weights (a re-ship keeps the card's times only for the weights
 they were fitted to), on training data only. Prints the T-step diffusion term (bits per dimension) at
 uniform and at fitted times, and the continuous-time term, on the crops it measured.
 """
@@ -81,10 +83,14 @@ def main(argv=None) -> int:
     print(json.dumps(report))
     if args.write:
         meta = json.loads((Path(info["dir"]) / CARD).read_text())
-        meta["card"]["coding_times"] = list(result["times"])
-        meta["card"]["coding_times_fit"] = report
+        card = meta["card"]
+        if steps == card.get("coding_steps", steps):
+            card["coding_times"] = list(result["times"])
+            card["coding_times_fit"] = report
+        else:  # another T than the card's default: kept beside it
+            card.setdefault("coding_times_more", {})[str(steps)] = {"times": list(result["times"]), "fit": report}
         atomic_write_bytes(Path(info["dir"]) / CARD, (json.dumps(meta, indent=2) + "\n").encode())
-        print(f"wrote coding_times (T = {steps}) to {Path(info['dir']) / CARD}")
+        print(f"wrote the level times for T = {steps} to {Path(info['dir']) / CARD}")
     return 0
 
 

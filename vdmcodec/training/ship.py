@@ -9,7 +9,7 @@ instead (a decayed branch shipped from RUN, the constant-rate RUN2 to continue f
 lr_schedule.py), and the card says which step that state is at. Re-shipping over an earlier ship keeps what the run
 cannot know: its image size, coding defaults and the evaluations of earlier sessions (a run
 resumed on a fresh machine logs only its own). It keeps the card's fitted level times
-(coding_times) only when the weights are the ones they were fitted to: after new weights, run
+(coding_times, coding_times_more) only when the weights are the ones they were fitted to: after new weights, run
 fit_levels again.
 """
 from __future__ import annotations
@@ -39,8 +39,13 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
     earlier = json.loads((out / CARD).read_text()).get("card", {}) if (out / CARD).exists() else {}
     card.update({k: earlier[k] for k in KEPT if k in earlier and k not in card})
     fitted_for = earlier.get("coding_times_fit", {}).get("weights_sha256")
-    if "coding_times" in earlier and fitted_for and file_sha256(run / WEIGHTS).startswith(fitted_for):
+    weights = file_sha256(run / WEIGHTS)
+    if "coding_times" in earlier and fitted_for and weights.startswith(fitted_for):
         card.update({k: earlier[k] for k in ("coding_times", "coding_times_fit")})
+    more = {t: e for t, e in (earlier.get("coding_times_more") or {}).items()
+            if weights.startswith(e.get("fit", {}).get("weights_sha256") or "-")}
+    if more:
+        card["coding_times_more"] = more
     if image_size:
         card["image_size"] = image_size
     if coding_steps is not None:
