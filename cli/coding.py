@@ -54,7 +54,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         output: Path = typer.Option(..., "-o", "--output", help="The .vdmc file to write."),
         model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
         steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with "
-                                            "(default: the model card's, see `vdmcodec models`)."),
+                                            "(default: the model card's, see `vdmcodec models`; more steps: a smaller "
+                                            "file in proportionally more time, e.g. 128 on natural)."),
         arithmetic: Optional[str] = typer.Option(None, help="The network's arithmetic: float32, float32-nhwc, "
                                                  "bfloat16-nhwc or portable (default: the model card's). Float files "
                                                  "decode only on a CPU of the encoder's SIMD level; portable ones on "

@@ -143,7 +143,8 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
         except ModelError:  # a bad card: listed, and load_codec names the problem
             coding_steps, arithmetic = None, None
         rows.append({"name": d.name, "data": card.get("data"), "val_bpd": card.get("val_bpd_continuous"),
-                     "steps": card.get("steps"), "coding_steps": coding_steps, "coding_arithmetic": arithmetic, "bytes": size})
+                     "steps": card.get("steps"), "coding_steps": coding_steps, "coding_arithmetic": arithmetic,
+                     "fitted_levels": fitted_steps(card), "bytes": size})
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -151,8 +152,20 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
         typer.echo("no shipped models")
     for r in rows:
         bpd = f"{r['val_bpd']:.4f}" if isinstance(r["val_bpd"], (int, float)) else "n/a"
+        fitted = ",".join(map(str, r["fitted_levels"])) or "none"
         typer.echo(f"{r['name']:<12} data={r['data']}  val_bpd={bpd}  steps={r['steps']}  "
-                   f"codes with T={r['coding_steps']} {r['coding_arithmetic']}  size={r['bytes'] / 1e6:.1f} MB")
+                   f"codes with T={r['coding_steps']} {r['coding_arithmetic']}  fitted levels for T={fitted}  "
+                   f"size={r['bytes'] / 1e6:.1f} MB")
+
+
+def fitted_steps(card: dict) -> list[int]:
+    """The T for which a card lists fitted level times (compress --steps T uses them)."""
+    found = set()
+    if isinstance(card.get("coding_times"), list) and len(card["coding_times"]) > 1:
+        found.add(len(card["coding_times"]) - 1)
+    more = card.get("coding_times_more")
+    found |= {int(t) for t in (more if isinstance(more, dict) else {}) if str(t).isdigit()}
+    return sorted(found)
 
 
 from cli.sampling import register as _register_sampling; _register_sampling(app)  # noqa: E402,E702

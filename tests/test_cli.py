@@ -70,6 +70,16 @@ def test_models_lists_shipped():
     assert {"mnist", "natural"} <= set(rows)
     for r in rows.values():  # every shipped card names valid coding defaults (or none: the codec's)
         assert isinstance(r["coding_steps"], int) and r["coding_steps"] >= 1 and r["coding_arithmetic"] in ARITHMETIC
+    assert rows["natural"]["coding_steps"] in rows["natural"]["fitted_levels"]  # its default T has fitted times
+    text = runner.invoke(app, ["models"]).stdout
+    assert "fitted levels for T=" in text
+
+
+def test_fitted_steps_of_a_card():
+    from cli.main import fitted_steps
+
+    assert fitted_steps({}) == [] and fitted_steps({"coding_times_more": "bad"}) == []
+    assert fitted_steps({"coding_times": [0.0, 0.5, 1.0], "coding_times_more": {"8": {}, "x": {}}}) == [2, 8]
 
 
 def _digits(tmp_path, n=3):
