@@ -190,6 +190,10 @@ def test_times_for_another_T_sit_beside_the_default_ones(fitted_dir, tmp_path):
     (fitted_dir / CARD).write_text(json.dumps(meta))
     with pytest.raises(ModelError, match=r"coding_times_more\[2\]"):
         load_codec(fitted_dir).decompress(blob)
+    meta["card"]["coding_times_more"] = ["not", "a", "map"]
+    (fitted_dir / CARD).write_text(json.dumps(meta))
+    with pytest.raises(ModelError, match="coding_times_more"):
+        load_codec(fitted_dir).level_times(2)
     # the levels command fits another T beside the default one
     data = tmp_path / "data"
     data.mkdir()

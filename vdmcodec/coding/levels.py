@@ -28,7 +28,8 @@ excess is the discretisation itself (T = 128, uniform: 2.9238), which no placeme
 
 A model card may list its times (``coding_times``: T + 1 floats for its default T, and
 ``coding_times_more``: {"T": {"times": [...], "fit": {...}}} for other T such as a slower,
-smaller T = 128; written by this module's command); the codec then codes at those levels when it runs that card's T, and a file records
+smaller T = 128; written by this module's command); the codec then codes at those levels
+when it runs that T, and a file records
 their hash (``times_digest``) so that the decoder knows it needs them. A re-ship of new
 weights drops the times (training/ship.py): they belong to the weights they were fitted to.
 
@@ -80,9 +81,13 @@ def card_times(card: dict, steps: int, where: str = "model") -> tuple[float, ...
     """The card's level times if it lists them for T = ``steps`` (``coding_times`` for its
     coding T, ``coding_times_more[str(T)]["times"]`` for others), else None (uniform)."""
     times, key = card.get("coding_times"), "coding_times"
-    if times is None or len(times) != steps + 1:
+    if not isinstance(times, list) or len(times) != steps + 1:
         more = card.get("coding_times_more") or {}
-        times, key = (more.get(str(steps)) or {}).get("times"), f"coding_times_more[{steps}]"
+        entry = more.get(str(steps)) if isinstance(more, dict) else None
+        if not isinstance(more, dict) or not isinstance(entry, (dict, type(None))):
+            raise ModelError(f"{where}: card's coding_times_more must map T to {{'times': [...]}}")
+        if entry is not None:
+            times, key = entry.get("times"), f"coding_times_more[{steps}]"
     if times is None:
         return None
     try:
