@@ -195,9 +195,10 @@ class DiffusionChain:
                 origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
-        and beta), else None (std_p). ``structure``: a structure prior (structure.py or jpeg_prior.py) whose posterior
-        means replace the network's prediction of the block differences (structure.py) of
-        the batch, whose pixel (0, 0) sits at image coordinates ``origin``."""
+        and beta), else None (std_p). ``structure``: a structure prior (structure.py: block
+        differences; jpeg_prior.py: luma DCT coefficients) whose posterior means replace the
+        network's prediction for the batch, whose pixel (0, 0) sits at image coordinates
+        ``origin``."""
         if self.portable:
             eps_hat, v = self._exact_eps_and_v(z_i, i)
         else:

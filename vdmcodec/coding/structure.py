@@ -63,6 +63,11 @@ class StructurePrior:
                 raise ValueError(f"structure weights must be {CELLS + 1} integers in 1..{WEIGHT_MAX}")
 
     # ---- serialisation ----------------------------------------------------------------
+    def describe(self) -> str:
+        zero = CELLS // 2
+        share = [w[zero] / sum(w) for w in self.weights]
+        return f"{self.mode[0]}:{self.mode[1]}:{self.mode[2]} chroma (exact share {', '.join(f'{s:.0%}' for s in share)})"
+
     def to_bytes(self) -> bytes:
         out = bytes([MODE_IDS[self.mode]])
         for w in self.weights:
@@ -232,12 +237,7 @@ def parse_prior(data: bytes):
 
 
 def describe(prior) -> str:
-    if prior is None:
-        return "none"
-    if not isinstance(prior, StructurePrior):
-        return prior.describe()
-    zero = CELLS // 2
-    share = [w[zero] / sum(w) for w in prior.weights]
-    return f"{prior.mode[0]}:{prior.mode[1]}:{prior.mode[2]} chroma (exact share {', '.join(f'{s:.0%}' for s in share)})"
+    """One line on a prior of either kind (structure.py, jpeg_prior.py), or "none"."""
+    return "none" if prior is None else prior.describe()
 
 
