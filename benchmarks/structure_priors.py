@@ -5,8 +5,8 @@ python -m benchmarks.structure_priors [--model natural] [--threads 1] [--out ben
 
 For every RGB photo: the candidate priors (chroma modes whose block differences fall on the
 prior's grid for >= 90% of the blocks; JPEG lattices seen on >= 8 luma DCT coefficients, at
-three (spread, tau) settings), compress's estimated saving of each (preflight.structure_gains
-on its crops) and its choice. Where there is a candidate, the photo is compressed twice by the
+three (spread, tau) settings, luma only and, where the chroma shows a lattice, with chroma),
+compress's estimated saving of each (preflight.structure_gains on its crops) and its choice. Where there is a candidate, the photo is compressed twice by the
 same codec through the chain (force_model, no preflight): without a prior and with the
 candidate of the largest estimated saving, chosen or not (so the table shows whether the
 choice was right); the file with the prior is decoded and compared with the photo. Photos

@@ -28,9 +28,9 @@ def textured(h=64, w=80, seed=0) -> np.ndarray:
     return np.clip(rgb, 0, 255).astype(np.uint8)
 
 
-def decoded_jpeg(im: np.ndarray, quality: int = 50) -> np.ndarray:
+def decoded_jpeg(im: np.ndarray, quality: int = 50, subsampling: int = 0) -> np.ndarray:
     buf = io.BytesIO()
-    Image.fromarray(im).save(buf, format="JPEG", quality=quality, subsampling=0)
+    Image.fromarray(im).save(buf, format="JPEG", quality=quality, subsampling=subsampling)
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
@@ -46,9 +46,11 @@ def test_steps_of_a_decoded_jpeg_are_its_quantisation_table():
 
 def test_prior_bytes_round_trip_and_bad_priors():
     (p, *_) = jpeg_prior.candidates(decoded_jpeg(textured(96, 128)))
-    data = p.to_bytes()
-    assert len(data) == jpeg_prior.SIZE == structure.prior_size(data[0])
-    assert structure.parse_prior(data) == p and JpegPrior.from_bytes(data) == p
+    assert p.qc == (0,) * 64   # luma only, in mode 4
+    for p, mode, size in ((replace(p, qc=()), jpeg_prior.MODE_ID, jpeg_prior.SIZE), (p, jpeg_prior.MODE_ID_CHROMA, jpeg_prior.SIZE_CHROMA)):
+        data = p.to_bytes()
+        assert data[0] == mode and len(data) == size == structure.prior_size(data[0])
+        assert structure.parse_prior(data) == p and JpegPrior.from_bytes(data) == p
     for bad in [dict(q=(1,) * 63), dict(q=(256,) + (1,) * 63), dict(spread=0), dict(tau=70000), dict(rho=0)]:
         with pytest.raises(ValueError):
             replace(p, **bad)
@@ -58,7 +60,8 @@ def test_the_comb_pulls_coefficients_onto_the_lattice():
     """Low noise, a network that knows nothing (eps_hat = 0): the corrected prediction is far
     closer to the true noise on a decoded JPEG; on a shifted grid (wrong phase) it is not."""
     im = decoded_jpeg(textured(96, 128))
-    (p, *_) = jpeg_prior.candidates(im)
+    (p4, *_) = jpeg_prior.candidates(im)
+    p = replace(p4, qc=())     # mode 3
     rng = np.random.default_rng(0)
     x = scale_pixels(torch.from_numpy(im.copy()).permute(2, 0, 1)[None]).double().numpy()
     gamma = -9.0
@@ -73,6 +76,64 @@ def test_the_comb_pulls_coefficients_onto_the_lattice():
     per_weight = p.adjust_eps(zero, z, alpha, sigma) / jpeg_prior.W_LUMA[None, :, None, None]
     for ch in (1, 2):   # the change is along the luma weights: the smallest RGB change with that luma
         np.testing.assert_allclose(per_weight[:, ch], per_weight[:, 0], atol=1e-9)
+    # mode 4 without chroma steps: the same luma change, with R = G = B changes (chroma kept)
+    d4 = p4.adjust_eps(zero, z, alpha, sigma)
+    np.testing.assert_allclose(d4[:, 1], d4[:, 0], atol=1e-9)
+    np.testing.assert_allclose(d4[:, 2], d4[:, 0], atol=1e-9)
+    luma_of = lambda d: np.einsum("c,bchw->bhw", jpeg_prior.W_LUMA, d)  # noqa: E731
+    np.testing.assert_allclose(luma_of(d4), luma_of(p.adjust_eps(zero, z, alpha, sigma)), atol=1e-9)
+
+
+def test_chroma_lattice_of_a_decoded_jpeg():
+    """Pillow's quality-50 chrominance table starts 17, 18, 24 / 18 (standard). A 4:4:4 file
+    shows it exactly on single pixels; 4:2:2 and 4:2:0 files show their cells, with steps a
+    little smaller where the decoder's smoothing upsampler shrank them; a raw image, none."""
+    steps, found, spread, rho = jpeg_prior.estimate_chroma(decoded_jpeg(textured(192, 256), subsampling=0))
+    assert found == (1, 1) and (steps[0], steps[1], steps[2], steps[8]) == (17, 18, 24, 18)
+    assert 0 < spread < 0.5 and rho < 0.05
+    for subsampling, sub in ((1, (1, 2)), (2, (2, 2))):
+        steps, found, spread, rho = jpeg_prior.estimate_chroma(decoded_jpeg(textured(192, 256), subsampling=subsampling))
+        assert found == sub and 16 <= steps[1] <= 18 and 16 <= steps[8] <= 18, (subsampling, found, steps[:9])
+        assert 0 < spread < 1.5 and rho < 0.1
+    assert jpeg_prior.estimate_chroma(textured(192, 256)) is None
+    cands = jpeg_prior.candidates(decoded_jpeg(textured(192, 256), subsampling=2))
+    assert [any(p.qc) for p in cands] == [False] * 3 + [True] * 3
+    assert [replace(p, qc=(0,) * 64, chroma_sub=(2, 2), spread_c=256, rho_c=1) for p in cands[3:]] == cands[:3]
+    assert "keeps chroma" in cands[0].describe() and "chroma 2x2" in cands[3].describe()
+
+
+def test_chroma_prior_bytes_round_trip_and_bad_priors():
+    p = jpeg_prior.candidates(decoded_jpeg(textured(192, 256), subsampling=2))[3]
+    data = p.to_bytes()
+    assert data[0] == jpeg_prior.MODE_ID_CHROMA and len(data) == jpeg_prior.SIZE_CHROMA == structure.prior_size(data[0])
+    assert structure.parse_prior(data) == p and JpegPrior.from_bytes(data) == p
+    with pytest.raises(ValueError):
+        JpegPrior.from_bytes(data[:135] + bytes([len(jpeg_prior.CHROMA_SUBSAMPLING)]) + data[136:])
+    for bad in [dict(qc=(1,) * 63), dict(chroma_sub=(2, 1)), dict(spread_c=0), dict(rho_c=65536)]:
+        with pytest.raises(ValueError):
+            replace(p, **bad)
+
+
+def test_the_chroma_comb_lowers_the_error_further():
+    """4:2:0 decoded JPEG, low noise, eps_hat = 0: the luma-and-chroma prior's prediction is
+    closer to the true noise than the luma-only one's, at the image's phase and at a tile's
+    odd origin."""
+    im = decoded_jpeg(textured(192, 256), subsampling=2)
+    cands = jpeg_prior.candidates(im)
+    luma_only, both = cands[0], cands[3]
+    rng = np.random.default_rng(1)
+    x = scale_pixels(torch.from_numpy(im.copy()).permute(2, 0, 1)[None]).double().numpy()
+    gamma = -9.0
+    alpha, sigma = np.sqrt(1 / (1 + np.exp(gamma))), np.sqrt(1 / (1 + np.exp(-gamma)))
+    eps = rng.standard_normal(x.shape)
+    z = alpha * x + sigma * eps
+    zero = np.zeros_like(z)
+    before = np.square(eps).sum()
+    for cut in (0, 5):   # an array that starts at image coordinate (5, 5)
+        sl = (slice(None), slice(None), slice(cut, None), slice(cut, None))
+        e, zz, o = eps[sl], z[sl], zero[sl]
+        err = {p: np.square(e - p.adjust_eps(o, zz, alpha, sigma, origin=(cut, cut))).sum() for p in (luma_only, both)}
+        assert err[both] < 0.97 * err[luma_only] < 0.9 * before
 
 
 def tiny_rgb_codec(**kw) -> Codec:
@@ -93,6 +154,16 @@ def test_coding_with_a_jpeg_prior_is_lossless_and_recorded():
     forged = replace(h, structures=[replace(p, tau=p.tau + 256)])
     with pytest.raises((FormatError, RuntimeMismatchError)):
         tiny_rgb_codec().decompress(container.frame(container.encode_header(forged), payload))
+
+
+def test_coding_with_a_chroma_prior_is_lossless_and_recorded():
+    im = decoded_jpeg(textured(40, 56, seed=3), subsampling=2)
+    p = jpeg_prior.candidates(decoded_jpeg(textured(192, 256), subsampling=2))[3]
+    codec = tiny_rgb_codec()
+    codec.choose_structure = lambda pixels, chain: p
+    blob = codec.compress([im], force_model=True)
+    assert container.unpack(blob)[0].structures == [p]
+    np.testing.assert_array_equal(tiny_rgb_codec().decompress(blob)[0], im)
 
 
 def test_portable_coding_does_not_offer_the_jpeg_prior(monkeypatch):

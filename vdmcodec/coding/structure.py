@@ -224,16 +224,16 @@ def candidates(pixels: np.ndarray) -> list[StructurePrior]:
 
 def prior_size(mode_id: int) -> int:
     """Bytes of a serialised prior of either kind with this mode byte (0: none, 1 byte)."""
-    from .jpeg_prior import MODE_ID, SIZE
+    from .jpeg_prior import MODE_ID, MODE_ID_CHROMA, SIZE, SIZE_CHROMA
 
-    return SIZE if mode_id == MODE_ID else StructurePrior.size_of(mode_id)
+    return {MODE_ID: SIZE, MODE_ID_CHROMA: SIZE_CHROMA}.get(mode_id) or StructurePrior.size_of(mode_id)
 
 
 def parse_prior(data: bytes):
     """A serialised prior of either kind (its ``prior_size(data[0])`` bytes), or None."""
-    from .jpeg_prior import MODE_ID, JpegPrior
+    from .jpeg_prior import MODE_ID, MODE_ID_CHROMA, JpegPrior
 
-    return JpegPrior.from_bytes(data) if data[0] == MODE_ID else StructurePrior.from_bytes(data)
+    return JpegPrior.from_bytes(data) if data[0] in (MODE_ID, MODE_ID_CHROMA) else StructurePrior.from_bytes(data)
 
 
 def describe(prior) -> str:
