@@ -144,13 +144,14 @@ def tiny_rgb_codec(**kw) -> Codec:
 
 def test_coding_with_a_jpeg_prior_is_lossless_and_recorded():
     im = decoded_jpeg(textured(40, 56, seed=2))
-    (p, *_) = jpeg_prior.candidates(decoded_jpeg(textured(96, 128)))
-    codec = tiny_rgb_codec()
-    codec.choose_structure = lambda pixels, chain: p
-    blob = codec.compress([im], force_model=True)
-    h, payload = container.unpack(blob)
-    assert h.structures == [p]
-    np.testing.assert_array_equal(tiny_rgb_codec().decompress(blob)[0], im)
+    (p4, *_) = jpeg_prior.candidates(decoded_jpeg(textured(96, 128)))
+    for p in (replace(p4, qc=()), p4):   # mode 3 (files of session 16), mode 4 luma only
+        codec = tiny_rgb_codec()
+        codec.choose_structure = lambda pixels, chain, p=p: p
+        blob = codec.compress([im], force_model=True)
+        h, payload = container.unpack(blob)
+        assert h.structures == [p]
+        np.testing.assert_array_equal(tiny_rgb_codec().decompress(blob)[0], im)
     forged = replace(h, structures=[replace(p, tau=p.tau + 256)])
     with pytest.raises((FormatError, RuntimeMismatchError)):
         tiny_rgb_codec().decompress(container.frame(container.encode_header(forged), payload))
