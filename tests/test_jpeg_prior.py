@@ -34,6 +34,14 @@ def decoded_jpeg(im: np.ndarray, quality: int = 50, subsampling: int = 0) -> np.
     return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
 
 
+def noisy_latent(im: np.ndarray, seed: int, gamma: float = -9.0):
+    """(eps, z, alpha, sigma): the VDM latent of a uint8 RGB image at low noise."""
+    x = scale_pixels(torch.from_numpy(im.copy()).permute(2, 0, 1)[None]).double().numpy()
+    alpha, sigma = np.sqrt(1 / (1 + np.exp(gamma))), np.sqrt(1 / (1 + np.exp(-gamma)))
+    eps = np.random.default_rng(seed).standard_normal(x.shape)
+    return eps, alpha * x + sigma * eps, alpha, sigma
+
+
 def test_steps_of_a_decoded_jpeg_are_its_quantisation_table():
     """Pillow's quality-50 luminance table is the standard one: 16, 11, 10, 16, ... on row 0."""
     steps, rho = jpeg_prior.estimate_steps(decoded_jpeg(textured(96, 128)))
@@ -62,12 +70,7 @@ def test_the_comb_pulls_coefficients_onto_the_lattice():
     im = decoded_jpeg(textured(96, 128))
     (p4, *_) = jpeg_prior.candidates(im)
     p = replace(p4, qc=())     # mode 3
-    rng = np.random.default_rng(0)
-    x = scale_pixels(torch.from_numpy(im.copy()).permute(2, 0, 1)[None]).double().numpy()
-    gamma = -9.0
-    alpha, sigma = np.sqrt(1 / (1 + np.exp(gamma))), np.sqrt(1 / (1 + np.exp(-gamma)))
-    eps = rng.standard_normal(x.shape)
-    z = alpha * x + sigma * eps
+    eps, z, alpha, sigma = noisy_latent(im, seed=0)
     zero = np.zeros_like(z)
     before = np.square(eps).sum()
     after = np.square(eps - p.adjust_eps(zero, z, alpha, sigma)).sum()
@@ -121,12 +124,7 @@ def test_the_chroma_comb_lowers_the_error_further():
     im = decoded_jpeg(textured(192, 256), subsampling=2)
     cands = jpeg_prior.candidates(im)
     luma_only, both = cands[0], cands[3]
-    rng = np.random.default_rng(1)
-    x = scale_pixels(torch.from_numpy(im.copy()).permute(2, 0, 1)[None]).double().numpy()
-    gamma = -9.0
-    alpha, sigma = np.sqrt(1 / (1 + np.exp(gamma))), np.sqrt(1 / (1 + np.exp(-gamma)))
-    eps = rng.standard_normal(x.shape)
-    z = alpha * x + sigma * eps
+    eps, z, alpha, sigma = noisy_latent(im, seed=1)
     zero = np.zeros_like(z)
     before = np.square(eps).sum()
     for cut in (0, 5):   # an array that starts at image coordinate (5, 5)
