@@ -196,7 +196,7 @@ class DiffusionChain:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
         and beta), else None (std_p). ``structure``: a structure prior (structure.py: block
-        differences; jpeg_prior.py: luma DCT coefficients) whose posterior means replace the
+        differences; jpeg_prior.py: luma and chroma DCT coefficients) whose posterior means replace the
         network's prediction for the batch, whose pixel (0, 0) sits at image coordinates
         ``origin``."""
         if self.portable:

@@ -10,8 +10,7 @@ by a comb: per coefficient, the network's prediction as a Gaussian envelope (var
 ``tau`` times the latent's noise variance on that coefficient) times (1 - rho) sum_k N(k q,
 s^2) / q + rho / A (the broad part keeps the network's value: clipped blocks, coefficients
 off the lattice). The posterior mean replaces the network's prediction of the coefficient;
-the change of luma goes back to RGB as the smallest change with that luma; chroma keeps the
-network's prediction.
+in mode 3 the change of luma goes back to RGB as the smallest change with that luma.
 
 Chroma (mode 4): the decoder also wrote Cb and Cr, each the inverse DCT of multiples of the
 chroma table's steps on a plane subsampled by (sy, sx) (4:2:0: 2 x 2), upsampled. The
@@ -23,7 +22,7 @@ comb with its own spread and broad share gives their posterior means; a change o
 mean goes to each of its pixels, and the changes of (Y, Cb, Cr) go back to RGB through
 JFIF's inverse: a luma change keeps the network's chroma (mode 3 moves along the luma
 weights, the smallest RGB change, which moves chroma too). Estimated savings on crops
-(preflight.structure_gains, shipped weights): luma alone along the luma weights / through
+(preflight.structure_gains, the step-21,223 weights): luma alone along the luma weights / through
 JFIF's inverse / with the chroma term, woman 0.393 / 0.479 / 0.533 bpd, zebra 0.372 / 0.431 /
 0.526, foreman 0.159 / 0.196 / 0.221, coastguard 0.218 / 0.276 / 0.269; so every candidate is
 mode 4, luma only (no chroma steps) or with the chroma term.
@@ -138,8 +137,8 @@ class JpegPrior:
         noise_sd = sigma / alpha / LEVEL                      # per subpixel, in pixel units
         tau = self.tau / 256.0
         # luma minus 128 in pixel units: x_s / LEVEL = x + 1/2 - 128
-        dy = self._plane_change(x_hat, W_LUMA, (1, 1), origin, self.q, self.spread, self.rho, noise_sd, tau, exp,
-                                offset=-0.5 * W_LUMA.sum())
+        dy = _plane_change(x_hat, W_LUMA, (1, 1), origin, self.q, self.spread, self.rho, noise_sd, tau, exp,
+                           offset=-0.5 * W_LUMA.sum())
         if not self.qc:
             if dy is None:
                 return eps_hat
@@ -148,8 +147,8 @@ class JpegPrior:
             out = eps_hat.copy()
             out[win] = eps_hat[win] - (alpha / sigma) * dx
             return out
-        changes = [dy] + [self._plane_change(x_hat, w, self.chroma_sub, origin, self.qc, self.spread_c, self.rho_c,
-                                             noise_sd, tau, exp) for w in (W_CB, W_CR)]
+        changes = [dy] + [_plane_change(x_hat, w, self.chroma_sub, origin, self.qc, self.spread_c, self.rho_c,
+                                        noise_sd, tau, exp) for w in (W_CB, W_CR)]
         if all(c is None for c in changes):
             return eps_hat
         dx = np.zeros_like(x_hat)
@@ -159,34 +158,35 @@ class JpegPrior:
                 dx[win] += d[:, None] * YCC_TO_RGB[:, j][None, :, None, None] * LEVEL
         return eps_hat - (alpha / sigma) * dx
 
-    def _plane_change(self, x_hat, w, sub, origin, q, spread, rho, noise_sd, tau, exp, offset=0.0):
-        """The posterior-mean change (pixel units) of the plane w . pixel, as (window of the
-        [B, 3, H, W] arrays, [B, h, w] change over it), on complete 8 x 8 blocks of (sy, sx)
-        cell means on the image's grid; None where no block or coefficient takes part."""
-        B, _, H, W = x_hat.shape
-        sy, sx = sub
-        if not any(q):
-            return None
-        oy, ox = (-origin[0]) % (8 * sy), (-origin[1]) % (8 * sx)
-        ny, nx = (H - oy) // (8 * sy), (W - ox) // (8 * sx)
-        if ny <= 0 or nx <= 0:
-            return None
-        win = (slice(None), slice(None), slice(oy, oy + ny * 8 * sy), slice(ox, ox + nx * 8 * sx))
-        xw = x_hat[win]
-        y = (w[0] * xw[:, 0] + w[1] * xw[:, 1] + w[2] * xw[:, 2]) / LEVEL + offset
-        if sy * sx > 1:
-            y = y.reshape(B, ny * 8, sy, nx * 8, sx).mean(axis=(2, 4))
-        blk = y.reshape(B, ny, 8, nx, 8).transpose(0, 1, 3, 2, 4)                    # [B, ny, nx, 8, 8]
-        c = dct2(blk).reshape(B, ny, nx, 64)
-        var_noise = noise_sd**2 * float((w**2).sum()) / (sy * sx)                   # per coefficient
-        new = _comb(c, np.asarray(q, dtype=np.float64), tau * var_noise, (spread / 256.0) ** 2, rho / 65536.0, exp)
-        if new is None:
-            return None
-        dc = (new - c).reshape(B, ny, nx, 8, 8)
-        d = dct2(dc, inverse=True).transpose(0, 1, 3, 2, 4).reshape(B, ny * 8, nx * 8)
-        if sy * sx > 1:
-            d = np.repeat(np.repeat(d, sy, axis=1), sx, axis=2)
-        return win, d
+
+def _plane_change(x_hat, w, sub, origin, q, spread, rho, noise_sd, tau, exp, offset=0.0):
+    """The posterior-mean change (pixel units) of the plane w . pixel, as (window of the
+    [B, 3, H, W] arrays, [B, h, w] change over it), on complete 8 x 8 blocks of (sy, sx)
+    cell means on the image's grid; None where no block or coefficient takes part."""
+    B, _, H, W = x_hat.shape
+    sy, sx = sub
+    if not any(q):
+        return None
+    oy, ox = (-origin[0]) % (8 * sy), (-origin[1]) % (8 * sx)
+    ny, nx = (H - oy) // (8 * sy), (W - ox) // (8 * sx)
+    if ny <= 0 or nx <= 0:
+        return None
+    win = (slice(None), slice(None), slice(oy, oy + ny * 8 * sy), slice(ox, ox + nx * 8 * sx))
+    xw = x_hat[win]
+    y = (w[0] * xw[:, 0] + w[1] * xw[:, 1] + w[2] * xw[:, 2]) / LEVEL + offset
+    if sy * sx > 1:
+        y = y.reshape(B, ny * 8, sy, nx * 8, sx).mean(axis=(2, 4))
+    blk = y.reshape(B, ny, 8, nx, 8).transpose(0, 1, 3, 2, 4)                    # [B, ny, nx, 8, 8]
+    c = dct2(blk).reshape(B, ny, nx, 64)
+    var_noise = noise_sd**2 * float((w**2).sum()) / (sy * sx)                   # per coefficient
+    new = _comb(c, np.asarray(q, dtype=np.float64), tau * var_noise, (spread / 256.0) ** 2, rho / 65536.0, exp)
+    if new is None:
+        return None
+    dc = (new - c).reshape(B, ny, nx, 8, 8)
+    d = dct2(dc, inverse=True).transpose(0, 1, 3, 2, 4).reshape(B, ny * 8, nx * 8)
+    if sy * sx > 1:
+        d = np.repeat(np.repeat(d, sy, axis=1), sx, axis=2)
+    return win, d
 
 
 def _comb(c: np.ndarray, q: np.ndarray, var_env: float, s2: float, rho: float, exp: Callable) -> np.ndarray | None:
