@@ -286,6 +286,27 @@ def serial(codecs: Sequence[Codec]) -> Codec:
     return Codec(push, pop)
 
 
+def autoregressive(codec_of: Callable[[list], Codec], n: int) -> Codec:
+    """A codec for a sequence of ``n`` parts where part j's codec depends on the parts before
+    it: ``codec_of(xs[:j])``. Push runs j = n-1 .. 0 (the encoder knows every part), so pop
+    runs j = 0 .. n-1 and hands each codec the parts it has already decoded."""
+
+    def push(msg: Message, xs: Sequence[Any]) -> None:
+        xs = list(xs)
+        if len(xs) != n:
+            raise ValueError(f"expected {n} parts, got {len(xs)}")
+        for j in range(n - 1, -1, -1):
+            codec_of(xs[:j]).push(msg, xs[j])
+
+    def pop(msg: Message) -> list:
+        xs: list = []
+        for _ in range(n):
+            xs.append(codec_of(xs).pop(msg))
+        return xs
+
+    return Codec(push, pop)
+
+
 def bits_back(prior: Codec, likelihood: Callable[[Any], Codec], posterior: Callable[[Any], Codec]) -> Codec:
     """BB-ANS (Townsend et al. 2019): push x = pop z from q(z|x), push x with p(x|z), push z
     with p(z); pop mirrors it exactly. Net cost -log p(x,z) + log q(z|x) per item."""

@@ -39,9 +39,9 @@ from ..hardware import cpu_capability, native_bf16
 from ..zoo import load_model, resolve_for_file
 from . import classical, jpeg_prior, levels, structure, tiles
 from .ans import EmptyMessageError, Message
-from .preflight import PreflightConfig, estimate_bpd, hopeless, structure_gains
+from .preflight import PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, structure_gains
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain
-from .container import (DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
+from .container import (CORR_SCALE_STEPS, DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
                         coded_shape, pack, run_length, unpack)
 
 DEFAULT_STEPS = 128
@@ -154,7 +154,7 @@ class Codec:
     def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
                  tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC,
                  preflight: PreflightConfig | None = PreflightConfig(), fitted_levels: bool = True,
-                 structure_priors: bool = True):
+                 structure_priors: bool = True, channel_corr: bool = True):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
         self.model, self.info = model, info
@@ -163,6 +163,7 @@ class Codec:
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self.preflight = preflight  # None: every codable image goes through the chain
         self.fitted_levels = fitted_levels  # compress at the card's coding_times where it lists them for T
+        self.channel_corr = channel_corr  # compress with the card's coding_corr where it lists one (chain._p_codec_corr)
         # try structure priors (structure.py, jpeg_prior.py) on tiled RGB images; keep one
         # where an estimate on crops says it saves bits
         self.structure_priors = structure_priors
@@ -179,16 +180,28 @@ class Codec:
             return None
         return levels.card_times(self.info.get("card", {}), steps, self.info.get("dir", "model"))
 
-    def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None, times=_COMPRESS_TIMES) -> DiffusionChain:
-        """The chain for (T, grid_bits, arithmetic, level times); ``times`` defaults to what
-        compress uses (``level_times``), None is uniform."""
+    def corr_table(self):
+        """The channel correlations compress uses: the card's ``coding_corr`` for a
+        three-channel model (and ``channel_corr``), else None (p factorises)."""
+        if not self.channel_corr or self.channels != 3:
+            return None
+        return levels.card_corr(self.info.get("card", {}), self.info.get("dir", "model"))
+
+    def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None, times=_COMPRESS_TIMES,
+              corr=_COMPRESS_TIMES) -> DiffusionChain:
+        """The chain for (T, grid_bits, arithmetic, level times, channel correlations);
+        ``times`` and ``corr`` default to what compress uses (``level_times``, ``corr_table``),
+        None is uniform / factorised."""
         if times is _COMPRESS_TIMES:
             times = self.level_times(steps)
-        key = (steps, grid_bits, arithmetic or self.arithmetic, times)
+        if corr is _COMPRESS_TIMES:
+            corr = self.corr_table()
+        key = (steps, grid_bits, arithmetic or self.arithmetic, times, corr)
         if key not in self._chains:
             if len(self._chains) >= MAX_CACHED_CHAINS:  # files choose (steps, grid_bits): keep memory bounded
                 self._chains.pop(next(iter(self._chains)))
-            self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits, arithmetic=key[2], times=times))
+            self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits, arithmetic=key[2], times=times,
+                                                                       channel_corr=corr))
         return self._chains[key]
 
     # ---- compress --------------------------------------------------------------------
@@ -216,6 +229,8 @@ class Codec:
             return self._pack_classical(entries, best, T)
         chain = self.chain(T, self.grid_bits)
         structures = {k: self.choose_structure(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
+        corr_scales = {k: self.choose_corr_scale(pix[k], chain) for k, m in tiled.items()
+                       if m == "tiled" and structures.get(k) is None}
         blob = None
         for margin in INIT_MARGINS:  # a short estimate only costs a retry with more seeds
             per_dim = chain.initial_bits_per_dim() * margin
@@ -226,7 +241,8 @@ class Codec:
                 plan = ([tiled[k] if k in tiled else best[k][0] for k in range(len(pix))], [])
             methods, order = plan
             try:
-                blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress, structures)
+                blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress, structures,
+                                            corr_scales)
                 break
             except EmptyMessageError:
                 continue
@@ -244,6 +260,17 @@ class Codec:
         if self.channels == 3:
             out.update({k: "tiled-gray" for k, p in enumerate(pix) if p.shape[-1] == 1})
         return out
+
+    def choose_corr_scale(self, pixels: np.ndarray, chain: DiffusionChain) -> int:
+        """The share (in 1/CORR_SCALE_STEPS) of ``chain``'s channel correlations a tiled RGB
+        image without a structure prior is coded with: the one with the largest saving
+        estimated on crops (preflight.corr_scale_gains, STRUCTURE_PROBE), 0 where none saves."""
+        if chain.corr is None:
+            return 0
+        shares = list(range(1, CORR_SCALE_STEPS + 1))
+        gains = corr_scale_gains(chain, pixels, [k / CORR_SCALE_STEPS for k in shares], STRUCTURE_PROBE)
+        k = int(np.argmax(gains))
+        return shares[k] if gains[k] > 0 else 0
 
     def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain):
         """The structure prior ``chain`` codes a tiled RGB image with (structure.py: chroma
@@ -307,7 +334,7 @@ class Codec:
         return out
 
     def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None,
-                structures=()) -> Header:
+                structures=(), corr=None, corr_scales=()) -> Header:
         names = [e.name for e in entries]
         seq = [f"{k:05d}.png" for k in range(len(entries))]
         return Header(
@@ -329,6 +356,8 @@ class Codec:
             tile=self.tile if layouts else 0,
             tiled=list(layouts),
             levels=levels.times_digest(times) if uses_model and times is not None else None,
+            corr=levels.corr_digest(corr) if uses_model and corr is not None and any(corr_scales) else None,
+            corr_scales=list(corr_scales) if uses_model and corr is not None and any(corr_scales) else [],
             structures=list(structures) if any(p is not None for p in structures) else [],
         )
 
@@ -338,7 +367,8 @@ class Codec:
         header = self._header(entries, methods, [len(b[1]) for b in best], [], T, 0, uses_model=False)
         return pack(header, blob)
 
-    def _compress_chain(self, entries, best, methods, order, chain, per_dim, progress, structures=None) -> bytes:
+    def _compress_chain(self, entries, best, methods, order, chain, per_dim, progress, structures=None,
+                        corr_scales=None) -> bytes:
         classical_idx = [k for k, m in enumerate(methods) if m not in MODEL_METHODS]
         cblob = b"".join(best[k][1] for k in classical_idx)
         pad = (-len(cblob)) % 4
@@ -359,7 +389,7 @@ class Codec:
                 fit = int((msg.num_bits - 64) // (per_dim * dims))
                 size = max(1, min(fit, run, MAX_CHUNK_IMAGES, max(1, MAX_CHUNK_SUBPIXELS // dims)))
                 x = np.stack([entries[k].pixels for k in order[pos : pos + size]]).transpose(0, 3, 1, 2).copy()
-                chain.push(msg, x)
+                chain.push(msg, x, corr_scale=0.0)  # chunks: small images, factorised p
                 chunks.append([pos, size])
                 pos += size
                 if bar is not None:
@@ -368,20 +398,25 @@ class Codec:
             if bar is not None:
                 bar.close()
         structures = structures or {}
-        layouts, priors = self._push_tiled(entries, methods, chain, msg, per_dim, progress, structures)
+        layouts, priors, shares = self._push_tiled(entries, methods, chain, msg, per_dim, progress, structures,
+                                                   corr_scales or {})
         header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad,
-                              uses_model=True, layouts=layouts, times=chain.cfg.times, structures=priors)
+                              uses_model=True, layouts=layouts, times=chain.cfg.times, structures=priors,
+                              corr=chain.cfg.channel_corr, corr_scales=shares)
         return pack(header, msg.to_bytes())
 
-    def _push_tiled(self, entries, methods, chain, msg, per_dim, progress, structures: dict) -> tuple[list, list]:
-        """The tiled images, after the chunks, in image order (tiles.py): their layouts and
-        structure priors."""
+    def _push_tiled(self, entries, methods, chain, msg, per_dim, progress, structures: dict,
+                    corr_scales: dict) -> tuple[list, list, list]:
+        """The tiled images, after the chunks, in image order (tiles.py): their layouts,
+        structure priors and shares of the channel correlations."""
         idx = [k for k, m in enumerate(methods) if m in TILED_METHODS]
         priors = [structures.get(k) for k in idx]
+        shares = [corr_scales.get(k, 0) for k in idx]
         bar = _tile_bar(progress, [entries[k].pixels.shape for k in idx], self.tile, "compress")
         try:
             return [tiles.push_image(chain, msg, coded_pixels(entries[k].pixels, methods[k]), self.tile, per_dim,
-                                     bar and bar.update, prior) for k, prior in zip(idx, priors)], priors
+                                     bar and bar.update, prior, share / CORR_SCALE_STEPS)
+                    for k, prior, share in zip(idx, priors, shares)], priors, shares
         finally:
             if bar is not None:
                 bar.close()
@@ -470,8 +505,15 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
                 have = "none for this T" if times is None else levels.times_digest(times) + "..."
                 raise ModelError(f"file was coded at fitted level times (sha256 {header.levels}...) for T = {header.steps}; "
                                  f"the loaded model's card lists {have}: decode with the model card the file was written with")
+        corr = None
+        if header.corr is not None:
+            corr = levels.card_corr(codec.info.get("card", {}), codec.info.get("dir", "model"))
+            if corr is None or levels.corr_digest(corr) != header.corr:
+                have = "none" if corr is None else levels.corr_digest(corr) + "..."
+                raise ModelError(f"file was coded with channel correlations (sha256 {header.corr}...); the loaded "
+                                 f"model's card lists {have}: decode with the model card the file was written with")
         try:
-            chain = codec.chain(header.steps, header.grid_bits, header.dtype, times)
+            chain = codec.chain(header.steps, header.grid_bits, header.dtype, times, corr)
         except ValueError as e:  # steps / grid_bits this model cannot run: a forged header
             raise FormatError(f"invalid header for this model ({e})") from None
         msg = Message.from_bytes(payload)
@@ -507,8 +549,10 @@ def _pop_tiled(chain: DiffusionChain, msg: Message, header: Header, shapes, meth
     bar = _tile_bar(progress, [shapes[k] for k in tiled_idx], header.tile, "decompress")
     try:
         priors = header.structures or [None] * len(tiled_idx)
-        for k, layout, prior in reversed(list(zip(tiled_idx, header.tiled, priors))):
-            im = tiles.pop_image(chain, msg, layout, coded_shape(shapes[k], methods[k]), header.tile, bar and bar.update, prior)
+        shares = header.corr_scales or [0] * len(tiled_idx)
+        for k, layout, prior, share in reversed(list(zip(tiled_idx, header.tiled, priors, shares))):
+            im = tiles.pop_image(chain, msg, layout, coded_shape(shapes[k], methods[k]), header.tile, bar and bar.update,
+                                 prior, share / CORR_SCALE_STEPS)
             if methods[k] == "tiled-gray":
                 if not ((im[..., 0] == im[..., 1]).all() and (im[..., 1] == im[..., 2]).all()):
                     raise _mismatch(header)
@@ -535,7 +579,7 @@ def _pop_chunks(chain: DiffusionChain, msg: Message, header: Header, shapes, ord
         h, w, c = shapes[idx[0]]
         if any(shapes[k] != (h, w, c) for k in idx):
             raise FormatError("corrupted header (a chunk mixes image sizes)")
-        x = chain.pop(msg, (size, c, h, w))
+        x = chain.pop(msg, (size, c, h, w), corr_scale=0.0)
         for j, k in enumerate(idx):
             out[k] = np.ascontiguousarray(x[j].transpose(1, 2, 0))
         if bar is not None:

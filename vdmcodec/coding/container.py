@@ -1,11 +1,11 @@
-"""The .vdmc container (format version 5; versions 3 and 4 are still read): a compact binary
+"""The .vdmc container (format version 6; versions 3 to 5 are still read): a compact binary
 header, then the payload.
 
 Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (5; 4 has no structure priors, 3 neither nor level times)
+    4       1     format version (6; 5 has no channel correlations, 4 nor structure priors, 3 nor level times)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
     5+v+H   P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
@@ -28,8 +28,8 @@ from .structure import parse_prior, prior_size
 from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
-VERSION = 5
-READABLE_VERSIONS = (3, 4, 5)
+VERSION = 6
+READABLE_VERSIONS = (3, 4, 5, 6)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
@@ -39,6 +39,7 @@ MAX_STEPS = 100_000
 MAX_THREADS = 1024             # torch threads of the encoder (the decoder runs the same count)
 MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
+CORR_SCALE_STEPS = 4  # a tiled image's share of the channel correlations: 0, 1/4, ..., 4/4 (version 6)
 METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray")
 MODEL_METHODS = ("vdm", "tiled", "tiled-gray")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
 # coded in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
@@ -70,7 +71,9 @@ class Header:
     tile: int = 0                   # tile side of the tiled images (0: none)
     tiled: list = field(default_factory=list)  # a tilegrid.TileLayout per tiled image (TILED_METHODS), in image order
     levels: str | None = None       # hex, first 8 bytes of SHA-256 of the level times (levels.py); None: t_i = i / T
+    corr: str | None = None         # hex, 8 bytes of SHA-256 of the channel correlation table (levels.py); None: p factorises
     structures: list = field(default_factory=list)  # per tiled image: a structure / jpeg_prior prior or None (version 5)
+    corr_scales: list = field(default_factory=list)  # per tiled image with ``corr``: its share of the correlations, in 1/CORR_SCALE_STEPS
 
     @property
     def count(self) -> int:
@@ -141,7 +144,8 @@ def encode_header(h: Header) -> bytes:
         out += _str(h.model, MAX_SHORT_STR) + bytes.fromhex(h.model_hash or "")
         out += _varint(h.steps) + bytes([h.grid_bits, DTYPES.index(h.dtype)]) + _varint(h.threads)
         out += _str(h.torch, MAX_SHORT_STR)
-        out += bytes([0]) if h.levels is None else bytes([1]) + bytes.fromhex(h.levels)
+        kind = (h.levels is not None) | (h.corr is not None) << 1
+        out += bytes([kind]) + bytes.fromhex(h.levels or "") + bytes.fromhex(h.corr or "")
     out += _varint(len(h.shapes))
     for r in h.shapes:
         out += b"".join(_varint(v) for v in r)
@@ -155,6 +159,8 @@ def encode_header(h: Header) -> bytes:
         out += _varint(h.tile) + b"".join(encode_layout(t) for t in h.tiled)
         structures = h.structures or [None] * len(h.tiled)
         out += b"".join(bytes([0]) if p is None else p.to_bytes() for p in structures)
+        if h.corr is not None:
+            out += bytes(h.corr_scales or [0] * len(h.tiled))
     if "list" in h.names:
         out += b"".join(_str(s, MAX_NAME_BYTES) for s in h.names["list"])
     elif not default_names:
@@ -234,7 +240,7 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
     flags = r.byte("flags")
     if (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
         r.bad("unknown flags")
-    model = model_hash = levels = None
+    model = model_hash = levels = corr = None
     steps, grid_bits, torch_v, dtype, threads = 0, 0, "", "float32", 0
     if flags & _F_MODEL:
         model = r.string("model name", MAX_SHORT_STR)
@@ -248,10 +254,11 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
         threads = r.varint("threads", MAX_THREADS)
         torch_v = r.string("torch version", MAX_SHORT_STR)
         if version >= 4:
-            kind = r.byte("level times kind")
-            if kind > 1:
+            kind = r.byte("level times kind")  # bit 0: fitted times; bit 1: channel correlations
+            if kind > (3 if version >= 6 else 1):
                 r.bad(f"unknown level times kind {kind}")
-            levels = r.take(HASH_BYTES, "level times hash").hex() if kind else None
+            levels = r.take(HASH_BYTES, "level times hash").hex() if kind & 1 else None
+            corr = r.take(HASH_BYTES, "channel correlation hash").hex() if kind & 2 else None
     shapes = [[r.varint("height", MAX_SIDE), r.varint("width", MAX_SIDE), r.byte("channels"), r.varint("count", MAX_IMAGES)]
               for _ in range(r.count("shape runs", MAX_IMAGES, 4))]
     methods = []
@@ -272,7 +279,9 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
         size = r.varint("chunk size", MAX_IMAGES)
         chunks.append([pos, size])
         pos += size
-    tile, tiled, structures = 0, [], []
+    tile, tiled, structures, corr_scales = 0, [], [], []
+    if corr is not None and not flags & _F_TILED:
+        r.bad("channel correlations without tiled images")
     if flags & _F_TILED:
         tile = r.varint("tile side", MAX_TILE)
         n_tiled = sum(n for m, n in methods if m in TILED_METHODS)
@@ -283,6 +292,10 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
         tiled = [parse_layout(r, MAX_SIDE) for _ in range(n_tiled)]
         if version >= 5:
             structures = [_parse_structure(r) for _ in range(n_tiled)]
+        if corr is not None:
+            corr_scales = [r.byte("correlation share") for _ in range(n_tiled)]
+            if max(corr_scales) > CORR_SCALE_STEPS:
+                r.bad(f"a correlation share above {CORR_SCALE_STEPS}")
     if flags & _F_NAME_LIST:
         if n_images > len(data) - r.pos:
             r.bad("more names than the header holds")
@@ -300,7 +313,8 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
     return Header(model=model, model_hash=model_hash, steps=steps, grid_bits=grid_bits, torch=torch_v, dtype=dtype,
                   threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
                   chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze,
-                  tile=tile, tiled=tiled, levels=levels, structures=structures if any(structures) else [])
+                  tile=tile, tiled=tiled, levels=levels, corr=corr, structures=structures if any(structures) else [],
+                  corr_scales=corr_scales)
 
 
 def _parse_structure(r: _Reader):
@@ -380,7 +394,12 @@ def _validate(h: Header) -> Header:
         bad("tiled images and their layouts disagree")
     if h.structures and len(h.structures) != n_tiled:
         bad("structure priors do not match the tiled images")
+    if (h.corr is not None and len(h.corr_scales) != n_tiled) or (h.corr is None and h.corr_scales):
+        bad("correlation shares do not match the tiled images")
     structures = h.structures or [None] * n_tiled
+    for share, (shape, method), prior in zip(h.corr_scales, _shapes_of(h, TILED_METHODS), structures):
+        if share and (method != "tiled" or shape[2] != 3 or prior is not None):
+            bad("channel correlations on an image that is not tiled RGB without a structure prior")
     for layout, (shape, method), prior in zip(h.tiled, _shapes_of(h, TILED_METHODS), structures):
         if method == "tiled-gray" and shape[2] != 1:
             bad("a tiled-gray image with more than one channel")

@@ -97,17 +97,95 @@ def card_times(card: dict, steps: int, where: str = "model") -> tuple[float, ...
     return times if len(times) == steps + 1 else None
 
 
+# ---- channel correlations -----------------------------------------------------------------------
+# The network's error eps - eps_hat(z_t) is correlated between the colour channels of a pixel
+# (most of it is luminance structure the network has not resolved yet), strongly at high noise
+# and hardly at all near t = 0. p(z_s | z_t)'s learned variance is per element; the chain can
+# correlate it across channels (chain._p_codec_corr) with R(gamma) measured on training crops
+# (``measure``). The mean residual of p is (eps - eps_hat) times a scalar per step, so R
+# depends on the level the network runs at, not on the step: one table serves every T.
+# A card lists it as ``coding_corr`` {"table": [[gamma, r01, r02, r12], ...], "fit": {...}}.
+def check_corr(table) -> tuple[tuple[float, float, float, float], ...]:
+    """``table`` as a tuple of (gamma, r_01, r_02, r_12) rows with gamma strictly increasing,
+    every r in [-1, 1] and each row's 3x3 correlation matrix positive semi-definite, else
+    ValueError."""
+    try:
+        rows = tuple(tuple(float(v) for v in row) for row in table)
+    except (TypeError, ValueError):
+        raise ValueError("channel correlations must be a list of [gamma, r01, r02, r12] rows") from None
+    if not rows or any(len(r) != 4 or not all(math.isfinite(v) for v in r) for r in rows):
+        raise ValueError("channel correlations must be a non-empty list of [gamma, r01, r02, r12] rows")
+    if any(b[0] <= a[0] for a, b in zip(rows, rows[1:])):
+        raise ValueError("channel correlations' gammas must increase strictly")
+    for _, r01, r02, r12 in rows:
+        if max(abs(r01), abs(r02), abs(r12)) > 1.0 or 1 + 2 * r01 * r02 * r12 - r01**2 - r02**2 - r12**2 < -1e-12:
+            raise ValueError("channel correlations must form a positive semi-definite correlation matrix")
+    return rows
+
+
+def corr_at(table, gamma: float) -> tuple[float, float, float]:
+    """(r_01, r_02, r_12) at ``gamma``: linear in gamma between the table's rows, constant
+    beyond its ends (plain float arithmetic: the same bits on every machine)."""
+    if gamma <= table[0][0]:
+        return tuple(table[0][1:])
+    if gamma >= table[-1][0]:
+        return tuple(table[-1][1:])
+    j = max(k for k in range(len(table) - 1) if table[k][0] <= gamma)
+    (g0, *a), (g1, *b) = table[j], table[j + 1]
+    w = (gamma - g0) / (g1 - g0)
+    return tuple(x + w * (y - x) for x, y in zip(a, b))
+
+
+def corr_digest(table) -> str:
+    """The table's identity in a file: 8 bytes of the SHA-256 of its rows as float64 LE."""
+    flat = [v for row in table for v in row]
+    return hashlib.sha256(struct.pack(f"<{len(flat)}d", *flat)).hexdigest()[: 2 * HASH_BYTES]
+
+
+def card_corr(card: dict, where: str = "model") -> tuple[tuple[float, float, float, float], ...] | None:
+    """The card's channel correlation table (``coding_corr``), else None."""
+    entry = card.get("coding_corr")
+    if entry is None:
+        return None
+    if not isinstance(entry, dict):
+        raise ModelError(f"{where}: card's coding_corr must be {{'table': [...], 'fit': {{...}}}}")
+    try:
+        return check_corr(entry.get("table"))
+    except ValueError as e:
+        raise ModelError(f"{where}: card's coding_corr: {e}") from None
+
+
+def corr_table(stats: "LevelStats", every: int = 4) -> list[list[float]]:
+    """The table for a card: every ``every``-th candidate of ``stats`` (and the last),
+    correlations rounded to 4 decimals and shrunk until each row is PSD."""
+    if stats.corr is None:
+        raise ValueError("these statistics hold no channel correlations (not a three-channel model)")
+    K = len(stats.gamma)
+    rows = []
+    for k in sorted(set(range(0, K, every)) | {K - 1}):
+        r = np.asarray(stats.corr[k], dtype=np.float64)
+        while True:
+            q = [round(float(v), 4) for v in r]
+            if 1 + 2 * q[0] * q[1] * q[2] - q[0] ** 2 - q[1] ** 2 - q[2] ** 2 >= 0:
+                break
+            r = r * 0.999
+        rows.append([float(stats.gamma[k])] + q)
+    return [list(r) for r in check_corr(rows)]
+
+
 # ---- fitting ---------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class LevelStats:
     """Network statistics at K candidate times: t [K], gamma [K] (float64) and, for a fixed
     subset of subpixels, err2 = (eps - eps_hat)^2 [K, M] and the learned-variance output v
-    [K, M] (None without learned variances)."""
+    [K, M] (None without learned variances); for three-channel models, corr [K, 3]: the
+    correlations (r_01, r_02, r_12) of eps - eps_hat between channels over every pixel."""
 
     t: np.ndarray
     gamma: np.ndarray
     err2: np.ndarray
     v: np.ndarray | None
+    corr: np.ndarray | None = None
 
 
 @torch.no_grad()
@@ -126,16 +204,21 @@ def measure(model: VDM, crops: np.ndarray, points: int = 257, samples: int = 60_
     err2 = np.empty((points, idx.numel()), np.float32)
     v_out = np.empty_like(err2) if model.learned_variance else None
     device = next(model.parameters()).device
+    corr = np.empty((points, 3)) if x.shape[1] == 3 else None
     for k in range(points):
         g = gamma[k].float().reshape(1)
         z = model.q_sample(x, g, eps).to(device)
         eps_hat, v = model.eps_and_v(z, g.to(device).expand(x.shape[0]))
-        err2[k] = (eps - eps_hat.float().cpu()).square().flatten()[idx].numpy()
+        e = eps - eps_hat.float().cpu()
+        err2[k] = e.square().flatten()[idx].numpy()
+        if corr is not None:
+            c = np.corrcoef(e.double().transpose(0, 1).reshape(3, -1).numpy())
+            corr[k] = (c[0, 1], c[0, 2], c[1, 2])
         if v_out is not None:
             v_out[k] = v.float().cpu().flatten()[idx].numpy()
         if progress is not None:
             progress(1)
-    return LevelStats(t.numpy(), gamma.numpy(), err2, v_out)
+    return LevelStats(t.numpy(), gamma.numpy(), err2, v_out, corr)
 
 
 def _logsigmoid(a):

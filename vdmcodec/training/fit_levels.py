@@ -2,13 +2,18 @@
 (coding/levels.py: the times that minimise the measured T-step bound on training crops).
 
 python -m vdmcodec.training.fit_levels --model models/natural --data DIR [--data DIR ...]
-    [--range START:STOP] [--steps T] [--crops 16] [--size 128] [--points 257] [--write]
+    [--range START:STOP] [--steps T] [--crops 16] [--size 128] [--points 257] [--write [--keep-times]]
 
 Without --steps it fits the card's coding T (``coding_times``); with another T it stores
 those times beside them (``coding_times_more``), for ``compress --steps T``. Run it after
 ``ship`` of new weights (a re-ship keeps the card's times only for the weights
 they were fitted to), on training data only. Prints the T-step diffusion term (bits per dimension) at
 uniform and at fitted times, and the continuous-time term, on the crops it measured.
+
+For three-channel models the same pass measures the network error's correlation between
+colour channels at each candidate time; --write stores it too (``coding_corr``, levels.py),
+which the chain then uses for every T. --keep-times writes only that table and leaves the
+card's times alone (files already coded at them keep decoding).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ import torch
 
 from ..coding.chain import apply_arithmetic
 from ..coding.codec import coding_defaults
-from ..coding.levels import fit, measure
+from ..coding.levels import corr_table, fit, measure
 from ..data import PatchSampler
 from ..errors import ModelError, VdmcodecError
 from ..zoo import CARD, atomic_write_bytes, load_model
@@ -58,6 +63,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--write", action="store_true", help="store the times in the model card (coding_times)")
+    ap.add_argument("--keep-times", action="store_true",
+                    help="with --write: store only the channel correlations (coding_corr), not the times")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -84,13 +91,19 @@ def main(argv=None) -> int:
     if args.write:
         meta = json.loads((Path(info["dir"]) / CARD).read_text())
         card = meta["card"]
-        if steps == card.get("coding_steps", steps):
+        if stats.corr is not None:
+            fit_info = {k: report[k] for k in ("crops", "size", "points", "seed", "arithmetic", "data", "range",
+                                               "weights_sha256", "model_steps")}
+            card["coding_corr"] = {"table": corr_table(stats), "fit": fit_info}
+        if not args.keep_times and steps == card.get("coding_steps", steps):
             card["coding_times"] = list(result["times"])
             card["coding_times_fit"] = report
-        else:  # another T than the card's default: kept beside it
+        elif not args.keep_times:  # another T than the card's default: kept beside it
             card.setdefault("coding_times_more", {})[str(steps)] = {"times": list(result["times"]), "fit": report}
         atomic_write_bytes(Path(info["dir"]) / CARD, (json.dumps(meta, indent=2) + "\n").encode())
-        print(f"wrote the level times for T = {steps} to {Path(info['dir']) / CARD}")
+        wrote = [] if args.keep_times else [f"the level times for T = {steps}"]
+        wrote += ["the channel correlations"] if stats.corr is not None else []
+        print(f"wrote {' and '.join(wrote) or 'nothing'} to {Path(info['dir']) / CARD}")
     return 0
 
 

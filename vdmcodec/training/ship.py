@@ -9,7 +9,7 @@ instead (a decayed branch shipped from RUN, the constant-rate RUN2 to continue f
 lr_schedule.py), and the card says which step that state is at. Re-shipping over an earlier ship keeps what the run
 cannot know: its image size, coding defaults and the evaluations of earlier sessions (a run
 resumed on a fresh machine logs only its own). It keeps the card's fitted level times
-(coding_times, coding_times_more) only when the weights are the ones they were fitted to: after new weights, run
+(coding_times, coding_times_more) and channel correlations (coding_corr) only when the weights are the ones they were fitted to: after new weights, run
 fit_levels again.
 """
 from __future__ import annotations
@@ -46,6 +46,9 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
             if weights.startswith(e.get("fit", {}).get("weights_sha256") or "-")}
     if more:
         card["coding_times_more"] = more
+    corr_for = (earlier.get("coding_corr") or {}).get("fit", {}).get("weights_sha256")
+    if corr_for and weights.startswith(corr_for):
+        card["coding_corr"] = earlier["coding_corr"]
     if image_size:
         card["image_size"] = image_size
     if coding_steps is not None:
