@@ -90,6 +90,23 @@ def hopeless(estimate: float, classical_bits: float, subpixels: int, cfg: Prefli
     return estimate / cfg.margin > classical_bits / subpixels
 
 
+def _probe_levels(chain, pixels: np.ndarray, cfg: PreflightConfig):
+    """The draws of the chain-rate estimates on the crops of ``cfg``: per level i (``cfg.draws``
+    of them stratified over 1..T, all when draws >= T), z_i ~ q(z_i | x) and the network's p.
+    Yields (crop origins, scaled crops x, i, eps, z_i, p's mean, p's std or None, T / draws)."""
+    origins, crops = preflight_crops(pixels, cfg)
+    x = scale_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()).double().numpy()
+    rng = np.random.default_rng(cfg.seed)
+    T = chain.cfg.steps
+    draws = min(T, cfg.draws)
+    for i in (np.arange(draws) * T // draws + rng.integers(0, T // draws) + 1 if draws < T else range(1, T + 1)):
+        i = int(i)
+        eps = rng.standard_normal(x.shape)
+        z = chain.alpha[i] * x + chain.sigma[i] * eps
+        mean, std = chain._p_mean(z, i)
+        yield origins, x, i, eps, z, mean, std, T / draws
+
+
 @torch.no_grad()
 def structure_gains(chain, pixels: np.ndarray, priors: list, cfg: PreflightConfig = PreflightConfig()) -> list[float]:
     """For each chroma-structure prior (structure.py), the estimated saving in bits per
@@ -104,17 +121,8 @@ def structure_gains(chain, pixels: np.ndarray, priors: list, cfg: PreflightConfi
     stds make errors cost more where the network is sure."""
     if not priors:
         return []
-    origins, crops = preflight_crops(pixels, cfg)
-    x = scale_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()).double().numpy()
-    rng = np.random.default_rng(cfg.seed)
-    T = chain.cfg.steps
-    draws = min(T, cfg.draws)
     saved = np.zeros(len(priors))
-    for i in (np.arange(draws) * T // draws + rng.integers(0, T // draws) + 1 if draws < T else range(1, T + 1)):
-        i = int(i)
-        eps = rng.standard_normal(x.shape)
-        z = chain.alpha[i] * x + chain.sigma[i] * eps
-        mean, std = chain._p_mean(z, i)
+    for origins, x, i, eps, z, mean, std, per_draw in _probe_levels(chain, pixels, cfg):
         std = chain.std_p[i - 1] if std is None else std
         # mean_q - mean_p = scale * (eps_hat - eps): recover eps_hat from the mean
         scale = chain.alpha[i - 1] / chain.alpha[i] * -math.expm1(chain.gamma[i - 1] - chain.gamma[i]) * chain.sigma[i]
@@ -124,7 +132,7 @@ def structure_gains(chain, pixels: np.ndarray, priors: list, cfg: PreflightConfi
         for n, (y0, x0) in enumerate(origins):
             for j, prior in enumerate(priors):
                 adj = prior.adjust_eps(eps_hat[n : n + 1], z[n : n + 1], float(chain.alpha[i]), float(chain.sigma[i]), (y0, x0))
-                saved[j] += T * float((base[n] - weight[n] * np.square(adj[0] - eps[n])).sum()) / draws
+                saved[j] += per_draw * float((base[n] - weight[n] * np.square(adj[0] - eps[n])).sum())
     return [float(nats_to_bpd(s / len(origins), x[0].size)) for s in saved]
 
 
@@ -140,17 +148,8 @@ def corr_scale_gains(chain, pixels: np.ndarray, scales, cfg: PreflightConfig = P
     on validation crops ranged over 0 to 1)."""
     if chain.corr is None or not scales:
         return [0.0] * len(scales)
-    origins, crops = preflight_crops(pixels, cfg)
-    x = scale_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()).double().numpy()
-    rng = np.random.default_rng(cfg.seed)
-    T = chain.cfg.steps
-    draws = min(T, cfg.draws)
     saved = np.zeros(len(scales))
-    for i in (np.arange(draws) * T // draws + rng.integers(0, T // draws) + 1 if draws < T else range(1, T + 1)):
-        i = int(i)
-        eps = rng.standard_normal(x.shape)
-        z = chain.alpha[i] * x + chain.sigma[i] * eps
-        mean, std = chain._p_mean(z, i)
+    for origins, x, i, eps, z, mean, std, per_draw in _probe_levels(chain, pixels, cfg):
         if std is None:
             return [0.0] * len(scales)
         c = -math.expm1(chain.gamma[i - 1] - chain.gamma[i])
@@ -167,5 +166,5 @@ def corr_scale_gains(chain, pixels: np.ndarray, scales, cfg: PreflightConfig = P
             inv = np.linalg.inv(sig)
             kl = 0.5 * (b * np.trace(inv, axis1=-2, axis2=-1) - 3 + np.linalg.slogdet(sig)[1] - 3 * math.log(b)
                         + np.einsum("...i,...ij,...j->...", r, inv, r)).sum()
-            saved[j] += T * float(base - kl) / draws
+            saved[j] += per_draw * float(base - kl)
     return [float(nats_to_bpd(v / len(origins), x[0].size)) for v in saved]
