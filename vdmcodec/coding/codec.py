@@ -53,7 +53,7 @@ MAX_CHUNK_IMAGES = 64
 MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound; larger images are coded classically
 INIT_MARGINS = (1.1, 1.5, 3.0)  # safety factors on the estimated initial bits, tried in turn
 MAX_CACHED_CHAINS = 4           # per-(steps, grid_bits) chains a Codec keeps
-_COMPRESS_TIMES = object()      # Codec.chain's default: the level times compress uses
+_COMPRESS_DEFAULT = object()    # Codec.chain's default: the level times / correlations compress uses
 
 
 @dataclass(frozen=True)
@@ -187,14 +187,14 @@ class Codec:
             return None
         return levels.card_corr(self.info.get("card", {}), self.info.get("dir", "model"))
 
-    def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None, times=_COMPRESS_TIMES,
-              corr=_COMPRESS_TIMES) -> DiffusionChain:
+    def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None, times=_COMPRESS_DEFAULT,
+              corr=_COMPRESS_DEFAULT) -> DiffusionChain:
         """The chain for (T, grid_bits, arithmetic, level times, channel correlations);
         ``times`` and ``corr`` default to what compress uses (``level_times``, ``corr_table``),
         None is uniform / factorised."""
-        if times is _COMPRESS_TIMES:
+        if times is _COMPRESS_DEFAULT:
             times = self.level_times(steps)
-        if corr is _COMPRESS_TIMES:
+        if corr is _COMPRESS_DEFAULT:
             corr = self.corr_table()
         key = (steps, grid_bits, arithmetic or self.arithmetic, times, corr)
         if key not in self._chains:

@@ -137,9 +137,8 @@ def corr_at(table, gamma: float) -> tuple[float, float, float]:
 
 
 def corr_digest(table) -> str:
-    """The table's identity in a file: 8 bytes of the SHA-256 of its rows as float64 LE."""
-    flat = [v for row in table for v in row]
-    return hashlib.sha256(struct.pack(f"<{len(flat)}d", *flat)).hexdigest()[: 2 * HASH_BYTES]
+    """The table's identity in a file: ``times_digest`` of its rows, flattened."""
+    return times_digest([v for row in table for v in row])
 
 
 def card_corr(card: dict, where: str = "model") -> tuple[tuple[float, float, float, float], ...] | None:
