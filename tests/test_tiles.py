@@ -139,23 +139,50 @@ def test_chain_segments_stay_within_the_region_bound(monkeypatch):
     assert max(r.subpixels(3) for r in rects(unbounded, 37, 45, 8) if r.method == "vdm") > 300  # the bound will bind
     monkeypatch.setattr(tiles, "MAX_REGION_SUBPIXELS", 300)
     chain = codec.chain(STEPS, codec.grid_bits)
-    seen = []
+    pushed, popped = [], []
     push, pop = chain.push, chain.pop
 
     def spy_push(msg, x, progress=None, **kw):
-        seen.append(x.size)
+        pushed.append(x.size)
         return push(msg, x, progress, **kw)
 
     def spy_pop(msg, shape, progress=None, **kw):
-        seen.append(int(np.prod(shape)))
+        popped.append(int(np.prod(shape)))
         return pop(msg, shape, progress, **kw)
 
     monkeypatch.setattr(chain, "push", spy_push)
     monkeypatch.setattr(chain, "pop", spy_pop)
     blob = codec.compress([im], force_model=True)
     np.testing.assert_array_equal(codec.decompress(blob)[0], im)
-    assert seen and max(seen) <= 300
-    assert len(seen) % 2 == 0 and sorted(seen[: len(seen) // 2]) == sorted(seen[len(seen) // 2 :])
+    assert pushed and max(pushed) <= 300 and max(popped) <= 300  # (pushes include the seed's trial tiles)
+    layout = header_of(blob).tiled[0]
+    assert sorted(popped) == sorted(r.subpixels(3) for r in rects(layout, 37, 45, 8) if r.method == "vdm")
+
+
+def test_seed_is_the_fewest_tiles_that_start_the_chain(codecs):
+    """A lone photo's seed is tried, not estimated: with one tile fewer, the chain's first tile
+    runs the stack dry; with the seed it has, it does not (and the chain tile follows it)."""
+    from vdmcodec.coding.ans import EmptyMessageError, Message
+
+    codec = codecs[3]
+    im = smooth(np.random.default_rng(11), 16, 96, 3)
+    layout = header_of(codec.compress([im], force_model=True)).tiled[0]
+    segs = layout.bands[0].segments
+    assert segs[0].method != "vdm" and segs[1].method == "vdm"
+    chain = codec.chain(STEPS, codec.grid_bits)
+    p = tiles._Planner(im, codec.tile, 1.0)
+    outcomes = []
+    for k in (segs[0].width - 1, segs[0].width):
+        msg = Message()
+        if k:
+            data = tiles.classical.encode_best(np.ascontiguousarray(p.crop(0, 1, 0, k)))[1]
+            tiles._raw_bytes(len(data)).push(msg, np.frombuffer(data, dtype=np.uint8))
+        try:
+            tiles._push_chain(chain, msg, p, 0, 1, k, 1)
+            outcomes.append(True)
+        except EmptyMessageError:
+            outcomes.append(False)
+    assert outcomes == [False, True]
 
 
 def test_a_short_initial_bits_estimate_is_retried(codecs, monkeypatch):

@@ -49,6 +49,12 @@ class Message:
             except Exception as e:  # constriction reports invalid data as a plain exception
                 raise FormatError(f"invalid ANS payload ({str(e).splitlines()[0]})") from None
 
+    def clone(self) -> "Message":
+        """A copy of the stack (a trial push on one leaves the other as it was)."""
+        out = Message.__new__(Message)
+        out.coder = self.coder.clone()
+        return out
+
     def push(self, symbols: np.ndarray, model, *params: np.ndarray) -> None:
         self.coder.encode_reverse(np.ascontiguousarray(symbols, dtype=np.int32), model, *params)
 

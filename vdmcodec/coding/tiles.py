@@ -9,7 +9,13 @@ per dimension from the ANS stack, and its network batch must fit in memory. A lo
    fewest tiles whose PNG/WebP bytes, pushed onto the stack as raw bytes, let the chain
    start the tile after them (HiLLoC's trick, mid-stream: the decoder pops those bytes
    back after the chain segments above them and decodes them classically). For a lone
-   photo this is the first few tiles of the top row and nothing else.
+   photo this is the first few tiles of the top row and nothing else. "Let the chain start"
+   is tried, not estimated: the encoder pushes k seed tiles and the chain's tile after them
+   onto a copy of the stack, for k = 1, 2, ..., and keeps the first k whose chain never
+   pops from a dry stack. The estimate (``initial_bits_per_dim``, entropies only) leaves
+   out the rate the chain earns before its deepest point, so it asks for more seed tiles
+   than a photo needs, and a seed tile costs its classical bytes, more than the chain's
+   (CSet5 at T = 256: see benchmarks/results/natural_CSet5_T256*.md).
 2. Chain segments are as large as the stack's bits can start (estimated like the
    codec's chunks), at most ``MAX_REGION_SUBPIXELS``: within a band of one tile row they
    grow tile by tile; once the stack can start a whole tile row, each band takes as
@@ -31,7 +37,7 @@ import constriction
 import numpy as np
 
 from . import classical
-from .ans import Message, uniform
+from .ans import EmptyMessageError, Message, uniform
 from .chain import DiffusionChain
 from .tilegrid import MAX_REGION_SUBPIXELS, MAX_TILE, Band, Rect, Segment, TileLayout, grid, rects
 
@@ -64,11 +70,8 @@ class _Planner:
         return ((min((row + nrows) * t, self.h) - row * t) * (min((col + ncols) * t, self.w) - col * t) * self.c)
 
     def fits(self, msg: Message, dims: int) -> bool:
-        """The stack's bits can start a chain segment of ``dims`` subpixels."""
-        return self.fits_after(msg, 0, dims)
-
-    def fits_after(self, msg: Message, extra_bits: int, dims: int) -> bool:
-        return dims <= MAX_REGION_SUBPIXELS and self.per_dim * dims + STACK_RESERVE_BITS <= msg.num_bits + extra_bits
+        """The stack's bits can start a chain segment of ``dims`` subpixels (estimated)."""
+        return dims <= MAX_REGION_SUBPIXELS and self.per_dim * dims + STACK_RESERVE_BITS <= msg.num_bits
 
     def crop(self, row: int, nrows: int, col: int, ncols: int) -> np.ndarray:
         t = self.tile
@@ -115,23 +118,35 @@ def _push_row(chain, msg, p: _Planner, row: int, progress) -> list[Segment]:
             _push_chain(chain, msg, p, row, 1, col, ncols)
             segs.append(Segment(ncols, "vdm"))
         else:
-            ncols, method, data = _classical_seed(msg, p, row, col)
-            _raw_bytes(len(data)).push(msg, np.frombuffer(data, dtype=np.uint8))
+            ncols, method, data, started = _seed_and_start(chain, msg, p, row, col)
             segs.append(Segment(ncols, method, len(data)))
+            if started:  # the chain's tile after the seed is on the stack too
+                segs.append(Segment(1, "vdm"))
+                ncols += 1
         if progress is not None:
             progress(ncols)
         col += ncols
     return segs
 
 
-def _classical_seed(msg: Message, p: _Planner, row: int, col: int) -> tuple[int, str, bytes]:
-    """The fewest tiles from ``col`` whose classical bytes let the chain start the tile
-    after them (or the rest of the row)."""
+def _seed_and_start(chain, msg: Message, p: _Planner, row: int, col: int) -> tuple[int, str, bytes, bool]:
+    """Push the fewest tiles from ``col`` whose classical bytes let the chain code the tile
+    after them, and that tile (or the rest of the row, classically, at its end): each
+    candidate is tried on a copy of the stack and kept once its chain tile needed no more
+    bits than the stack held. Returns (seed tiles, method, bytes, whether the chain tile
+    after them was pushed)."""
     for ncols in range(1, p.cols - col + 1):
         method, data = classical.encode_best(np.ascontiguousarray(p.crop(row, 1, col, ncols)))
         nxt = col + ncols
-        if nxt == p.cols or p.fits_after(msg, 8 * len(data), p.dims(row, 1, nxt, 1)):
-            return ncols, method, data
+        trial = msg.clone()
+        _raw_bytes(len(data)).push(trial, np.frombuffer(data, dtype=np.uint8))
+        if nxt < p.cols:
+            try:
+                _push_chain(chain, trial, p, row, 1, nxt, 1)
+            except EmptyMessageError:
+                continue  # one more seed tile
+        msg.coder = trial.coder
+        return ncols, method, data, nxt < p.cols
     raise AssertionError("unreachable: the loop returns at the row's end")
 
 
