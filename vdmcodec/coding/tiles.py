@@ -12,15 +12,15 @@ per dimension from the ANS stack, and its network batch must fit in memory. A lo
    photo this is the first few tiles of the top row and nothing else. "Let the chain start"
    is tried, not estimated: the encoder pushes k seed tiles and the chain's tile after them
    onto a copy of the stack, for k = 1, 2, ..., and keeps the first k whose chain never
-   pops from a dry stack. The planner's estimate (``initial_bits_per_dim`` times the
-   codec's 1.1 safety margin) asked for a seed tile more than needed on most photos, and
-   a seed tile costs its classical bytes, more than the chain's: on CSet5 at T = 256 bird, butterfly and woman start with 3 seed tiles where
-   the estimate (with its 1.1 margin) asked for 4, baby with 5 either way; woman's fourth
-   tile cost about 800 bytes more than the chain would (natural_CSet5_T256.md has the
-   estimated seeds, natural_CSet5_T384.md the tried ones). Without the margin the estimate
-   is about right (10.66 bits per dimension at T = 256; bird's 3 tiles hold 10.64 per
-   dimension of the tile after them and suffice): 10.58 of it is there after the chain's first
-   two pops, before any push returns bits. A failed try costs at most one tile's chain.
+   pops from a dry stack (a failed try stops at its first dry pop: at most one tile's
+   chain). The planner's estimate (``initial_bits_per_dim``, 10.66 bits per dimension at
+   T = 256, nearly all of it spent by the chain's first two pops) is about right, but with
+   the codec's 1.1 margin it asked for a tile more than needed on most photos, and a seed
+   tile costs its classical bytes, more than the chain's: on CSet5 at T = 256 bird,
+   butterfly and woman need 3 seed tiles where the estimate asked for 4 (bird's 3 hold
+   10.64 bits per dimension of the tile after them), baby 5 either way; woman's fourth tile
+   cost about 800 bytes more than the chain would (natural_CSet5_T256.md has the estimated
+   seeds, natural_CSet5_T384.md the tried ones).
 2. Chain segments are as large as the stack's bits can start (estimated like the
    codec's chunks), at most ``MAX_REGION_SUBPIXELS``: within a band of one tile row they
    grow tile by tile; once the stack can start a whole tile row, each band takes as
