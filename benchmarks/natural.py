@@ -16,6 +16,7 @@ file goes when OUT is written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -31,6 +32,7 @@ import torch
 
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.bench import _same, image_codecs, tiled_seeds
+from vdmcodec.coding import classical
 from vdmcodec.coding.codec import coded_pixels, load_codec
 from vdmcodec.coding.container import MODEL_METHODS, TILED_METHODS, unpack
 from vdmcodec.coding.structure import describe
@@ -59,6 +61,8 @@ def measure_vdmcodec(codec, im: np.ndarray, T: int) -> dict:
     back = codec.decompress(blob)
     dec = time.perf_counter() - t0
     fallback = codec.compress([im], steps=T, classical_only=True)
+    with classical_methods(("png", "webp")):  # what the writer gave before JPEG XL (format 7) joined
+        no_jxl = min(len(blob), len(codec.compress([im], steps=T, classical_only=True)))
     header, payload = unpack(blob)
     method = header.image_methods()[0]
     t0 = time.perf_counter()
@@ -80,6 +84,7 @@ def measure_vdmcodec(codec, im: np.ndarray, T: int) -> dict:
     row = {"bytes": len(written), "bpd": 8 * len(written) / im.size,
            "method": method if written is blob else unpack(fallback)[0].image_methods()[0],
            "model_bytes": len(blob), "model_bpd": 8 * len(blob) / im.size, "model_method": method,
+           "no_jxl_bpd": 8 * no_jxl / im.size,
            "encode_s": enc, "decode_s": dec, "roundtrip": _same(back, [im]) and _same(written_back, [im]),
            "container_bytes": len(blob) - len(payload), "preflight_bpd": est, "preflight_s": pre_s,
            "preflight_skip": skip, "compress_s": compress_s, "written_decode_s": written_dec,
@@ -91,6 +96,19 @@ def measure_vdmcodec(codec, im: np.ndarray, T: int) -> dict:
                    / max(1, im.size - seed_dims),
                    segments=[[s.width * b.rows, s.method] for lay in header.tiled for b in lay.bands for s in b.segments])
     return row
+
+
+@contextlib.contextmanager
+def classical_methods(methods: tuple[str, ...]):
+    """The container's classical candidates limited to ``methods`` (a measurement: which
+    files the writer would choose without the others; the model-coded file's seeds keep
+    every method)."""
+    saved = classical.CLASSICAL_METHODS
+    classical.CLASSICAL_METHODS = methods
+    try:
+        yield
+    finally:
+        classical.CLASSICAL_METHODS = saved
 
 
 def measure_classical(codecs, im: np.ndarray) -> dict:
@@ -247,14 +265,17 @@ def summary_table(sets: dict, codec_names: list[str], T: int, complete: bool) ->
     fmt = lambda x: "-" if np.isnan(x) else f"{x:.3f}"  # noqa: E731
     for name, rows in sets.items():
         t = TARGETS.get(name, {}) if complete else {}  # the targets are whole-set figures
-        for figure, agg in (("pooled", lambda f: pooled(rows, f)), ("mean per image", lambda f: mean(f(r) for r in rows))):
-            v = agg(lambda r: r["vdmcodec"]["bpd"])
+        figures = [("pooled", "bpd", lambda f: pooled(rows, f)), ("mean per image", "bpd", lambda f: mean(f(r) for r in rows))]
+        if all("no_jxl_bpd" in r["vdmcodec"] for r in rows):
+            figures.append(("pooled, no JPEG XL fallback", "no_jxl_bpd", lambda f: pooled(rows, f)))
+        for figure, key, agg in figures:
+            v = agg(lambda r, key=key: r["vdmcodec"][key])
             e = agg(lambda r: r["elbo"]["discrete"] if r["elbo"] else None)
             ec = agg(lambda r: r["elbo"]["continuous"] if r["elbo"] else None)
             here = {c: agg(lambda r, c=c: r["classical"][c]["bpd"]) for c in codec_names}
 
             def beat(codec):  # beaten: below the README's figure and below the codec measured in this run
-                ref = t.get(codec) if figure == "pooled" else None
+                ref = t.get(codec) if figure.startswith("pooled") else None
                 if ref is None:
                     return "-"
                 m = here.get(codec, ref)
@@ -371,7 +392,10 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "what `vdmcodec compress` writes (the smaller of the model-coded and the all-classical file: 'written as' says "
         "which; '(preflight)': compress estimated the model's rate on crops first and, the classical file being far "
         "smaller, never ran the chain; 'with a 4:2:2 prior': the chain used a chroma-structure prior, "
-        "coding/structure.py; 'preflight est.' is that estimate); model-coded is that file's model-coded candidate, header and seeds included. The -ELBO columns are the model's estimates on the same image, not files: T-step "
+        "coding/structure.py; 'preflight est.' is that estimate); model-coded is that file's model-coded candidate, header and seeds included. "
+        "Since format version 7 the classical candidates are PNG, WebP and JPEG XL (its libjxl at effort 9, the "
+        "same as the JPEG XL column): 'pooled, no JPEG XL fallback' is the writer's choice between the model-coded "
+        "file and PNG / WebP only, as before (seeds may still be JPEG XL). The -ELBO columns are the model's estimates on the same image, not files: T-step "
         f"(every step evaluated, seed {meta['seed']}) is what the chain should cost; continuous time is the T -> infinity "
         f"bound ({CONTINUOUS_DRAWS} stratified draws of t)"
         + ("; the T-step one was not run here (--elbo continuous: it costs as much as a compress)" if meta.get("elbo") == "continuous" else "")

@@ -23,7 +23,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         """Compress the same images with vdmcodec (one archive, and each image alone), the
         model's ELBO estimate, PNG, WebP, JPEG-LS, JPEG 2000, JPEG XL, lzma and bzip2;
         every codec is decoded and compared. Prints a table of bytes, bits per subpixel and
-        speed. JPEG-LS / 2000 / XL need imagecodecs (pip install 'vdmcodec[bench]') and are
+        speed. JPEG-LS / 2000 / XL need imagecodecs (a dependency) and are
         skipped with a note without it.
 
         Example: vdmcodec bench --data samples/mnist --steps 16

@@ -152,7 +152,7 @@ def test_codec_uses_the_cards_table_and_the_file_says_so(rgb_dir, tmp_path):
         header = container.unpack(blobs[share])[0]
         assert header.corr == (levels.corr_digest(TABLE) if share else None) and header.corr_scales == ([share] if share else [])
         methods = header.image_methods()
-        assert methods[0] == "tiled" and "vdm" in methods and blobs[share][4] == container.VERSION == 6
+        assert methods[0] == "tiled" and "vdm" in methods and blobs[share][4] == container.VERSION == 7
         for a, b in zip(load_codec(rgb_dir).decompress(blobs[share]), [photo, small, small]):
             np.testing.assert_array_equal(a, b)
     assert len({blobs[4], blobs[2], blobs[0]}) == 3

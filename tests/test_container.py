@@ -108,12 +108,29 @@ def test_short_and_foreign_blobs():
         unpack("VDMC...")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 7, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 8, 255])
 def test_wrong_version(version):
     blob = bytearray(pack(header(), b""))
     blob[4] = version
     with pytest.raises(FormatError, match="version"):
         unpack(bytes(blob))
+
+
+def test_jpeg_xl_is_read_from_version_7_only():
+    """A JPEG XL image (method 5, format version 7) decodes; the same bytes labelled
+    version 6, whose readers knew no JPEG XL, are refused rather than misread."""
+    im = np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)
+    data = classical.encode(im, "jxl")
+    h = header(shapes=[[9, 13, 3, 1]], methods=[["jxl", 1]], classical_sizes=[len(data)],
+               pixels_hash=pixels_digest([im]), names={"sequence": ["", 5, ".png"]}, squeeze=[])
+    blob = pack(h, data)
+    assert blob[4] == container.VERSION == 7
+    (out, _), = decompress_file_bytes(blob)
+    np.testing.assert_array_equal(out, im)
+    old = bytearray(blob[:-4])
+    old[4] = 6
+    with pytest.raises(FormatError, match="unknown coding method"):
+        unpack(bytes(old) + struct.pack("<I", zlib.crc32(bytes(old))))
 
 
 def reframe(body_after_version: bytes) -> bytes:

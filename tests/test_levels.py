@@ -108,7 +108,7 @@ def test_codec_codes_at_the_cards_times_and_the_file_says_so(fitted_dir, tiny_mo
     blob = codec.compress(ims, force_model=True)
     header = container.unpack(blob)[0]
     assert header.levels == levels.times_digest((0.0, 0.3, 0.45, 1.0))
-    assert blob[4] == container.VERSION == 6
+    assert blob[4] == container.VERSION == 7
     for a, b in zip(load_codec(fitted_dir).decompress(blob), ims):
         np.testing.assert_array_equal(a, b)
     # the same model without the card's times: a clear error, not a bad decode

@@ -237,13 +237,13 @@ def test_chain_cache_is_bounded(codec):
 
 
 def test_classical_codecs_beyond_pillow_limits(monkeypatch):
-    """Sides over WebP's 16383 fall back to PNG, and decoding does not depend on Pillow's
+    """Sides over WebP's 16383 fall back to PNG (or JPEG XL), and decoding does not depend on Pillow's
     global decompression-bomb limit (it checks the size against the header instead)."""
     row = np.arange(16384, dtype=np.uint16).astype(np.uint8).reshape(1, 16384, 1)
     method, data = classical.encode_best(row)
-    assert method == "png" and np.array_equal(classical.decode(data, method, row.shape), row)
+    assert method != "webp" and np.array_equal(classical.decode(data, method, row.shape), row)
     img = np.random.default_rng(8).integers(0, 256, (40, 30, 3), dtype=np.uint8)
-    for m in ("png", "webp"):
+    for m in classical.CLASSICAL_METHODS:
         data = classical.encode(img, m)
         with pytest.raises(FormatError, match="header says"):
             classical.decode(data, m, (40, 31, 3))
@@ -253,3 +253,39 @@ def test_classical_codecs_beyond_pillow_limits(monkeypatch):
     data = classical.encode(img, "png")
     assert np.array_equal(classical.decode(data, "png", img.shape), img)
     assert classical.WEBP_MAX_PIXELS < 2 * 89_478_485
+
+
+@pytest.mark.parametrize("h, w", [(1, 1), (8, 16), (37, 53), (240, 320), (90, 160), (264, 296), (1, 9000), (513, 2)])
+def test_jpeg_xl_size_is_read_before_decoding(h, w):
+    """The SizeHeader parser agrees with libjxl on small and large sizes and on every fixed
+    aspect ratio, so a JPEG XL stream is checked against the header before libjxl allocates;
+    gray stays one channel, and damaged or foreign bytes give a FormatError, not a crash."""
+    rng = np.random.default_rng(h * 7919 + w)
+    for c in (1, 3):
+        img = rng.integers(0, 256, (h, w, c), dtype=np.uint8)
+        data = classical.encode(img, "jxl")
+        assert classical.jxl_size(data) == (h, w)
+        np.testing.assert_array_equal(classical.decode(data, "jxl", (h, w, c)), img)
+        with pytest.raises(FormatError, match="header says"):
+            classical.decode(data, "jxl", (h + 1, w, c))
+        with pytest.raises(FormatError, match="header says"):
+            classical.decode(data, "jxl", (h, w, 4 - c))
+    with pytest.raises(FormatError, match="signature"):
+        classical.decode(classical.encode(img, "png"), "jxl", img.shape)
+    for cut in (2, len(data) // 2):
+        with pytest.raises(FormatError):
+            classical.decode(data[:cut], "jxl", img.shape)
+
+
+def test_encode_best_keeps_the_smallest_exact_stream():
+    """encode_best returns the smallest of PNG, WebP and JPEG XL, decoded exactly; photos'
+    noise favours JPEG XL, flat graphics WebP or PNG (whichever: never a larger one)."""
+    rng = np.random.default_rng(5)
+    y, x = np.mgrid[:48, :40]
+    smooth = np.stack([(x * 3 + y) % 256, (y * 5) % 256, (x * y) % 256], -1).astype(np.uint8)
+    noisy = np.clip(smooth.astype(int) + rng.integers(-6, 7, smooth.shape), 0, 255).astype(np.uint8)
+    for img in (smooth, noisy, noisy[..., :1].copy()):
+        method, data = classical.encode_best(img)
+        sizes = {m: len(classical.encode(img, m)) for m in classical.CLASSICAL_METHODS}
+        assert len(data) == min(sizes.values()) and sizes[method] == len(data)
+        np.testing.assert_array_equal(classical.decode(data, method, img.shape), img)

@@ -141,7 +141,7 @@ def test_coding_with_a_structure_prior_is_lossless_and_recorded(structured, arit
         codec.choose_structure = lambda pixels, chain: prior
         blob = codec.compress([im], force_model=True)
     h = container.unpack(blob)[0]
-    assert h.structures == [prior] and blob[4] == container.VERSION == 6
+    assert h.structures == [prior] and blob[4] == container.VERSION == 7
     np.testing.assert_array_equal(tiny_rgb_codec().decompress(blob)[0], im)
     plain = tiny_rgb_codec(structure_priors=False).compress([im], force_model=True)
     assert container.unpack(plain)[0].structures == [] and plain != blob

@@ -1,7 +1,7 @@
 """The user-facing codec: ``load_codec(...).compress(images) -> bytes`` and back.
 
 How an archive is coded:
-1. every image gets its best classical encoding (PNG / WebP lossless);
+1. every image gets its best classical encoding (PNG / WebP / JPEG XL lossless);
 2. images the model can code (same channel count; a grayscale image with an RGB model as
    R = G = B, "tiled-gray") go through the bits-back chain, in
    chunks whose size grows with the bits already on the stack; the chain's first pops need

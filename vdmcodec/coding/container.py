@@ -1,11 +1,12 @@
-"""The .vdmc container (format version 6; versions 3 to 5 are still read): a compact binary
+"""The .vdmc container (format version 7; versions 3 to 6 are still read): a compact binary
 header, then the payload.
 
 Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (6; 5 has no channel correlations, 4 nor structure priors, 3 nor level times)
+    4       1     format version (7; 6 has no JPEG XL, 5 nor channel correlations, 4 nor structure priors,
+                  3 nor level times)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
     5+v+H   P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
@@ -28,8 +29,8 @@ from .structure import parse_prior, prior_size
 from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
-VERSION = 6
-READABLE_VERSIONS = (3, 4, 5, 6)
+VERSION = 7
+READABLE_VERSIONS = (3, 4, 5, 6, 7)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
@@ -40,7 +41,7 @@ MAX_THREADS = 1024             # torch threads of the encoder (the decoder runs 
 MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
 CORR_SCALE_STEPS = 4  # a tiled image's share of the channel correlations: 0, 1/4, ..., 4/4 (version 6)
-METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray")
+METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray", "jxl")  # "jxl": version 7
 MODEL_METHODS = ("vdm", "tiled", "tiled-gray")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
 # coded in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
 TILED_METHODS = ("tiled", "tiled-gray")
@@ -62,7 +63,7 @@ class Header:
     threads: int
     shapes: list                    # run-length: [[H, W, C, count], ...] in image order
     names: dict                     # {"sequence": [prefix, digits, suffix]} or {"list": [...]}
-    methods: list                   # run-length: [["vdm" | "png" | "webp", count], ...]
+    methods: list                   # run-length: [[a METHODS name, count], ...]
     classical_sizes: list           # bytes of each classically coded image, in order
     chunks: list                    # [[start, size], ...] over the vdm images, encode order
     init_pad: int                   # zero bytes padding the classical blob to whole words
@@ -264,7 +265,7 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
     methods = []
     for _ in range(r.count("method runs", MAX_IMAGES, 2)):
         m = r.byte("method")
-        if m >= len(METHODS):
+        if m >= len(METHODS) or (version < 7 and METHODS[m] == "jxl"):
             r.bad(f"unknown coding method {m}")
         methods.append([METHODS[m], r.varint("method count", MAX_IMAGES)])
     n_images = sum(s[3] for s in shapes)
@@ -289,7 +290,7 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
             r.bad("tile layouts flagged without tiled images")
         if n_tiled > len(data) - r.pos:
             r.bad("more tiled images than the header holds")
-        tiled = [parse_layout(r, MAX_SIDE) for _ in range(n_tiled)]
+        tiled = [parse_layout(r, MAX_SIDE, jxl=version >= 7) for _ in range(n_tiled)]
         if version >= 5:
             structures = [_parse_structure(r) for _ in range(n_tiled)]
         if corr is not None:

@@ -5,7 +5,7 @@ tiles are shorter when S does not divide H or W; nothing is padded). The grid is
 in *bands* of whole tile rows, top to bottom; a band is cut into *segments* of whole
 tile columns, left to right. Each segment is one rectangle of pixels, coded either by the
 diffusion chain as one batch element (the network sees the whole rectangle, so a wide
-segment gives every tile the context of its neighbours) or classically (PNG / WebP, whose
+segment gives every tile the context of its neighbours) or classically (PNG / WebP / JPEG XL, whose
 bytes are pushed onto the ANS stack as raw bytes: this is how the first segment of a lone
 photo supplies the chain's initial bits). ``tiles.py`` chooses the layout; this module
 only describes it.
@@ -13,8 +13,8 @@ only describes it.
 Header record of one tiled image (varints; see docs/format.md):
 
     band count, then per band: tile rows, segment count, then per segment
-    (width in tiles << 2 | method) with method 0 = chain, 1 = png, 2 = webp,
-    and for a classical segment its byte length.
+    (width in tiles << 2 | method) with method 0 = chain, 1 = png, 2 = webp, 3 = jxl
+    (format version 7), and for a classical segment its byte length.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 MAX_TILE = 512                   # a tile's side; one full tile (512 x 512 x 3) fits one region
 MAX_REGION_SUBPIXELS = 1 << 20   # a chain-coded segment's subpixels: the network batch memory bound
-SEGMENT_METHODS = ("vdm", "png", "webp")  # codes 0, 1, 2 (the same codes as the container's methods)
+SEGMENT_METHODS = ("vdm", "png", "webp", "jxl")  # codes 0..3 (the container's for 0..2; jxl: version 7)
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,10 @@ def encode_layout(layout: TileLayout) -> bytes:
     return bytes(out)
 
 
-def parse_layout(r, max_side: int) -> TileLayout:
+def parse_layout(r, max_side: int, jxl: bool = True) -> TileLayout:
     """Read one record with the container's bounds-checked reader ``r`` (every count is
-    bounded by the bytes that remain before anything is allocated for it)."""
+    bounded by the bytes that remain before anything is allocated for it); ``jxl``: whether
+    code 3 (JPEG XL, format version 7) is allowed."""
     bands = []
     for _ in range(r.count("tile bands", max_side, 3)):
         rows = r.varint("band rows", max_side)
@@ -112,7 +113,7 @@ def parse_layout(r, max_side: int) -> TileLayout:
         for _ in range(r.count("band segments", max_side, 1)):
             v = r.varint("segment", (max_side << 2) | 3)
             width, code = v >> 2, v & 3
-            if code >= len(SEGMENT_METHODS):
+            if code >= len(SEGMENT_METHODS) or (not jxl and SEGMENT_METHODS[code] == "jxl"):
                 r.bad(f"unknown segment method {code}")
             nbytes = r.varint("segment bytes", 1 << 40) if code else 0
             segs.append(Segment(width, SEGMENT_METHODS[code], nbytes))

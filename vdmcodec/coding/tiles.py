@@ -6,7 +6,7 @@ per dimension from the ANS stack, and its network batch must fit in memory. A lo
 1.18 M-subpixel network batch. Cut into tiles (``tilegrid``), it starts small and grows:
 
 1. Where the stack cannot yet start the next tile, the next segment is *classical*: the
-   fewest tiles whose PNG/WebP bytes, pushed onto the stack as raw bytes, let the chain
+   fewest tiles whose PNG/WebP/JPEG XL bytes, pushed onto the stack as raw bytes, let the chain
    start the tile after them (HiLLoC's trick, mid-stream: the decoder pops those bytes
    back after the chain segments above them and decodes them classically). For a lone
    photo this is the first few tiles of the top row and nothing else. "Let the chain start"
