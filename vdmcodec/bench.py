@@ -54,11 +54,6 @@ def subpixels(images: Sequence[np.ndarray]) -> int:
     return int(sum(im.size for im in images))
 
 
-def _plane(pixels: np.ndarray) -> np.ndarray:
-    """imagecodecs takes grayscale as [H, W] and colour as [H, W, 3]."""
-    return np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-
-
 def _hwc(arr, shape: tuple) -> np.ndarray:
     arr = np.asarray(arr)
     return arr.reshape(shape) if arr.size == math.prod(shape) else arr
@@ -86,15 +81,15 @@ def image_codecs() -> tuple[list[ImageCodec], dict[str, str]]:
     available = {name: bool(getattr(getattr(ic, attr, None), "available", False)) for name, attr in names.items()}
     if available["JPEG-LS"]:
         codecs.append(ImageCodec("JPEG-LS", f"imagecodecs {ic.__version__} (CharLS), lossless (near=0)",
-                                 lambda p: bytes(ic.jpegls_encode(_plane(p))),
+                                 lambda p: bytes(ic.jpegls_encode(classical.plane(p))),
                                  lambda b, s: _hwc(ic.jpegls_decode(b), s)))
     if available["JPEG 2000"]:
         codecs.append(ImageCodec("JPEG 2000", f"imagecodecs {ic.__version__} (OpenJPEG), reversible 5/3, .j2k codestream",
-                                 lambda p: bytes(ic.jpeg2k_encode(_plane(p), level=0, reversible=True, codecformat="J2K")),
+                                 lambda p: bytes(ic.jpeg2k_encode(classical.plane(p), level=0, reversible=True, codecformat="J2K")),
                                  lambda b, s: _hwc(ic.jpeg2k_decode(b), s)))
     if available["JPEG XL"]:
         codecs.append(ImageCodec("JPEG XL", f"imagecodecs {ic.__version__} (libjxl), lossless, effort 9",
-                                 lambda p: bytes(ic.jpegxl_encode(_plane(p), lossless=True, effort=9)),
+                                 lambda p: bytes(ic.jpegxl_encode(classical.plane(p), lossless=True, effort=9)),
                                  lambda b, s: _hwc(ic.jpegxl_decode(b), s)))
     for name, ok in available.items():
         if not ok:

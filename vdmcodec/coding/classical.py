@@ -61,13 +61,17 @@ def encode(pixels: np.ndarray, method: str) -> bytes:
     return buf.getvalue()
 
 
+def plane(pixels: np.ndarray) -> np.ndarray:
+    """imagecodecs takes grayscale as [H, W] and colour as [H, W, 3]."""
+    return np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+
+
 def _encode_jxl(pixels: np.ndarray) -> bytes:
     import imagecodecs
 
     h, w = pixels.shape[:2]
     effort = 9 if h * w <= JXL_E9_MAX_PIXELS else 7
-    return bytes(imagecodecs.jpegxl_encode(np.ascontiguousarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels),
-                                           lossless=True, effort=effort))
+    return bytes(imagecodecs.jpegxl_encode(plane(pixels), lossless=True, effort=effort))
 
 
 class _Bits:
@@ -143,8 +147,9 @@ def _decode_jxl(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
     import imagecodecs
 
     h, w, c = shape
-    if jxl_size(data) != (h, w):  # before decoding: never allocate more than the header claims
-        raise FormatError(f"jxl image has size {jxl_size(data)}, header says {(h, w)}")
+    size = jxl_size(data)
+    if size != (h, w):  # before decoding: never allocate more than the header claims
+        raise FormatError(f"jxl image has size {size}, header says {(h, w)}")
     try:
         arr = np.asarray(imagecodecs.jpegxl_decode(data))
     except Exception as e:
