@@ -208,6 +208,15 @@ def test_times_for_another_T_sit_beside_the_default_ones(fitted_dir, tmp_path):
     card = json.loads((fitted_dir / CARD).read_text())["card"]
     assert card["coding_times"] == [0.0, 0.3, 0.45, 1.0]
     assert len(card["coding_times_more"]["5"]["times"]) == 6 and card["coding_times_more"]["5"]["fit"]["steps"] == 5
+    # several T from one measurement: each the same fit as its own run
+    assert fit_levels.main(["--model", str(fitted_dir), "--data", str(data), "--steps", "6,5", "--crops", "2", "--size", "16",
+                            "--points", "17", "--samples", "300", "--write"]) == 0
+    both = json.loads((fitted_dir / CARD).read_text())["card"]
+    assert both["coding_times_more"]["5"] == card["coding_times_more"]["5"]
+    assert len(both["coding_times_more"]["6"]["times"]) == 7 and both["coding_times"] == [0.0, 0.3, 0.45, 1.0]
+    for bad in ("5,5", "0", "5,x"):
+        assert fit_levels.main(["--model", str(fitted_dir), "--data", str(data), "--steps", bad, "--write"]) == 2
+    assert json.loads((fitted_dir / CARD).read_text())["card"] == both
 
 
 @pytest.mark.parametrize("arithmetic", ["portable", "float32-nhwc"])
