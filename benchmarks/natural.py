@@ -312,10 +312,9 @@ def speed_lines(sets: dict, codec_names: list[str], load_s: float) -> list[str]:
              len(model_rows), megapixels(model_rows), megapixels(decoded))
         written = [r for r in model_rows if r["vdmcodec"]["method"] in MODEL_METHODS]
         if written:
-            mp = sum(r["shape"][0] * r["shape"][1] for r in written) / 1e6
             line("vdmcodec, model-coded files where written so", sum(r["vdmcodec"]["compress_s"] for r in written),
-                 sum(r["vdmcodec"]["written_decode_s"] for r in written), len(written), mp)
-    mp = sum(r["shape"][0] * r["shape"][1] for r in rows) / 1e6
+                 sum(r["vdmcodec"]["written_decode_s"] for r in written), len(written), megapixels(written))
+    mp = megapixels(rows)
     if rows and all("compress_s" in r["vdmcodec"] for r in rows):
         line("vdmcodec as written (preflight, then the chain where run), every image",
              sum(r["vdmcodec"]["compress_s"] for r in rows), sum(r["vdmcodec"]["written_decode_s"] for r in rows),

@@ -111,9 +111,7 @@ def main(argv=None) -> int:
             fit_info = {k: reports[0][k] for k in ("crops", "size", "points", "seed", "arithmetic", "data", "range",
                                                    "weights_sha256", "model_steps")}
             card["coding_corr"] = {"table": corr_table(stats), "fit": fit_info}
-        for steps, result, report in zip(steps_list, results, reports):
-            if args.keep_times:
-                break
+        for steps, result, report in ([] if args.keep_times else zip(steps_list, results, reports)):
             if steps == card.get("coding_steps", steps):
                 card["coding_times"] = list(result["times"])
                 card["coding_times_fit"] = report
