@@ -132,9 +132,10 @@ CONTINUOUS_DRAWS = 32  # stratified t draws of the continuous-time estimate of o
 
 
 def measure_elbo(codec, im: np.ndarray, T: int, seed: int, discrete: bool = True) -> dict | None:
-    """The T-step -ELBO (every step evaluated, one noise draw each: what the chain should
-    cost; None when not ``discrete``, which saves T network calls over the image) and the
-    continuous-time one (CONTINUOUS_DRAWS draws of t) of one image."""
+    """The T-step -ELBO (every step evaluated at the chain's level times, one noise draw
+    each: what the chain should cost; None when not ``discrete``, which saves T network
+    calls over the image) and the continuous-time one (CONTINUOUS_DRAWS draws of t) of one
+    image."""
     gray = im.shape[-1] == 1 and codec.channels == 3  # coded as R = G = B ("tiled-gray"): 3x the bits per pixel
     if im.shape[-1] != codec.channels and not gray:
         return None
@@ -142,7 +143,8 @@ def measure_elbo(codec, im: np.ndarray, T: int, seed: int, discrete: bool = True
     t0 = time.perf_counter()
     d = None
     if discrete:
-        d = k * evaluate(codec.model, [ImageItem(x, "x.png")], steps=T, seed=seed, progress=False)["bpd_discrete"]
+        d = k * evaluate(codec.model, [ImageItem(x, "x.png")], steps=T, seed=seed, progress=False,
+                         times=codec.level_times(T))["bpd_discrete"]
     return {"continuous": k * continuous_bpd(codec.model, x, seed), "discrete": d, "seconds": time.perf_counter() - t0}
 
 
@@ -405,7 +407,7 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "Since format version 7 the classical candidates are PNG, WebP and JPEG XL (its libjxl at effort 9, the "
         "same as the JPEG XL column): 'pooled, no JPEG XL fallback' is the writer's choice between the model-coded "
         "file and PNG / WebP only, as before (seeds may still be JPEG XL). The -ELBO columns are the model's estimates on the same image, not files: T-step "
-        f"(every step evaluated, seed {meta['seed']}) is what the chain should cost; continuous time is the T -> infinity "
+        f"(every step evaluated at the chain's level times, seed {meta['seed']}) is what the chain should cost; continuous time is the T -> infinity "
         f"bound ({CONTINUOUS_DRAWS} stratified draws of t)"
         + ("; the T-step one was not run here (--elbo continuous: it costs as much as a compress)" if meta.get("elbo") == "continuous" else "")
         + ("; no -ELBO was run here (--elbo none)" if meta.get("elbo") == "none" else "") + ".", "",

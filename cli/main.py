@@ -92,7 +92,8 @@ def train(
 def eval_cmd(
     data: Path = typer.Option(..., help="Images: files, folder, MNIST IDX, CIFAR batch, .npy/.npz."),
     model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
-    steps: Optional[int] = typer.Option(None, min=1, help="Also report the discrete-time bpd for T steps."),
+    steps: Optional[int] = typer.Option(None, min=1, help="Also report the discrete-time bpd for T steps "
+                                        "(at the level times compress uses for T: the card's, else uniform)."),
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate at most this many images."),
     data_range: Optional[str] = typer.Option(None, help="Slice of a dataset file, START:STOP."),
     t_samples: Optional[int] = typer.Option(None, min=1, help="With --steps: Monte-Carlo steps per image instead of all T."),
@@ -104,23 +105,29 @@ def eval_cmd(
     """Negative ELBO in bits per dimension (mean +- standard error over images)."""
 
     def go():
+        from vdmcodec.coding.levels import card_times
         from vdmcodec.data import load_items
         from vdmcodec.evaluate import evaluate
         from vdmcodec.training.trainer import parse_range
         from vdmcodec.zoo import load_model
 
         m, info = load_model(model)
+        times = None if steps is None else card_times(info["card"], steps, info["dir"])
         a, b = parse_range(data_range)
         items = load_items([data])[a:b]
         if limit is not None:
             items = items[:limit]
         if not items:
             _fail(f"{data}: no images in the selection")
-        res = evaluate(m, items, steps=steps, batch_size=batch_size, seed=seed, t_samples=t_samples, progress=progress)
+        res = evaluate(m, items, steps=steps, batch_size=batch_size, seed=seed, t_samples=t_samples, progress=progress,
+                       times=times)
         res["model"] = info["name"]
+        if steps is not None:
+            res["level_times"] = "uniform" if times is None else "card"
         typer.echo(f"model {info['name']}: {res['images']} images, continuous {res['bpd_continuous']:.4f} +- {res['bpd_continuous_se']:.4f} bpd")
         if steps is not None:
-            typer.echo(f"discrete T={steps}: {res['bpd_discrete']:.4f} +- {res['bpd_discrete_se']:.4f} bpd")
+            typer.echo(f"discrete T={steps} ({'uniform level times' if times is None else 'the card level times'}): "
+                       f"{res['bpd_discrete']:.4f} +- {res['bpd_discrete_se']:.4f} bpd")
         if json_out:
             typer.echo(json.dumps(res))
 

@@ -17,8 +17,9 @@ def analytic_continuous(g0, g1, s=S, d=D):
     return 0.5 * d * (math.log1p(s**2 * math.exp(-g0)) - math.log1p(s**2 * math.exp(-g1)))
 
 
-def analytic_discrete(g0, g1, T, s=S, d=D):
-    g = np.linspace(g0, g1, T + 1)
+def analytic_discrete(g0, g1, T, s=S, d=D, g=None):
+    """The T-step diffusion loss at levels ``g`` (default: uniform in gamma from g0 to g1)."""
+    g = np.linspace(g0, g1, T + 1) if g is None else np.asarray(g)
     snr_t = np.exp(-g[1:])
     return 0.5 * d * float(np.sum(np.expm1(g[1:] - g[:-1]) * s**2 * snr_t / (1 + s**2 * snr_t)))
 
@@ -55,6 +56,30 @@ def test_discrete_loss_matches_closed_form(T):
     est, se = total.mean().item(), total.std().item() / math.sqrt(n)
     ref = analytic_discrete(-10.0, 6.0, T)
     assert abs(est - ref) < 4 * se + 1e-3, (T, est, ref, se)
+
+
+def test_steps_between_fitted_levels_match_closed_form():
+    """loss_step_between at non-uniform levels (as a chain's fitted times) sums to the
+    closed-form T-step loss at those levels, and uniform times reproduce loss_step_discrete."""
+    model = gaussian_vdm(M, S)
+    T, n = 8, 4000
+    times = torch.tensor([(i / T) ** 2 for i in range(T + 1)], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(2)
+    x = sample_data(n, gen)
+    total = torch.zeros(n, dtype=torch.float64)
+    with torch.no_grad():
+        g = model.gamma(times)
+        for i in range(1, T + 1):
+            eps = torch.randn(x.shape, generator=gen, dtype=torch.float64)
+            total += model.loss_step_between(x, g[i].expand(n), g[i - 1].expand(n), eps).double()
+        g_uniform = model.gamma(torch.arange(T + 1, dtype=torch.float64) / T)
+        i = torch.full((n,), 3)
+        assert torch.allclose(model.loss_step_between(x, g_uniform[3].expand(n), g_uniform[2].expand(n), eps).double(),
+                              model.loss_step_discrete(x, i, T, eps).double(), rtol=1e-5)
+    est, se = total.mean().item(), total.std().item() / math.sqrt(n)
+    ref = analytic_discrete(-10.0, 6.0, T, g=g.numpy())
+    assert abs(est - ref) < 4 * se + 1e-3, (est, ref, se)
+    assert abs(ref - analytic_discrete(-10.0, 6.0, T)) > 10 * se  # the levels matter at this T
 
 
 def test_discrete_approaches_continuous_as_T_grows():

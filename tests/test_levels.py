@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 
 from vdmcodec.coding import container, levels
 from vdmcodec.coding.codec import load_codec
@@ -248,3 +249,50 @@ def test_levels_benchmark_runs_side_by_side(tmp_path):
     (row,) = result["rows"]
     assert row["exact"] and row["uniform"] > 0 and row["fitted"] > 0 and row["uniform"] != row["fitted"]
     assert "| p.png | 36x20 |" in out.read_text()
+
+
+def test_bpd_discrete_at_level_times():
+    """The T-step -ELBO at a chain's level times: uniform times give the uniform figure
+    exactly, other times another, and a grid of the wrong length is refused."""
+    from tests.helpers import tiny_model_config
+    from vdmcodec.diffusion import VDM
+    from vdmcodec.likelihood import bpd_discrete
+
+    torch.manual_seed(0)
+    model = VDM(tiny_model_config()).eval()
+    x = torch.randint(0, 256, (2, 1, 8, 8), dtype=torch.uint8)
+    T = 4
+
+    def run(times):
+        return bpd_discrete(model, x, T, torch.Generator().manual_seed(5), times=times).total
+
+    uniform = run(None)
+    assert torch.allclose(run(levels.uniform_times(T)), uniform, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(run((0.0, 0.05, 0.2, 0.5, 1.0)), uniform, rtol=1e-3)
+    with pytest.raises(ValueError, match="level times"):
+        run((0.0, 0.5, 1.0))
+
+
+def test_cli_eval_uses_the_card_level_times(tmp_path, tiny_model_dir):
+    """`vdmcodec eval --steps T` reports the T-step -ELBO at the level times compress uses."""
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    from cli.main import app
+
+    model = tmp_path / "m"
+    shutil.copytree(tiny_model_dir, model)
+    meta = json.loads((model / CARD).read_text())
+    meta["card"]["coding_times"] = [0.0, 0.05, 0.2, 0.5, 1.0]
+    (model / CARD).write_text(json.dumps(meta))
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (12, 10), dtype=np.uint8)).save(tmp_path / "a.png")
+    out = {}
+    for name, m in (("card", model), ("uniform", tiny_model_dir)):
+        res = CliRunner().invoke(app, ["eval", "--data", str(tmp_path / "a.png"), "--model", str(m), "--steps", "4",
+                                       "--json", "--no-progress"])
+        assert res.exit_code == 0, res.output
+        out[name] = json.loads(res.stdout.strip().splitlines()[-1])
+        assert out[name]["level_times"] == name
+    assert out["card"]["bpd_continuous"] == out["uniform"]["bpd_continuous"]
+    assert out["card"]["bpd_discrete"] != out["uniform"]["bpd_discrete"]

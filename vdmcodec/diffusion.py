@@ -217,19 +217,24 @@ class VDM(nn.Module):
         discrete-time diffusion loss L_T. [B]."""
         t = i.to(x.device, torch.float32) / T
         s = (i.to(x.device, torch.float32) - 1) / T
-        gamma_t, gamma_s = self.gamma(t), self.gamma(s)
-        z_t = self.q_sample(_data_scale(x), gamma_t, eps)
-        eps_hat, v = self.eps_and_v(z_t, gamma_t)
-        if v is not None:
-            return T * kl_step(eps, eps_hat, v, gamma_t, gamma_s)
-        err = (eps - eps_hat).float().square().flatten(1).sum(1)
-        return 0.5 * T * torch.expm1(gamma_t - gamma_s) * err
+        return T * self.loss_step_between(x, self.gamma(t), self.gamma(s), eps)
 
     def loss_step_discrete(self, x, i, T: int, eps):
         """The exact-in-i term of the discrete diffusion loss for step i (no factor T):
         KL(q(z_s | z_t, x) || p(z_s | z_t)) = 1/2 expm1(gamma_t - gamma_s) ||eps - eps_hat||^2
         (the general Gaussian KL of ``kl_step`` with learned variances)."""
         return self.loss_diff_discrete(x, i, T, eps) / T
+
+    def loss_step_between(self, x, gamma_t, gamma_s, eps):
+        """KL(q(z_s | z_t, x) || p(z_s | z_t)) summed over dimensions, [B], for one step
+        between any two levels gamma_s < gamma_t ([B] each): the T-step loss's term at
+        levels that need not be uniform in t (the chain's fitted times, coding/levels.py)."""
+        z_t = self.q_sample(_data_scale(x), gamma_t, eps)
+        eps_hat, v = self.eps_and_v(z_t, gamma_t)
+        if v is not None:
+            return kl_step(eps, eps_hat, v, gamma_t, gamma_s)
+        err = (eps - eps_hat).float().square().flatten(1).sum(1)
+        return 0.5 * torch.expm1(gamma_t - gamma_s) * err
 
 
 def log_variance_ratio(v: torch.Tensor, gamma_t: torch.Tensor, gamma_s: torch.Tensor) -> torch.Tensor:

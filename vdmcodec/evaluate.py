@@ -20,9 +20,10 @@ def group_by_shape(items: list[ImageItem]) -> dict[tuple, list[int]]:
 
 @torch.no_grad()
 def evaluate(model: VDM, items: list[ImageItem], steps: int | None = None, batch_size: int = 100,
-             seed: int = 0, t_samples: int | None = None, progress: bool = True) -> dict:
+             seed: int = 0, t_samples: int | None = None, progress: bool = True, times=None) -> dict:
     """Negative ELBO in bits per dimension over images (mean and standard error over
-    images, each image weighted equally), continuous-time and with ``steps`` discrete."""
+    images, each image weighted equally), continuous-time and with ``steps`` discrete
+    (at level ``times``, a chain's: likelihood.bpd_discrete; None: uniform)."""
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     cont = np.zeros(len(items))
@@ -42,7 +43,7 @@ def evaluate(model: VDM, items: list[ImageItem], steps: int | None = None, batch
             terms["recon"][sel] = c.recon.cpu().numpy()
             terms["prior"][sel] = c.prior.cpu().numpy()
             if steps is not None:
-                d = bpd_discrete(model, x, steps, g, t_samples=t_samples)
+                d = bpd_discrete(model, x, steps, g, t_samples=t_samples, times=times)
                 disc[sel] = d.total.cpu().numpy()
             if bar is not None:
                 bar.update(len(sel))

@@ -51,28 +51,41 @@ def bpd_continuous(model: VDM, x: torch.Tensor, generator: torch.Generator, t_sa
 
 
 @torch.no_grad()
-def bpd_discrete(model: VDM, x: torch.Tensor, T: int, generator: torch.Generator, t_samples: int | None = None) -> BpdTerms:
+def bpd_discrete(model: VDM, x: torch.Tensor, T: int, generator: torch.Generator, t_samples: int | None = None,
+                 times=None) -> BpdTerms:
     """Negative T-step ELBO per image. With ``t_samples=None`` every step i=1..T is
     evaluated (one eps each), so only the noise is Monte Carlo; otherwise ``t_samples``
-    stratified steps are drawn per image and the sum is estimated as T * mean."""
+    stratified steps are drawn per image and the sum is estimated as T * mean. ``times``:
+    the T + 1 level times t_0 = 0 < ... < t_T = 1 (a chain's, coding/levels.py); None:
+    uniform, t_i = i / T."""
     if T < 1:
         raise ValueError(f"T must be >= 1, got {T}")
+    if times is not None and len(times) != T + 1:
+        raise ValueError(f"{len(times)} level times for T = {T} (need T + 1)")
     dims = x[0].numel()
     B = x.shape[0]
     eps_0 = torch.randn(x.shape, generator=generator).to(x.device)
     recon = model.loss_recon(x, eps_0)
     prior = model.loss_prior(x)
     diff = torch.zeros(B, device=x.device)
+    gamma = None if times is None else model.gamma(torch.tensor(times, dtype=torch.float32, device=x.device))
+
+    def step(i: torch.Tensor, eps: torch.Tensor, scale: int) -> torch.Tensor:  # scale x the KL of step i, [B]
+        if gamma is None:
+            return model.loss_diff_discrete(x, i, T, eps) if scale == T else model.loss_step_discrete(x, i, T, eps)
+        i = i.to(x.device)
+        return scale * model.loss_step_between(x, gamma[i], gamma[i - 1], eps)
+
     if t_samples is None or t_samples >= T:
         for i in range(1, T + 1):
             eps = torch.randn(x.shape, generator=generator).to(x.device)
-            diff += model.loss_step_discrete(x, torch.full((B,), i), T, eps)
+            diff += step(torch.full((B,), i), eps, 1)
     else:
         for k in range(t_samples):
             u = torch.rand(B, generator=generator)
             i = 1 + torch.floor((k + u) / t_samples * T).long().clamp(max=T - 1)
             eps = torch.randn(x.shape, generator=generator).to(x.device)
-            diff += model.loss_diff_discrete(x, i, T, eps)
+            diff += step(i, eps, T)
         diff /= t_samples
     return BpdTerms(*(nats_to_bpd(v, dims) for v in (recon, prior, diff)))
 
