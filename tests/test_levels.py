@@ -252,8 +252,8 @@ def test_levels_benchmark_runs_side_by_side(tmp_path):
 
 
 def test_bpd_discrete_at_level_times():
-    """The T-step -ELBO at a chain's level times: uniform times give the uniform figure
-    exactly, other times another, and a grid of the wrong length is refused."""
+    """The T-step -ELBO at a chain's level times: uniform times give the uniform figure (to
+    float rounding), other times another, and a grid of the wrong length is refused."""
     from tests.helpers import tiny_model_config
     from vdmcodec.diffusion import VDM
     from vdmcodec.likelihood import bpd_discrete
