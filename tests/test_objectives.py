@@ -270,6 +270,38 @@ def test_discrete_elbo_uses_the_learned_variance_kl():
     assert torch.all(log_variance_ratio(torch.ones(1), g_t, g_s) > 0)
 
 
+def test_discrete_objective_is_T_times_the_step_kl_and_trains_the_schedule_interior():
+    """discrete_steps = T: t picks step i = floor(t T) + 1, the loss is T KL of that step at
+    the uniform levels (the T-step bound summed over i, once per step), and the schedule's
+    interior gets a gradient (in discrete time it moves the bound)."""
+    model = lv_model(4)
+    T = 8
+    x, _, eps, eps_0 = batch(5, n=T)
+    t = (torch.arange(T, dtype=torch.float32) + 0.5) / T  # one example per step
+    terms = training_terms(model, x, t, eps, eps_0, ObjectiveConfig(discrete_steps=T, hybrid_lambda=0.0))
+    with torch.no_grad():
+        ref = T * model.loss_step_discrete(x, torch.arange(1, T + 1), T, eps)
+    assert torch.allclose(terms.loss.loss_diff.detach(), ref, rtol=1e-4)
+    assert not terms.gamma_t.requires_grad and terms.extra is None
+    interior = [p for n, p in model.gamma.named_parameters() if p not in set(model.gamma.endpoint_parameters())]
+    grads = torch.autograd.grad(terms.loss.loss_diff.sum(), interior, allow_unused=True)
+    assert any(g is not None and g.abs().max() > 0 for g in grads)
+    # t = 0 is step 1 and t just below 1 is step T
+    edge = training_terms(model, x[:2], torch.tensor([0.0, 1 - 1e-7]), eps[:2], eps_0[:2], ObjectiveConfig(discrete_steps=T))
+    with torch.no_grad():
+        ref = T * model.loss_step_discrete(x[:2], torch.tensor([1, T]), T, eps[:2])
+    assert torch.allclose(edge.loss.loss_diff.detach(), ref, rtol=1e-4)
+
+
+def test_discrete_objective_refuses_other_weightings():
+    for bad in ({"t_sampling": "lognormal"}, {"loss_weighting": "edm"}, {"target": "stf"}):
+        with pytest.raises(ValueError, match="discrete_steps"):
+            ObjectiveConfig(discrete_steps=16, **bad)
+    for bad in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="discrete_steps"):
+            ObjectiveConfig(discrete_steps=bad)
+
+
 def test_hybrid_loss_trains_the_variance_only_through_l_vlb():
     model = lv_model(2)
     x, t, eps, eps_0 = batch(3)
@@ -377,6 +409,7 @@ def test_stf_tends_to_the_exact_posterior_mean():
     ("hybrid", {"learned_variance": True}, ObjectiveConfig(vlb_steps=16)),
     ("edm", {"precond": "edm"}, ObjectiveConfig(t_sampling="lognormal", loss_weighting="edm")),
     ("stf", {}, ObjectiveConfig(target="stf", stf_reference=24)),
+    ("discrete", {"learned_variance": True}, ObjectiveConfig(discrete_steps=4, hybrid_lambda=0.0)),
 ])
 def test_each_option_trains_a_few_steps(tmp_path, mnist_path, name, model_kw, obj):
     from tests.test_training import TINY_TRAIN, write_npy
@@ -396,6 +429,10 @@ def test_each_option_trains_a_few_steps(tmp_path, mnist_path, name, model_kw, ob
     assert any(not torch.equal(a, b) for a, b in zip(before, tr.model.parameters()))
     if name == "importance":
         assert tr.resampler.warm  # 4 bins x 2 losses: warm after a few batches of 8
+    if name == "discrete":  # validation adds the T-step bound, which is above the continuous one
+        tr.val_images = tr.images[:16]
+        ev = tr.validate()
+        assert ev["val_steps"] == 4 and ev["val_bpd_T"] > ev["val_bpd"] - 3 * ev["val_bpd_se"]
 
 
 def test_resampler_state_survives_checkpoint_and_resume(tmp_path, mnist_path):

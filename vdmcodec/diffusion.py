@@ -283,6 +283,8 @@ def training_terms(model: "VDM", x, t, eps, eps_0, objective: ObjectiveConfig | 
     sampler), or for lognormal sampling a uniform u mapped to gamma by the truncated
     normal's inverse CDF. ``x_extra``: the STF reference examples beyond the batch."""
     obj = objective if objective is not None else ObjectiveConfig()
+    if obj.discrete_steps:
+        return discrete_terms(model, x, t, eps, eps_0, obj)
     B = x.shape[0]
     elbo_w = is_weight
     if obj.t_sampling is TimeSampling.lognormal:
@@ -331,6 +333,28 @@ def training_terms(model: "VDM", x, t, eps, eps_0, objective: ObjectiveConfig | 
         extra = obj.hybrid_lambda * (vlb if is_weight is None else vlb * is_weight)
     loss = VDMLoss(loss_recon=model.loss_recon(x, eps_0), loss_prior=model.loss_prior(x), loss_diff=loss_diff)
     return TrainTerms(loss, gamma_t, dgamma_dt, gamma_leaf, dgamma_leaf, elbo_diff.detach(), extra)
+
+
+def discrete_terms(model: "VDM", x, t, eps, eps_0, objective: ObjectiveConfig) -> TrainTerms:
+    """VDM's discrete-time loss L_T (eq. 13) for a batch: each example's t in [0, 1) picks the
+    step i = floor(t T) + 1 in {1..T}; the estimate is T KL(q(z_s | z_t, x) || p(z_s | z_t))
+    at t = i / T, s = (i - 1) / T (with the learned variances when the network has them). The
+    returned levels are detached: the schedule is trained by this bound's own gradient,
+    through gamma_t and gamma_s, not by the continuous-time variance rule."""
+    T = objective.discrete_steps
+    i = (torch.floor(t.double() * T) + 1).clamp(1, T)
+    gamma_t = model.gamma((i / T).to(torch.float32))
+    gamma_s = model.gamma(((i - 1) / T).to(torch.float32))
+    z_t = model.q_sample(_data_scale(x), gamma_t, eps)
+    eps_hat, v = model.eps_and_v(z_t, gamma_t)
+    if v is not None:
+        kl = kl_step(eps, eps_hat, v, gamma_t, gamma_s)
+    else:
+        kl = 0.5 * torch.expm1(gamma_t - gamma_s) * (eps - eps_hat).float().square().flatten(1).sum(1)
+    loss_diff = T * kl
+    loss = VDMLoss(loss_recon=model.loss_recon(x, eps_0), loss_prior=model.loss_prior(x), loss_diff=loss_diff)
+    levels = gamma_t.detach()
+    return TrainTerms(loss, levels, levels, levels, levels, loss_diff.detach(), None)
 
 
 def low_discrepancy_t(batch: int, generator: torch.Generator, device, offset: int = 0, world: int = 1):

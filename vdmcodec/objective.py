@@ -18,6 +18,12 @@ validation bpd is always that unweighted bound (``likelihood.py``), whatever is 
   w(gamma) = K N(gamma; 2 P_mean, (2 P_std)^2) (1 + exp(gamma) / sigma_data^2), K chosen so
   that w has the ELBO's total mass gamma_max - gamma_min.
 - target: ``plain`` (eps) or ``stf`` (Stable Target Field, ``stable_target.py``).
+- discrete_steps: 0 for the continuous-time loss; T > 0 trains VDM's discrete-time loss
+  L_T (Kingma et al. 2021, eq. 13) at the levels t_i = i / T of the learned schedule: one
+  step i per example, uniform in {1..T}, estimate T KL(q(z_s | z_t, x) || p(z_s | z_t)),
+  s = t - 1/T, with learned variances when the network has them. Schedule and network both
+  get the bound's plain gradient (in discrete time the interior of the schedule moves the
+  bound). A codec run at that T pays exactly this bound.
 - hybrid_lambda, vlb_steps: with ``NetworkConfig.learned_variance``, iDDPM's L_hybrid: the
   training loss plus hybrid_lambda times the T-step diffusion loss T * KL(q(z_s|z_t,x) ||
   p(z_s|z_t)) with s = t - 1/T, T = vlb_steps, in which the mean is detached so that it
@@ -68,6 +74,7 @@ class ObjectiveConfig:
     stf_reference: int = 1024       # STF reference batch size, the example itself included
     hybrid_lambda: float = 0.001    # iDDPM L_hybrid (only with learned variances)
     vlb_steps: int = 128            # T of L_vlb: the discrete steps the variance is learned for
+    discrete_steps: int = 0         # T of VDM's discrete-time loss; 0: continuous time
 
     def __post_init__(self):
         object.__setattr__(self, "t_sampling", _enum(TimeSampling, self.t_sampling, "t_sampling"))
@@ -77,6 +84,12 @@ class ObjectiveConfig:
             raise ValueError("need is_bins >= 1, is_history >= 1 and 0 <= is_uniform_prob <= 1")
         if self.p_std <= 0 or self.stf_reference < 1 or self.vlb_steps < 1 or self.hybrid_lambda < 0:
             raise ValueError("need p_std > 0, stf_reference >= 1, vlb_steps >= 1 and hybrid_lambda >= 0")
+        if isinstance(self.discrete_steps, bool) or not isinstance(self.discrete_steps, int) or self.discrete_steps < 0:
+            raise ValueError(f"discrete_steps must be 0 (continuous time) or a number of steps T >= 1, got {self.discrete_steps!r}")
+        if self.discrete_steps and (self.t_sampling is not TimeSampling.low_discrepancy
+                                    or self.loss_weighting is not LossWeighting.elbo or self.target is not Target.plain):
+            raise ValueError("discrete_steps trains the discrete-time ELBO itself: it needs t_sampling 'low_discrepancy', "
+                             "loss_weighting 'elbo' and target 'plain'")
 
     def to_dict(self) -> dict:
         return {k: (v.value if isinstance(v, Enum) else v) for k, v in self.__dict__.items()}
