@@ -13,7 +13,7 @@ import torch
 from tests.helpers import tiny_model_config
 from vdmcodec.coding import container
 from vdmcodec.coding.codec import Codec
-from vdmcodec.coding.preflight import PreflightConfig, crop_origins, estimate_bpd, hopeless
+from vdmcodec.coding.preflight import PreflightConfig, crop_origins, estimate_bpd, hopeless, sure_win
 from vdmcodec.diffusion import VDM
 from vdmcodec.likelihood import bpd_continuous
 
@@ -107,9 +107,45 @@ def test_compress_skips_the_chain_on_an_image_classical_wins_by_far(model, monke
     assert np.array_equal(codec.decompress(blob)[0], im)
 
 
-@pytest.mark.parametrize("preflight", [None, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9),
-                                       PreflightConfig(min_pixels=10**6)])
-def test_compress_runs_the_chain_when_the_preflight_is_off_or_hopeful_or_small(model, monkeypatch, preflight):
+def test_sure_win_compares_the_estimate_times_its_clean_margin():
+    cfg = PreflightConfig(clean_margin=1.1)
+    assert sure_win(3.0, 3.4 * 100, 100, cfg)       # 3 x 1.1 = 3.3 < 3.4
+    assert not sure_win(3.0, 3.2 * 100, 100, cfg)
+    with pytest.raises(ValueError):
+        PreflightConfig(clean_margin=0.99)
+
+
+@pytest.mark.parametrize("lattice", [False, True])
+def test_between_the_margins_only_decoded_jpegs_run_the_chain(model, monkeypatch, lattice):
+    """Neither hopeless nor a sure win: the chain runs only where the image has a JPEG
+    lattice the prior can use."""
+    from vdmcodec.coding import jpeg_prior
+
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9, clean_margin=1e9))
+    monkeypatch.setattr(jpeg_prior, "candidates", lambda pixels: ["a lattice"] if lattice else [])
+    chain_must_not_run(codec, monkeypatch)
+    if lattice:
+        with pytest.raises(AssertionError, match="the chain ran"):
+            codec.compress([im])
+    else:
+        assert codec.compress([im]) == codec.compress([im], classical_only=True)
+
+
+def test_a_sure_win_runs_the_chain_without_a_lattice(model, monkeypatch):
+    from vdmcodec.coding import jpeg_prior
+
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32))
+    monkeypatch.setattr(jpeg_prior, "candidates", lambda pixels: [])
+    monkeypatch.setattr(codec, "preflight_estimate", lambda pixels, method="tiled": 1e-6)
+    chain_must_not_run(codec, monkeypatch)
+    with pytest.raises(AssertionError, match="the chain ran"):
+        codec.compress([im])
+
+
+@pytest.mark.parametrize("preflight", [None, PreflightConfig(min_pixels=10**6)])
+def test_compress_runs_the_chain_when_the_preflight_is_off_or_small(model, monkeypatch, preflight):
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
     codec = codec_for(model, preflight)
     chain_must_not_run(codec, monkeypatch)
@@ -128,7 +164,10 @@ def test_force_model_ignores_the_preflight(model):
 def test_in_an_archive_only_the_images_given_up_on_skip_the_chain(model, monkeypatch):
     """In an archive, an image given up on is stored classically (its bytes seed the stack)
     while the others still go through the chain; gray images are estimated as R = G = B."""
+    from vdmcodec.coding import codec as codec_module
     from vdmcodec.coding import tiles
+
+    monkeypatch.setattr(codec_module, "sure_win", lambda *a: True)  # what is not hopeless runs
 
     flat = np.full((40, 48, 3), 77, dtype=np.uint8)
     busy = noise((40, 48, 3), seed=1)

@@ -22,6 +22,7 @@ images) before any work, for callers that decode untrusted files.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 import os
@@ -38,9 +39,10 @@ from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, 
 from ..hardware import cpu_capability, native_bf16
 from ..zoo import load_model, resolve_for_file
 from . import classical, jpeg_prior, levels, structure, tiles
+from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
 from .ans import EmptyMessageError, Message
-from .preflight import PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, structure_gains
-from .chain import ARITHMETIC, ChainConfig, DiffusionChain
+from .preflight import PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, structure_gains, sure_win
+from .chain import ARITHMETIC, ChainConfig, DiffusionChain, apply_arithmetic
 from .container import (CORR_SCALE_STEPS, DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
                         coded_shape, pack, run_length, unpack)
 
@@ -154,11 +156,12 @@ class Codec:
     def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
                  tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC,
                  preflight: PreflightConfig | None = PreflightConfig(), fitted_levels: bool = True,
-                 structure_priors: bool = True, channel_corr: bool = True):
+                 structure_priors: bool = True, channel_corr: bool = True, effort: int = DEFAULT_EFFORT):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
+        self.effort = check_effort(effort)  # compress's default speed/size dial (effort.py)
         self.arithmetic = arithmetic  # what compress runs; decompress runs what the file names
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self.preflight = preflight  # None: every codable image goes through the chain
@@ -168,6 +171,7 @@ class Codec:
         # where an estimate on crops says it saves bits
         self.structure_priors = structure_priors
         self._chains: dict[tuple, DiffusionChain] = {}
+        self._probe = None  # probe_model's copy of the network
 
     @property
     def channels(self) -> int:
@@ -205,19 +209,30 @@ class Codec:
         return self._chains[key]
 
     # ---- compress --------------------------------------------------------------------
+    def effort_choice(self, effort: int | None = None) -> EffortChoice:
+        """What compress runs at ``effort`` (None: this codec's default; effort.py): the
+        classical candidates' efforts and the chain's T, from the model card."""
+        return effort_choice(self.effort if effort is None else effort, self.info.get("card", {}), self.steps,
+                             self.info.get("dir", "model"))
+
     def compress(self, images: Iterable, steps: int | None = None, names: Sequence[str] | None = None,
-                 progress: bool = False, classical_only: bool = False, force_model: bool = False) -> bytes:
+                 progress: bool = False, classical_only: bool = False, force_model: bool = False,
+                 effort: int | None = None) -> bytes:
         """Compress images (uint8 numpy (H, W) / (H, W, 1|3) or PIL) into one container.
-        ``force_model`` keeps the model-coded result even where all-classical is smaller
-        (for measurements) and runs the chain on every image the model can code, without
-        the preflight; ``classical_only`` skips the model."""
+        ``effort`` (1-9, None: the codec's) sets the classical candidates' efforts and the
+        chain's T (effort.py); ``steps`` overrides that T, and runs the model even at an
+        effort that would not. ``force_model`` keeps the model-coded result even where
+        all-classical is smaller (for measurements) and runs the chain on every image the
+        model can code, without the preflight; ``classical_only`` skips the model."""
         entries = self._entries(images, names)
-        T = int(steps or self.steps)
+        choice = self.effort_choice(effort)
+        T = int(steps or choice.steps or self.steps)
         if T < 1:
             raise VdmcodecError(f"steps must be >= 1, got {T}")
+        classical_only = classical_only or (steps is None and choice.steps is None and not force_model)
         pix = [e.pixels for e in entries]
         shapes = [p.shape for p in pix]
-        best = [classical.encode_best(p) for p in pix]
+        best = [classical.encode_best(p, choice.classical) for p in pix]
         # images with a side longer than a tile are coded in tiles (tiles.py: bounded memory,
         # their own seeds); smaller ones whole, in chunks of equal shapes
         tiled = self._tiled_methods(pix)
@@ -296,15 +311,32 @@ class Codec:
         if cfg is None or pixels.shape[0] * pixels.shape[1] < cfg.min_pixels:
             return None
         coded = coded_pixels(pixels, method)
-        return estimate_bpd(self.model, coded, cfg) * coded.shape[-1] / pixels.shape[-1]
+        return estimate_bpd(self.probe_model(), coded, cfg) * coded.shape[-1] / pixels.shape[-1]
+
+    def probe_model(self):
+        """The network as compress's arithmetic runs it (bfloat16 autocast on NHWC where the
+        card chose that), for the encoder's estimates: they only steer the encoder's choices,
+        never a decoded bit, so they may run a fast arithmetic (float32 NHWC for portable)."""
+        if self._probe is None:
+            name = "float32-nhwc" if ARITHMETIC[self.arithmetic].portable else self.arithmetic
+            self._probe = apply_arithmetic(copy.deepcopy(self.model), name)
+        return self._probe
 
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int) -> tuple[float | None, bool]:
         """(the preflight's estimate or None, whether compress gives the model up on this
-        image, whose best classical encoding takes ``classical_bits``)."""
+        image, whose best classical encoding takes ``classical_bits``): given up where even
+        the estimate's optimistic reading loses, and, between that and a sure win, on all but
+        decoded JPEGs (preflight.py)."""
         est = self.preflight_estimate(pixels, method)
         if est is None:
             return None, False
-        return est, hopeless(est, classical_bits, pixels.size, self.preflight)
+        if hopeless(est, classical_bits, pixels.size, self.preflight):
+            return est, True
+        if sure_win(est, classical_bits, pixels.size, self.preflight):
+            return est, False
+        lattice = (method == "tiled" and self.structure_priors and self.channels == 3
+                   and not ARITHMETIC[self.arithmetic].portable and bool(jpeg_prior.candidates(pixels)))
+        return est, not lattice
 
     def _entries(self, images, names) -> list[ImageEntry]:
         single = isinstance(images, np.ndarray) and images.ndim < 4
