@@ -39,6 +39,20 @@ def run_guarded(fn):
         _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set VDMCODEC_DEBUG=1 for details)")
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from vdmcodec import __version__
+
+        typer.echo(f"vdmcodec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")):
+    """vdmcodec: lossless image compression with a Variational Diffusion Model."""
+
+
 @app.command()
 def train(
     data: List[Path] = typer.Option(..., help="Training data: MNIST IDX, CIFAR batch, .npy/.npz, or an image folder; repeat for several."),
