@@ -146,7 +146,8 @@ def _parse_metadata(r: _RecordReader) -> Metadata:
     chunk, slot = b"", 0
     if kind >= len(METADATA_KINDS):
         chunk, slot = r.take(4, "chunk type"), kind - len(METADATA_KINDS)
-        if not chunk.isalpha() or not chunk.isascii() or chunk in REGENERATED_CHUNKS:
+        critical = chunk[:1].isupper() and chunk != b"PLTE"  # PLTE: a truecolour image's suggested palette
+        if not chunk.isalpha() or not chunk.isascii() or chunk in REGENERATED_CHUNKS or critical:
             r.bad(f"PNG chunk type {chunk!r} cannot be kept as metadata")
     packing = r.byte("metadata packing")
     if packing > 1:
@@ -227,6 +228,8 @@ def parse(data: bytes, shapes: list[tuple[int, int, int]]) -> list[Record]:
         metadata = ()
         if flags & _F_METADATA:
             metadata = tuple(_parse_metadata(r) for _ in range(r.count("metadata count", 1 << 20, 3)))
+            if mode == "P" and any(m.chunk == b"PLTE" for m in metadata):
+                r.bad("a second palette chunk on a palette image")
         records.append(Record(start, mode, frames, source, palette, transparency, animation, tuple(planes), metadata))
         end = start + frames
     if r.pos != len(data):
