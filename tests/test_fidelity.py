@@ -158,6 +158,19 @@ def test_report_names_methods_and_says_what_changed(restored):
         assert "no image was coded by the model" in notes
 
 
+def test_info_lists_the_records(restored):
+    cases, _, _, arc = restored
+    res = runner.invoke(app, ["info", str(arc), "--json"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads(res.stdout)
+    assert doc["version"] == 8 and doc["images"] == len(cases) + 6
+    modes = {r["source"] or r["mode"]: r for r in doc["records"]}
+    assert modes["anim.gif"]["frames"] == 3 and modes["anim.gif"]["animated"]
+    assert {"eXIf", "iCCP", "tEXt", "zTXt", "iTXt", "pHYs"} <= set(modes["RGB"]["metadata"])  # meta.png
+    res = runner.invoke(app, ["info", str(arc)])
+    assert res.exit_code == 0 and "image records:" in res.stdout
+
+
 def test_records_with_model_coded_planes(tiny_model_dir):
     """The records work the same when the model codes the planes (a gray model: the L plane of
     an LA image, the indices of a P image, the high bytes of a 16-bit image)."""
