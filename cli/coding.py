@@ -20,16 +20,6 @@ def _note_slow_arithmetic(blob: bytes) -> None:
                    "(about 100x slower than float32); decoding will take long", err=True)
 
 
-def _png_bytes(pixels) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels[..., 0] if pixels.ndim == 3 and pixels.shape[-1] == 1 else pixels).save(buf, format="PNG")
-    return buf.getvalue()
-
-
 def _set_threads(threads: Optional[int]) -> None:
     if threads is not None:
         import torch
@@ -47,11 +37,39 @@ def safe_relative(name: str) -> Path:
     return p
 
 
+
+STDIO = "-"
+
+
+def _show(quiet: bool, progress: bool, json_out: bool = False) -> bool:
+    """Progress bars: asked for, not quiet, no JSON, and only on a terminal."""
+    import sys
+
+    return progress and not quiet and not json_out and sys.stderr.isatty()
+
+
+def output_problem(path: Path, force: bool) -> str | None:
+    """Why ``path`` may not be (re)written as a file, or None. A symbolic link or a special
+    file (device, pipe, socket) is never replaced, even with --force."""
+    if path.is_symlink():
+        return f"{path}: is a symbolic link; vdmcodec never replaces one (to write to standard output use -o -)"
+    if path.is_dir():
+        return f"{path}: is a folder"
+    if path.exists() and not path.is_file():
+        return f"{path}: is not a regular file (a device, pipe or socket); to write to standard output use -o -"
+    if path.exists() and not force:
+        return f"{path}: exists (use --force to overwrite)"
+    return None
+
+
 def register(app: typer.Typer, run_guarded, fail) -> None:
     @app.command()
     def compress(
-        inputs: List[Path] = typer.Argument(..., help="Image files, folders (recursive), MNIST IDX, CIFAR batches or .npy/.npz."),
-        output: Path = typer.Option(..., "-o", "--output", help="The .vdmc file to write."),
+        inputs: List[Path] = typer.Argument(..., help="Image files, folders (recursive), MNIST IDX, CIFAR batches or "
+                                            ".npy/.npz. - reads ONE image file (any format Pillow reads) from "
+                                            "standard input."),
+        output: Path = typer.Option(..., "-o", "--output", help="The .vdmc file to write; - writes the archive to "
+                                    "standard output."),
         model: Optional[str] = typer.Option(None, help="Shipped model name or model directory (default: the default model)."),
         steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with "
                                             "(default: the model card's, see `vdmcodec models`; more steps: a smaller "
@@ -61,7 +79,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                                                  "decode only on a CPU of the encoder's SIMD level; portable ones on "
                                                  "any CPU at any thread count, several times slower. The decoder "
                                                  "follows the file."),
-        force: bool = typer.Option(False, "--force", help="Overwrite an existing output file (never an input)."),
+        force: bool = typer.Option(False, "--force", help="Overwrite an existing output file (never an input, a "
+                                   "symbolic link or a special file)."),
         threads: Optional[int] = typer.Option(1, min=1, max=1024, help="torch threads for the network; recorded in the "
                                               "file, whose decoder runs the same count. 1 (the default) decodes on "
                                               "any machine and was faster than 2 for the network's small batches here."),
@@ -69,87 +88,169 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                                        "first and code classically, without the diffusion chain, those whose "
                                        "classical file is far smaller (--no-preflight: run the chain on every image "
                                        "the model can code)."),
-        json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object."),
-        progress: bool = typer.Option(True, help="Show a progress bar."),
+        strip: bool = typer.Option(False, "--strip", help="Drop metadata: EXIF, ICC profiles, XMP, comments and PNG "
+                                   "ancillary chunks (kept and written back by default). Pixels, mode, palette, "
+                                   "transparency and frames are always kept."),
+        json_out: bool = typer.Option(False, "--json", help="Print one JSON document (what was written, the method "
+                                      "of every image) instead of the summary line."),
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help="Also print one line per image on stderr: mode, "
+                                     "frames, how it was coded."),
+        progress: bool = typer.Option(True, help="Show a progress bar (only when stderr is a terminal)."),
     ):
         """Compress images losslessly into one archive. The file appears only when complete
         (a kill or Ctrl-C leaves nothing, and an existing file stays as it was).
+
+        Kept: every pixel, the mode (1, L, P with its palette, LA, RGB, RGBA, 16-bit), every
+        frame of an animated GIF, PNG or WebP, and metadata (EXIF, ICC, XMP, comments, PNG
+        chunks) unless --strip. Inputs that would be restored under one name are refused.
 
         Example: vdmcodec compress samples/mnist -o digits.vdmc
         """
 
         def go():
+            import sys
+
+            import click
+
             _set_threads(threads)
-            from vdmcodec.coding import classical
             from vdmcodec.coding.chain import ARITHMETIC
             from vdmcodec.coding.codec import load_codec
-            from vdmcodec.data import iter_inputs, load_items
+            from vdmcodec.coding.envelope import attach
+            from vdmcodec.coding.preflight import PreflightConfig
+            from vdmcodec.data import iter_inputs
+            from vdmcodec.imagefile import compress_report, read_inputs, records_for
 
             if arithmetic is not None and arithmetic not in ARITHMETIC:
                 fail(f"--arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
-            out = output.resolve()
-            if any(out == f.resolve() for f, _ in iter_inputs(list(inputs))):
-                fail(f"{output}: is one of the inputs; refusing to overwrite an input")
-            if output.exists() and not force:
-                fail(f"{output}: exists (use --force to overwrite)")
-            if output.exists() and output.is_dir():
-                fail(f"{output}: is a folder")
-            items = load_items(list(inputs))
-            from vdmcodec.coding.preflight import PreflightConfig
-
+            to_stdout = str(output) == STDIO
+            if to_stdout:
+                if json_out:
+                    fail("--json prints to standard output, which -o - fills with the archive: use one of them")
+                if sys.stdout.isatty():
+                    fail("refusing to write an archive to a terminal: redirect standard output, or give -o FILE")
+            else:
+                out = output.resolve()
+                if any(out == f.resolve() for f, _ in iter_inputs([p for p in inputs if str(p) != STDIO])):
+                    fail(f"{output}: is one of the inputs; refusing to overwrite an input")
+                problem = output_problem(output, force)
+                if problem:
+                    fail(problem)
+            stdin = click.get_binary_stream("stdin").read() if any(str(p) == STDIO for p in inputs) else None
+            sources, input_bytes = read_inputs(list(inputs), strip=strip, stdin=stdin)
             codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None)
-            blob = codec.compress([it.pixels for it in items], steps=steps, names=[it.name for it in items], progress=progress)
-            from vdmcodec.zoo import atomic_write_bytes
+            planes = [p for s in sources for p in s.planes]
+            names = [s.name for s in sources for _ in s.planes]
+            blob = codec.compress(planes, steps=steps, names=names, progress=_show(quiet, progress, json_out))
+            blob = attach(blob, records_for(sources))
+            if to_stdout:
+                stream = click.get_binary_stream("stdout")
+                stream.write(blob)
+                stream.flush()
+            else:
+                from vdmcodec.files import atomic_write_bytes
 
-            atomic_write_bytes(output, blob)
-            dims = sum(it.pixels.size for it in items)
-            png = sum(len(classical.encode(it.pixels, "png")) for it in items)
-            res = {"images": len(items), "bytes": len(blob), "bpd": 8 * len(blob) / dims,
-                   "png_bytes": png, "png_bpd": 8 * png / dims, "steps": steps or codec.steps,
-                   "arithmetic": codec.arithmetic, "model": codec.info["name"], "output": str(output)}
-            typer.echo(f"{len(items)} images -> {output}: {len(blob)} bytes, {res['bpd']:.4f} bpd "
-                       f"(PNG: {png} bytes, {res['png_bpd']:.4f} bpd; {png / len(blob):.2f}x)")
+                atomic_write_bytes(output, blob)
+            res = compress_report(blob, sources, input_bytes, codec, "-" if to_stdout else str(output), strip)
             if json_out:
                 typer.echo(json.dumps(res))
+                return
+            if quiet:
+                return
+            for note in res["notes"]:
+                typer.echo(f"note: {note}", err=True)
+            if verbose:
+                for f in res["files"]:
+                    extra = f" + {'/'.join(f['extra_planes'])} planes" if f["extra_planes"] else ""
+                    meta = f"; metadata: {', '.join(f['metadata'])}" if f["metadata"] else ""
+                    typer.echo(f"{f['name']}: {f['format']} {f['mode']}, {f['frames']} frame{'s' * (f['frames'] != 1)}, "
+                               f"{f['method']}{extra}{meta}", err=True)
+            ratio = res["input_bytes"] / res["bytes"]
+            size = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
+            formats = ", ".join(f"{n} {fmt}" for fmt, n in res["input_formats"].items())
+            typer.echo(f"{res['images']} images -> {res['output']}: {res['bytes']} bytes, {res['bpd']:.4f} bpd "
+                       f"(input files: {res['input_bytes']} bytes, {formats}; {size})", err=to_stdout)
 
         run_guarded(go)
 
     @app.command()
     def decompress(
-        archive: Path = typer.Argument(..., help="A .vdmc file."),
-        output: Path = typer.Option(..., "-o", "--output", help="Folder to write PNG images into."),
+        archive: Path = typer.Argument(..., help="A .vdmc file; - reads it from standard input."),
+        output: Path = typer.Option(..., "-o", "--output", help="Folder to write the images into; - writes the ONE "
+                                    "image of a one-image archive to standard output (PNG bytes)."),
         model: Optional[str] = typer.Option(None, help="Model name or directory (default: the one the file names)."),
-        force: bool = typer.Option(False, "--force", help="Overwrite existing image files in the folder."),
+        force: bool = typer.Option(False, "--force", help="Overwrite existing image files in the folder (never a "
+                                   "symbolic link or a special file)."),
+        rename_duplicates: bool = typer.Option(False, "--rename-duplicates", help="Restore images whose name an "
+                                               "earlier image of the archive holds as NAME-2.png, NAME-3.png, ... "
+                                               "(archives written before duplicate names were refused)."),
         threads: Optional[int] = typer.Option(None, min=1, max=1024, help="torch threads. A file decodes bit-exactly only at "
                                               "the count it was coded with, used by default when this machine has that many CPUs."),
-        progress: bool = typer.Option(True, help="Show a progress bar."),
+        quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
+        verbose: bool = typer.Option(False, "-v", "--verbose", help="Also print one line per image written."),
+        progress: bool = typer.Option(True, help="Show a progress bar (only when stderr is a terminal)."),
     ):
-        """Restore the exact images of an archive as PNG files under their original names.
+        """Restore the exact images of an archive under their original names, as PNG files
+        (APNG for animations), with their mode, palette, frames and metadata.
 
         Every image is decoded and verified before the first file is written; files appear
         only complete, and an error or Ctrl-C removes the ones already written."""
 
         def go():
+            import sys
+
+            import click
+
             _set_threads(threads)
             from vdmcodec.coding.codec import decompress_file_bytes
+            from vdmcodec.coding.container import unpack
             from vdmcodec.files import write_files
+            from vdmcodec.imagefile import file_names, restore_files
 
-            try:
-                blob = archive.read_bytes()
-            except OSError as e:
-                fail(f"{archive}: {e.strerror}")
-            _note_slow_arithmetic(blob)
-            images = decompress_file_bytes(blob, model=model, progress=progress)
-            targets = [output / safe_relative(name) for _, name in images]
-            if output.exists() and not output.is_dir():
+            to_stdout = str(output) == STDIO
+            if to_stdout and sys.stdout.isatty():
+                fail("refusing to write image data to a terminal: redirect standard output, or give -o FOLDER")
+            if not to_stdout and output.exists() and not output.is_dir():
                 fail(f"{output}: exists and is not a folder")
-            clash = [t for t in targets if t.exists()]
-            if clash and not force:
-                fail(f"{clash[0]}: exists (use --force to overwrite); nothing was written")
-            if len(set(targets)) != len(targets):
-                fail("archive holds duplicate image names")
-            write_files([(t, _png_bytes(pixels)) for (pixels, _), t in zip(images, targets)])
-            typer.echo(f"{len(images)} images -> {output}")
+            if str(archive) == STDIO:
+                blob = click.get_binary_stream("stdin").read()
+            else:
+                try:
+                    blob = archive.read_bytes()
+                except OSError as e:
+                    fail(f"{archive}: {e.strerror}")
+            if not quiet:
+                _note_slow_arithmetic(blob)
+            header, _ = unpack(blob)
+            names = file_names(header)  # every check on the names before the (long) decoding
+            if to_stdout and len(names) != 1:
+                fail(f"the archive holds {len(names)} images and -o - writes one: give a folder")
+            names, renamed = unique_names(names, rename_duplicates)
+            if renamed is None:
+                fail(f"archive holds duplicate image names ({names}); restore them with --rename-duplicates; "
+                     "nothing was written")
+            targets = [output / safe_relative(n) for n in names]
+            for t in targets if not to_stdout else []:
+                problem = output_problem(t, force)
+                if problem:
+                    fail(f"{problem}; nothing was written")
+            images = decompress_file_bytes(blob, model=model, progress=_show(quiet, progress))
+            files = restore_files(header, images)
+            if to_stdout:
+                stream = click.get_binary_stream("stdout")
+                stream.write(files[0].data)
+                stream.flush()
+                return
+            write_files([(t, f.data) for f, t in zip(files, targets)])
+            if quiet:
+                return
+            for old, new in renamed:
+                typer.echo(f"note: a second image named {old} was written as {new}", err=True)
+            if verbose:
+                for f, t in zip(files, targets):
+                    was = f" (was {f.source})" if f.source else ""
+                    typer.echo(f"{t}: {f.mode}, {f.frames} frame{'s' * (f.frames != 1)}, {len(f.data)} bytes{was}", err=True)
+            typer.echo(f"{len(files)} images -> {output}")
 
         run_guarded(go)
 
@@ -165,6 +266,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             from dataclasses import asdict
 
             from vdmcodec.coding.container import unpack
+            from vdmcodec.coding.envelope import records_of
             from vdmcodec.coding.structure import describe
 
             try:
@@ -172,10 +274,16 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             except OSError as e:
                 fail(f"{archive}: {e.strerror}")
             header, payload = unpack(blob)
+            records = records_of(header)
             methods = Counter(header.image_methods())
             d = asdict(header)
+            d.pop("envelope")
             d.update({"images": header.count, "bytes": len(blob), "payload_bytes": len(payload),
-                      "method_counts": dict(methods)})
+                      "method_counts": dict(methods), "version": blob[4],
+                      "records": [{"start": r.start, "mode": r.mode, "frames": r.frames, "source": r.source,
+                                   "animated": r.animation is not None, "extra_planes": [p.method for p in r.planes],
+                                   "metadata": [m.chunk.decode("latin-1") if m.kind == "png" else m.kind for m in r.metadata]}
+                                  for r in records]})
             if json_out:
                 typer.echo(json.dumps(d))
                 return
@@ -192,5 +300,34 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             else:
                 typer.echo("model: none (every image is coded classically)")
             typer.echo("methods: " + ", ".join(f"{m} x{n}" for m, n in methods.items()))
+            if records:
+                modes = Counter(r.mode for r in records)
+                frames = sum(r.frames for r in records if r.animation is not None)
+                typer.echo(f"image records: {len(records)} (modes {', '.join(f'{m} x{n}' for m, n in modes.items())}; "
+                           f"{sum(r.animation is not None for r in records)} animations, {frames} frames; "
+                           f"metadata on {sum(bool(r.metadata) for r in records)})")
 
         run_guarded(go)
+
+
+def unique_names(names: list[str], rename: bool) -> tuple[list[str], list[tuple[str, str]] | None]:
+    """(names, renames). Without ``rename``: (the first duplicate name, None) where there is
+    one. With it: a later image whose name is taken becomes STEM-2.SUFFIX, STEM-3.SUFFIX, ...
+    (a name no image of the archive holds), listed in renames."""
+    taken, out, renamed = set(names), [], []
+    used: set[str] = set()
+    for n in names:
+        if n in used:
+            if not rename:
+                return n, None
+            p = Path(n)
+            k = 2
+            while str(p.with_name(f"{p.stem}-{k}{p.suffix}")) in taken:
+                k += 1
+            new = str(p.with_name(f"{p.stem}-{k}{p.suffix}"))
+            taken.add(new)
+            renamed.append((n, new))
+            n = new
+        used.add(n)
+        out.append(n)
+    return out, renamed

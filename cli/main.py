@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -37,6 +38,20 @@ def run_guarded(fn):
         if os.environ.get("VDMCODEC_DEBUG"):
             raise
         _fail(f"internal error: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} (set VDMCODEC_DEBUG=1 for details)")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from vdmcodec import __version__
+
+        typer.echo(f"vdmcodec {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                          help="Print the version and exit.")):
+    """vdmcodec: lossless image compression with a Variational Diffusion Model."""
 
 
 @app.command()
@@ -99,8 +114,8 @@ def eval_cmd(
     t_samples: Optional[int] = typer.Option(None, min=1, help="With --steps: Monte-Carlo steps per image instead of all T."),
     seed: int = typer.Option(0, help="Noise seed."),
     batch_size: int = typer.Option(100, min=1, help="Images per network call."),
-    json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object."),
-    progress: bool = typer.Option(True, help="Show a progress bar."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the summary lines."),
+    progress: bool = typer.Option(True, help="Show a progress bar (only when stderr is a terminal)."),
 ):
     """Negative ELBO in bits per dimension (mean +- standard error over images)."""
 
@@ -119,17 +134,19 @@ def eval_cmd(
             items = items[:limit]
         if not items:
             _fail(f"{data}: no images in the selection")
-        res = evaluate(m, items, steps=steps, batch_size=batch_size, seed=seed, t_samples=t_samples, progress=progress,
+        bar = progress and not json_out and sys.stderr.isatty()
+        res = evaluate(m, items, steps=steps, batch_size=batch_size, seed=seed, t_samples=t_samples, progress=bar,
                        times=times)
         res["model"] = info["name"]
         if steps is not None:
             res["level_times"] = "uniform" if times is None else "card"
+        if json_out:
+            typer.echo(json.dumps(res))
+            return
         typer.echo(f"model {info['name']}: {res['images']} images, continuous {res['bpd_continuous']:.4f} +- {res['bpd_continuous_se']:.4f} bpd")
         if steps is not None:
             typer.echo(f"discrete T={steps} ({'uniform level times' if times is None else 'the card level times'}): "
                        f"{res['bpd_discrete']:.4f} +- {res['bpd_discrete_se']:.4f} bpd")
-        if json_out:
-            typer.echo(json.dumps(res))
 
     run_guarded(go)
 

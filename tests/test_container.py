@@ -108,7 +108,7 @@ def test_short_and_foreign_blobs():
         unpack("VDMC...")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 8, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 9, 255])
 def test_wrong_version(version):
     blob = bytearray(pack(header(), b""))
     blob[4] = version

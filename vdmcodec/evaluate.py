@@ -7,6 +7,7 @@ import numpy as np
 import torch
 
 from .data import ImageItem, to_tensor
+from .errors import DataError
 from .diffusion import VDM
 from .likelihood import bpd_continuous, bpd_discrete, mean_and_stderr
 
@@ -24,6 +25,12 @@ def evaluate(model: VDM, items: list[ImageItem], steps: int | None = None, batch
     """Negative ELBO in bits per dimension over images (mean and standard error over
     images, each image weighted equally), continuous-time and with ``steps`` discrete
     (at level ``times``, a chain's: likelihood.bpd_discrete; None: uniform)."""
+    channels = model.cfg.network.image_channels
+    for it in items:
+        if it.pixels.shape[-1] != channels:
+            kind = {1: "grayscale", 3: "RGB"}
+            raise DataError(f"{it.name}: a {kind.get(it.pixels.shape[-1], 'multi-channel')} image, and this model takes "
+                            f"{kind.get(channels, f'{channels}-channel')} images (see `vdmcodec models`)")
     device = next(model.parameters()).device
     g = torch.Generator().manual_seed(seed)
     cont = np.zeros(len(items))

@@ -87,16 +87,28 @@ class _Staged:
             self.tmp = None
 
 
+def _naming(path: Path, e: OSError) -> OSError:
+    """``e`` as it concerns ``path``: an error on a temporary file or a /proc link names the
+    target instead (the user never sees those names)."""
+    name = str(e.filename or "")
+    if name and (Path(name).name.startswith(".") and name.endswith(".tmp") or name.startswith("/proc/self/fd/")):
+        return type(e)(e.errno, e.strerror, str(path))
+    return e
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` (creating its folder): afterwards the file is complete;
     if the process dies before, ``path`` is untouched and (on Linux) nothing else is left."""
     path = Path(path)
-    staged = _Staged(_existing(path.parent), data)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        staged.commit(path)
-    finally:
-        staged.discard()
+        staged = _Staged(_existing(path.parent), data)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            staged.commit(path)
+        finally:
+            staged.discard()
+    except OSError as e:
+        raise _naming(path, e) from None
 
 
 def write_files(items: Sequence[tuple[Path, bytes]]) -> None:
@@ -115,10 +127,16 @@ def write_files(items: Sequence[tuple[Path, bytes]]) -> None:
             try:
                 for path, data in items[start : start + STAGE_BATCH]:
                     path = Path(path)
-                    staged.append((path, _Staged(_existing(path.parent), data)))
+                    try:
+                        staged.append((path, _Staged(_existing(path.parent), data)))
+                    except OSError as e:
+                        raise _naming(path, e) from None
                 for path, s in staged:
-                    made += _mkdirs(path.parent)
-                    s.commit(path)
+                    try:
+                        made += _mkdirs(path.parent)
+                        s.commit(path)
+                    except OSError as e:
+                        raise _naming(path, e) from None
                     done.append(path)
             finally:
                 for _, s in staged:

@@ -455,10 +455,19 @@ class Codec:
 
     # ---- decompress ------------------------------------------------------------------
     def decompress(self, blob: bytes, progress: bool = False, limits: DecodeLimits | None = None) -> list[np.ndarray]:
+        """The images of an archive written by ``compress``, bit-exact, in order: uint8 arrays
+        [H, W, C], or [H, W] where the caller gave [H, W]. ``limits`` bounds what the file may
+        claim (DecodeLimits; default: the format's own limits). Raises FormatError on a
+        damaged or forged file, ModelError when it needs another model. An archive written
+        from files by the CLI holds codec images (one per frame; 16-bit and alpha planes in its
+        image records): vdmcodec.imagefile.restore_files rebuilds the files."""
         return [im for im, _ in self.decompress_named(blob, progress, limits)]
 
     def decompress_named(self, blob: bytes, progress: bool = False,
                          limits: DecodeLimits | None = None) -> list[tuple[np.ndarray, str]]:
+        """Like ``decompress``, with each image's name: (pixels, name) in archive order. Names are
+        relative paths as stored (not checked here for safety as output paths; frames of one
+        animation share their file's name)."""
         header, payload = unpack(blob)
         return decode_payload(header, payload, self, progress, limits)
 
@@ -654,7 +663,7 @@ def _mismatch(header: Header) -> FormatError:
 
 
 def _bar(progress: bool, total: int, desc: str):
-    if not progress:
+    if not progress or not total:
         return None
     from tqdm import tqdm
 

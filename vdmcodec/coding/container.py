@@ -1,15 +1,17 @@
-"""The .vdmc container (format version 7; versions 3 to 6 are still read): a compact binary
-header, then the payload.
+"""The .vdmc container (format versions 7 and 8; versions 3 to 6 are still read): a compact
+binary header, then the payload.
 
 Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (7; 6 has no JPEG XL, 5 nor channel correlations, 4 nor structure priors,
-                  3 nor level times)
+    4       1     format version (8 with image records, else 7; 6 has no JPEG XL, 5 nor channel
+                  correlations, 4 nor structure priors, 3 nor level times)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
-    5+v+H   P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
+    (version 8 only) varint length E, then E bytes: the image records (coding/envelope.py:
+                  original modes, palettes, frames, metadata, alpha and 16-bit planes)
+            P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
     end-4   4     CRC-32 (u32 LE) of every byte before it
 
 The header is small on purpose: a one-image file of a 28x28 digit is about 30 bytes of
@@ -22,15 +24,16 @@ from __future__ import annotations
 
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..errors import FormatError
 from .structure import parse_prior, prior_size
 from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
-VERSION = 7
-READABLE_VERSIONS = (3, 4, 5, 6, 7)
+VERSION = 7            # written for archives without image records (byte-identical to before version 8)
+ENVELOPE_VERSION = 8   # version 7 plus the image-record section; its coder constants are version 7's
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
@@ -75,6 +78,7 @@ class Header:
     corr: str | None = None         # hex, 8 bytes of SHA-256 of the channel correlation table (levels.py); None: p factorises
     structures: list = field(default_factory=list)  # per tiled image: a structure / jpeg_prior prior or None (version 5)
     corr_scales: list = field(default_factory=list)  # per tiled image with ``corr``: its share of the correlations, in 1/CORR_SCALE_STEPS
+    envelope: bytes = b""           # version 8: the image-record section, parsed by coding/envelope.py (b"": none)
 
     @property
     def count(self) -> int:
@@ -175,15 +179,18 @@ def encode_header(h: Header) -> bytes:
     return bytes(out)
 
 
-def frame(header_bytes: bytes, payload: bytes) -> bytes:
-    body = MAGIC + bytes([VERSION]) + _varint(len(header_bytes)) + header_bytes + payload
+def frame(header_bytes: bytes, payload: bytes, envelope: bytes = b"") -> bytes:
+    """The file's bytes: version 7 without image records, version 8 with them."""
+    version = ENVELOPE_VERSION if envelope else VERSION
+    records = _varint(len(envelope)) + envelope if envelope else b""
+    body = MAGIC + bytes([version]) + _varint(len(header_bytes)) + header_bytes + records + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
 
 def pack(header: Header, payload: bytes) -> bytes:
     hb = encode_header(header)
     _validate(parse_header(hb))  # never write what we would refuse to read
-    return frame(hb, payload)
+    return frame(hb, payload, header.envelope)
 
 
 # ---- reading --------------------------------------------------------------------------
@@ -356,6 +363,14 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
     if hlen > len(blob) - 4 - start:
         raise FormatError("truncated file (header length exceeds the file)")
     header = _validate(parse_header(blob[start : start + hlen], version))
+    if version >= ENVELOPE_VERSION:
+        r.pos = start + hlen
+        elen = r.varint("image records length", len(blob))
+        if not 1 <= elen <= len(blob) - 4 - r.pos:
+            raise FormatError("truncated file (image records length exceeds the file)" if elen else
+                              "invalid header: version 8 without image records")
+        header = replace(header, envelope=r.take(elen, "image records"))
+        return header, blob[r.pos : -4]
     return header, blob[start + hlen : -4]
 
 
