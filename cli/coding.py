@@ -74,6 +74,10 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         steps: Optional[int] = typer.Option(None, min=1, max=100000, help="T, the number of diffusion steps to code with "
                                             "(default: the model card's, see `vdmcodec models`; more steps: a smaller "
                                             "file in proportionally more time, e.g. 128 on natural)."),
+        effort: int = typer.Option(7, "-e", "--effort", min=1, max=9, help="Speed against size, as cjxl's: 1 is the "
+                                   "fastest (classical codecs only up to 3), 9 the smallest. Sets the classical "
+                                   "codecs' efforts and the diffusion steps T (the model card's table; 7: its "
+                                   "default T). --steps overrides T."),
         arithmetic: Optional[str] = typer.Option(None, help="The network's arithmetic: float32, float32-nhwc, "
                                                  "bfloat16-nhwc or portable (default: the model card's). Float files "
                                                  "decode only on a CPU of the encoder's SIMD level; portable ones on "
@@ -141,7 +145,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None)
             planes = [p for s in sources for p in s.planes]
             names = [s.name for s in sources for _ in s.planes]
-            blob = codec.compress(planes, steps=steps, names=names, progress=_show(quiet, progress, json_out))
+            blob = codec.compress(planes, steps=steps, names=names, progress=_show(quiet, progress, json_out), effort=effort)
             blob = attach(blob, records_for(sources))
             if to_stdout:
                 stream = click.get_binary_stream("stdout")

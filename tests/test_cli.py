@@ -222,3 +222,21 @@ def test_compress_preflight_skips_the_chain_unless_switched_off(tmp_path, tiny_m
     assert bool(calls) == chained
     res = runner.invoke(app, ["info", str(arc), "--json"])
     assert res.exit_code == 0 and json.loads(res.stdout)["images"] == 1
+
+
+def test_effort_sets_what_compress_runs(tmp_path, tiny_model_dir):
+    """-e 1 (classical only) writes no model; -e 7 with --steps runs the chain on digits;
+    an effort outside 1..9 is refused in one line."""
+    from vdmcodec.coding.container import unpack
+
+    rng = np.random.default_rng(3)
+    for k in range(4):
+        Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / f"{k}.png")
+    out = tmp_path / "a.vdmc"
+    res = runner.invoke(app, ["compress", str(tmp_path), "-o", str(out), "--model", str(tiny_model_dir), "-e", "1", "-q"])
+    assert res.exit_code == 0, res.output
+    header = unpack(out.read_bytes())[0]
+    assert header.model is None and header.steps == 0
+    res = runner.invoke(app, ["compress", str(tmp_path), "-o", str(tmp_path / "b.vdmc"), "--model", str(tiny_model_dir),
+                              "-e", "10"])
+    assert res.exit_code != 0 and "Traceback" not in res.output
