@@ -176,3 +176,28 @@ def test_a_network_that_returns_nan_gives_a_format_error(channels):
             p.fill_(float("nan"))
     with pytest.raises(FormatError):
         broken.decompress(blob)
+
+
+# ---- structured forgeries (benchmarks/fuzzing.py runs them all, with truncations, in a worker) ----
+def test_every_header_field_of_a_tiled_archive_at_its_extremes_is_refused_or_harmless():
+    """Each field the parser reads (tile layouts, segment byte counts, structure records
+    included) at 0, 1, its limit +-1, 2^32, 2^40, 2^64 - 1, ...; the frame and the payload at
+    extremes; segments and records swapped: the codec's one-line error, or the seed's pixels."""
+    from benchmarks import fuzzing, hardening
+
+    codec = tiny_codec(3)
+    seeds = hardening.tiled_seeds(codec, STEPS, np.random.default_rng(0))
+    fams = {"field": [], "frame": [], "payload": [], "swap": []}
+    tiled = seeds[0]
+    fams["field"] = fuzzing.field_forgeries(tiled) + [i for s in seeds[1:] for i in fuzzing.field_forgeries(s)
+                                                       if "structure" in i.how]  # the prior records' fields
+    fams["frame"] = fuzzing.frame_forgeries(tiled)[::8]
+    fams["payload"] = fuzzing.payload_forgeries(tiled, seeds)
+    fams["swap"] = fuzzing.swap_forgeries(tiled)
+    assert any("segment bytes" in i.how and i.how.endswith("=1099511627776") for i in fams["field"])
+    by_name = {s.name: s for s in seeds}
+    for fam, inputs in fams.items():
+        assert inputs, fam
+        for inp in inputs:
+            kind, err, msg = fuzzing.decode_outcome(inp.blob, {"tiny-rgb": codec}, by_name[inp.source], fuzzing.FUZZ_LIMITS)
+            assert kind in ("refused", "decoded-identical"), (inp.how, kind, err, msg)

@@ -35,6 +35,10 @@ can be a Gaussian per pixel whose extra variance (beyond beta-tilde) is correlat
 three colour channels, as the network's error is (``_p_codec_corr``; the correlations come from
 the model card, levels.py). Coded as channel 0, then 1 given 0, then 2 given 0 and 1.
 
+The coder's constants (the windows, p(x | z_0)'s rows per call, the whitening digits, the
+grid rule) are those of a format version (spec.py; ``ChainConfig.spec``): a decoder runs the
+record of the file's version, so retuning one is a new format version, never an edit.
+
 Determinism: the coder's parameters are float64 numpy computed from (a) the schedule in
 float64 and (b) the network's output (float32, or bfloat16 autocast's, cast to float32) on
 the float32 latent; the decoder feeds the network bit-identical inputs in the same batch
