@@ -75,7 +75,9 @@ class Header:
     corr: str | None = None         # hex, 8 bytes of SHA-256 of the channel correlation table (levels.py); None: p factorises
     structures: list = field(default_factory=list)  # per tiled image: a structure / jpeg_prior prior or None (version 5)
     corr_scales: list = field(default_factory=list)  # per tiled image with ``corr``: its share of the correlations, in 1/CORR_SCALE_STEPS
-    version: int = VERSION          # the format version it was read from (spec.py: the coder of that version); written: VERSION
+    # the format version it was read from (spec.py: the coder of that version); files are written at VERSION.
+    # Not part of equality: a header means the same whichever version carried it
+    version: int = field(default=VERSION, compare=False)
 
     @property
     def count(self) -> int:
