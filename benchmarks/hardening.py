@@ -129,6 +129,8 @@ def _build_seeds(codecs: dict[str, Codec], mnist_steps: int, tiny_steps: int) ->
                                                                      for _ in range(4)]
         blob = codecs["tiny"].compress(imgs, steps=tiny_steps, force_model=True)
         seeds.append(Seed("tiny-chain", blob, tuple(imgs), "tiny"))
+    if "tiny-rgb" in codecs:
+        seeds += tiled_seeds(codecs["tiny-rgb"], tiny_steps, rng)
     if "mnist" in codecs:
         if MNIST.exists():
             from vdmcodec.data import read_idx
@@ -140,6 +142,38 @@ def _build_seeds(codecs: dict[str, Codec], mnist_steps: int, tiny_steps: int) ->
         blob = codecs["mnist"].compress(imgs, steps=mnist_steps, force_model=True)
         seeds.append(Seed("mnist-chain", blob, tuple(imgs), "mnist"))
     return seeds
+
+
+def tiled_seeds(codec: Codec, steps: int, rng: np.random.Generator) -> list[Seed]:
+    """An archive whose images are coded in tiles (``codec``: a three-channel model): a
+    smooth RGB image of a few tiles, seeded by a classical segment on the stack, a gray one
+    through the RGB model (tiled-gray) and two small RGB chunks; and the same archive with a
+    chroma-structure prior and with a JPEG-lattice prior recorded on its RGB image (forged:
+    they decode to a checksum mismatch, but every field of both records gets forged)."""
+    import dataclasses
+
+    from vdmcodec.coding import container
+    from vdmcodec.coding.structure import parse_prior
+
+    codec = Codec(codec.model, codec.info, steps=steps, tile=8, arithmetic=codec.arithmetic, preflight=None)
+    side = 20  # 3 x 3 tiles of 8 (the decoder reads the tile side from the header)
+    y, x = np.mgrid[0:side, 0 : side - 3]
+    rgb = np.clip((y * 3 + x * 2)[..., None] + 40 * np.arange(3) + rng.integers(-6, 7, (side, side - 3, 3)), 0, 255)
+    imgs = [rgb.astype(np.uint8), rng.integers(0, 256, (9, 6), dtype=np.uint8)] + [
+        rng.integers(0, 256, (2, 2, 3), dtype=np.uint8) for _ in range(2)]
+    blob = codec.compress(imgs, steps=steps, force_model=True)
+    h, payload = container.unpack(blob)
+    if not any(s.method != "vdm" for layout in h.tiled for b in layout.bands for s in b.segments):
+        raise RuntimeError("the tiled seed has no classical segment: change its images")
+    out = [Seed("tiny-tiled", blob, tuple(imgs), "tiny-rgb")]
+    priors = {"structure": parse_prior(bytes([2]) + b"\x10\x00" * 78), "jpeg": parse_prior(
+        bytes([3]) + bytes(range(1, 65)) + b"\x00\x01" * 3)}
+    for name, prior in priors.items():
+        forged = dataclasses.replace(h, structures=[prior if m == "tiled" else None for m in h.image_methods()
+                                                   if m in container.TILED_METHODS])
+        out.append(Seed(f"tiny-tiled-{name}", container.frame(container.encode_header(forged), payload), tuple(imgs),
+                        "tiny-rgb"))
+    return out
 
 
 # ---- round trips ---------------------------------------------------------------------------

@@ -116,6 +116,7 @@ def quantized_gaussian(mean: np.ndarray, std: np.ndarray, lo: int, hi: int) -> C
     model = _model.QuantizedGaussian(int(lo), int(hi))
     mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
     std = np.ascontiguousarray(std, dtype=np.float64).ravel()
+    _check_gaussian(mean, std)
 
     def push(msg: Message, k: np.ndarray) -> None:
         k = np.asarray(k).ravel()
@@ -142,9 +143,10 @@ def windowed_gaussian(mean: np.ndarray, std: np.ndarray, width: int, escape: boo
     a value outside it is an error (for posteriors, whose samples come from their own pops).
     """
     mean = np.ascontiguousarray(mean, dtype=np.float64).ravel()
+    std = np.ascontiguousarray(std, dtype=np.float64).ravel()
+    _check_gaussian(mean, std)
     centre = np.rint(mean).astype(np.int64)
     rel_mean = mean - centre
-    std = np.ascontiguousarray(std, dtype=np.float64).ravel()
     width = int(width)
     _check_support(2 * width + 1)
     model = _model.QuantizedGaussian(-width, width)
@@ -186,6 +188,7 @@ def categorical(probs: np.ndarray) -> Codec:
     """Symbols 0..K-1, one probability row per symbol ([n, K], rows need not sum to 1)."""
     model = _model.Categorical(perfect=False)
     probs = np.ascontiguousarray(probs, dtype=np.float64)
+    _check_categorical(probs)
 
     def push(msg: Message, x: np.ndarray) -> None:
         msg.push(np.asarray(x).ravel(), model, probs)
@@ -222,9 +225,40 @@ def _check_support(n: int) -> None:
         raise ValueError(f"a codec's support must hold 2..{MAX_SUPPORT} symbols, got {n}")
 
 
+MAX_ABS_MEAN = float(1 << 52)  # a Gaussian's mean in bins: rounding it to an int64 centre stays exact
+
+
+def _check_gaussian(mean: np.ndarray, std: np.ndarray) -> None:
+    """What constriction's Gaussians accept without panicking (a std that is NaN, zero or
+    negative aborts the call with a PanicException) and what the window arithmetic keeps
+    exact: finite means within +-MAX_ABS_MEAN, finite positive stds, one of each per symbol.
+    A decoder that computed such values from a damaged file gets a ValueError."""
+    if mean.shape != std.shape:
+        raise ValueError(f"a Gaussian codec needs one std per mean ({mean.size} means, {std.size} stds)")
+    if mean.size and not (np.isfinite(mean).all() and np.abs(mean).max() <= MAX_ABS_MEAN):
+        raise ValueError("a Gaussian codec's mean is not finite or out of range")
+    if std.size and not (np.isfinite(std).all() and std.min() > 0):
+        raise ValueError("a Gaussian codec's std is not a positive finite number")
+
+
+def _check_categorical(probs: np.ndarray) -> None:
+    """Rows constriction's categorical model accepts: [n, K] with 2 <= K <= MAX_SUPPORT,
+    finite non-negative entries and a positive finite sum per row."""
+    if probs.ndim != 2:
+        raise ValueError(f"categorical probabilities must be [n, K], got shape {probs.shape}")
+    _check_support(probs.shape[1])
+    if probs.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            sums = probs.sum(axis=1)
+        if not (np.isfinite(probs).all() and probs.min() >= 0 and np.isfinite(sums).all() and sums.min() > 0):
+            raise ValueError("categorical probabilities are not finite, non-negative and normalisable")
+
+
 def _pop_n(msg: Message, model, count: int) -> np.ndarray:
-    # constriction decodes `count` i.i.d. symbols of a fully parameterised model
-    if msg.is_dry and count:
+    # constriction decodes `count` i.i.d. symbols of a fully parameterised model (each of
+    # at least 2 symbols, so at least one bit: a count over the stack's bits is refused
+    # before constriction allocates for it)
+    if count and (msg.is_dry or count > msg.num_bits):
         raise EmptyMessageError("pop from an empty ANS stack")
     out = np.asarray(msg.coder.decode(model, count), dtype=np.int32)
     if count and msg.is_dry:

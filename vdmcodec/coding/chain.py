@@ -35,6 +35,10 @@ can be a Gaussian per pixel whose extra variance (beyond beta-tilde) is correlat
 three colour channels, as the network's error is (``_p_codec_corr``; the correlations come from
 the model card, levels.py). Coded as channel 0, then 1 given 0, then 2 given 0 and 1.
 
+The coder's constants (the windows, p(x | z_0)'s rows per call, the whitening digits, the
+grid rule) are those of a format version (spec.py; ``ChainConfig.spec``): a decoder runs the
+record of the file's version, so retuning one is a new format version, never an edit.
+
 Determinism: the coder's parameters are float64 numpy computed from (a) the schedule in
 float64 and (b) the network's output (float32, or bfloat16 autocast's, cast to float32) on
 the float32 latent; the decoder feeds the network bit-identical inputs in the same batch
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import copy
 import math
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,12 +60,19 @@ from ..diffusion import VDM, VOCAB, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
 from .ans import Codec, Message, autoregressive, categorical, permuted, whiten, windowed_gaussian
+from .spec import CURRENT, CoderSpec
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
-MAX_CATEGORICAL_SYMBOLS = 1 << 17  # probability rows per constriction call (memory bound)
-WINDOW_STDS = 16.0  # p's coded window: +-16 std around its mean (then escape to raw bits)
-Q_WINDOW_STDS = 6.0  # q's support: truncated at +-6 std (mass outside: 2e-9)
-X_WINDOW_STDS = 12.0  # p(x | z_0)'s window holds at least +-12 std of its mass (outside: 2e-32)
+# The coder's constants are per format version (spec.py); these names are the current ones.
+MAX_CATEGORICAL_SYMBOLS = CURRENT.max_categorical_symbols  # probability rows per constriction call (memory bound)
+WINDOW_STDS = CURRENT.p_window_stds  # p's coded window: +-16 std around its mean (then escape to raw bits)
+Q_WINDOW_STDS = CURRENT.q_window_stds  # q's support: truncated at +-6 std (mass outside: 2e-9)
+X_WINDOW_STDS = CURRENT.x_window_stds  # p(x | z_0)'s window holds at least +-12 std of its mass (outside: 2e-32)
+MIN_GRID_BITS, MAX_GRID_BITS = 1, 16  # the container's range for grid_bits
+# the rules of a CoderSpec this build implements (ans.py, tiles.py and this module)
+IMPLEMENTED_RULES = {"escape_digit_bits": 16, "whiten_digit_bits": 16, "whiten_mask": "splitmix64-low16",
+                     "delta_rule": "min-std", "posterior_order": "far", "gaussian_model": "leaky-quantized-gaussian-24",
+                     "categorical_model": "leaky-categorical-24", "raw_byte_model": "uniform-256"}
 
 
 @dataclass(frozen=True)
@@ -109,19 +121,40 @@ class ChainConfig:
     # the network error's correlation between colour channels as a function of gamma, rows
     # (gamma, r_01, r_02, r_12) (levels.py: channel correlations); None: p factorises over channels
     channel_corr: tuple[tuple[float, float, float, float], ...] | None = None
+    spec: CoderSpec = CURRENT  # the coder's constants: those of the file's format version (spec.py)
+
+    def __post_init__(self):
+        # refused here, before any work: a chain the container would refuse to record
+        if not _is_int(self.steps) or self.steps < 1:
+            raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
+        if not _is_int(self.grid_bits) or not MIN_GRID_BITS <= self.grid_bits <= MAX_GRID_BITS:
+            raise ValueError(f"grid_bits must be an integer in [{MIN_GRID_BITS}, {MAX_GRID_BITS}], got {self.grid_bits!r}")
+        if self.arithmetic not in ARITHMETIC:
+            raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {self.arithmetic!r}")
+        check_spec(self.spec)
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def check_spec(spec: CoderSpec) -> CoderSpec:
+    """Refuse a coder record that names a rule this build does not implement, or whose
+    numbers no coder can run."""
+    for name, value in IMPLEMENTED_RULES.items():
+        if getattr(spec, name) != value:
+            raise ValueError(f"coder {name} = {getattr(spec, name)!r} is not implemented by this build (it has {value!r})")
+    if not (0 < spec.q_window_stds <= spec.x_window_stds and 0 < spec.p_window_stds and spec.max_categorical_symbols >= 1
+            and spec.whiten_extra_digits >= 0):
+        raise ValueError(f"coder constants out of range: {spec}")
+    return spec
 
 
 class DiffusionChain:
     """The T-step chain for one model: per-level grids and the push/pop of a batch."""
 
     def __init__(self, model: VDM, cfg: ChainConfig):
-        if cfg.steps < 1:
-            raise ValueError(f"steps must be >= 1, got {cfg.steps}")
-        if not 0 <= cfg.grid_bits <= 16:
-            raise ValueError(f"grid_bits must be in [0, 16], got {cfg.grid_bits}")
-        if cfg.arithmetic not in ARITHMETIC:
-            raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {cfg.arithmetic!r}")
-        self.model, self.cfg = model, cfg
+        self.model, self.cfg, self.spec = model, cfg, cfg.spec  # cfg validated itself (__post_init__)
         self.arithmetic = ARITHMETIC[cfg.arithmetic]
         self._memory_format = self.arithmetic.memory_format
         self.portable = self.arithmetic.portable
@@ -177,7 +210,8 @@ class DiffusionChain:
         # alpha_0 x, so x lies within twice that of the value nearest to z_0 / alpha_0
         self.x_means = self.alpha[0] * scale_pixels(torch.arange(VOCAB)).double().numpy()  # alpha_0 x, increasing
         step = float(np.diff(self.x_means).min())  # alpha_0 times the spacing of the scaled pixel values
-        reach = max(2.0 * (Q_WINDOW_STDS * self.sigma[0] + 2.0 * self.delta[0]), X_WINDOW_STDS * self.sigma[0])
+        reach = max(2.0 * (self.spec.q_window_stds * self.sigma[0] + 2.0 * self.delta[0]),
+                    self.spec.x_window_stds * self.sigma[0])
         self.x_half = min(VOCAB - 1, math.ceil(reach / step) + 1)
         self.x_width = min(VOCAB, 2 * self.x_half + 1)
         # latent symbols are int32 (escapes code them raw): |z| up to 64 must fit
@@ -248,7 +282,7 @@ class DiffusionChain:
         if self.cfg.whiten:
             ratio = np.float64(self.std_q[i] / self.delta[i])
             h_q = (float(self._log(ratio)) / exact.LN2 if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
-            whiten(msg, math.ceil(n * h_q / 16) + 2, key=i)
+            whiten(msg, math.ceil(n * h_q / self.spec.whiten_digit_bits) + self.spec.whiten_extra_digits, key=i)
 
     def _corr(self, i: int, structure=None, scale: float = 1.0):
         """The channel correlations for p(z_{i-1} | z_i) (the network runs at level i) times
@@ -273,7 +307,8 @@ class DiffusionChain:
         independent random pops the same grid costs the ELBO)."""
         d, s = self.delta[i], self.std_q[i] / self.delta[i]
         perm = far_order(mean.size)
-        base = windowed_gaussian(mean.ravel()[perm] / d, np.full(mean.size, s), math.ceil(Q_WINDOW_STDS * s), escape=False)
+        base = windowed_gaussian(mean.ravel()[perm] / d, np.full(mean.size, s), math.ceil(self.spec.q_window_stds * s),
+                                 escape=False)
         return permuted(base, perm)
 
     def _p_codec(self, i: int, mean: np.ndarray, std: np.ndarray | None = None, corr=None):
@@ -283,7 +318,7 @@ class DiffusionChain:
         if corr is not None and std is not None and mean.ndim == 4 and mean.shape[1] == 3:
             return self._p_codec_corr(i, mean, std, corr)
         s = np.full(mean.size, self.std_p[i] / d) if std is None else np.asarray(std, dtype=np.float64).ravel() / d
-        return windowed_gaussian(mean.ravel() / d, s, math.ceil(WINDOW_STDS * s.max()))
+        return windowed_gaussian(mean.ravel() / d, s, _window(self.spec.p_window_stds, s))
 
     def _p_codec_corr(self, i: int, mean: np.ndarray, std: np.ndarray, corr) -> Codec:
         """p(z_i | z_{i+1}) = N(mean, Sigma) per pixel, Sigma = b I + S R S over its three
@@ -318,7 +353,7 @@ class DiffusionChain:
                     u1 = (prev[1].reshape(m[1].shape) * d - (m[1] + l10 * u0)) / l11
                     mu, sig = m[2] + l20 * u0 + l21 * u1, l22
             w = sig.ravel() / d
-            return windowed_gaussian(mu.ravel() / d, w, math.ceil(WINDOW_STDS * w.max()))
+            return windowed_gaussian(mu.ravel() / d, w, _window(self.spec.p_window_stds, w))
 
         channels = autoregressive(codec_of, 3)
 
@@ -355,9 +390,10 @@ class DiffusionChain:
 
     def _push_x(self, msg: Message, x: np.ndarray, z_0: np.ndarray) -> None:
         xf, zf = x.ravel().astype(np.int64), z_0.ravel()
-        starts = list(range(0, xf.size, MAX_CATEGORICAL_SYMBOLS))
+        rows = self.spec.max_categorical_symbols
+        starts = list(range(0, xf.size, rows))
         for s in reversed(starts):  # push in reverse so that pops run forward
-            e = s + MAX_CATEGORICAL_SYMBOLS
+            e = s + rows
             lo, probs = self._x_window(zf[s:e])
             sym = xf[s:e] - lo
             if sym.min() < 0 or sym.max() >= self.x_width:  # cannot happen with a truncated q: loud if it does
@@ -367,8 +403,9 @@ class DiffusionChain:
     def _pop_x(self, msg: Message, z_0: np.ndarray) -> np.ndarray:
         zf = z_0.ravel()
         parts = []
-        for s in range(0, zf.size, MAX_CATEGORICAL_SYMBOLS):
-            lo, probs = self._x_window(zf[s : s + MAX_CATEGORICAL_SYMBOLS])
+        rows = self.spec.max_categorical_symbols
+        for s in range(0, zf.size, rows):
+            lo, probs = self._x_window(zf[s : s + rows])
             parts.append(categorical(probs).pop(msg) + lo)
         return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
 
@@ -420,6 +457,18 @@ def far_order(n: int) -> np.ndarray:
     bits of the push just before it, element by element from the start, so this pairs each
     popped latent with a pushed one from half a batch away (another image when B >= 2)."""
     return np.roll(np.arange(n), -(n // 2))
+
+
+def _window(stds: float, s: np.ndarray) -> int:
+    """p's window half-width in bins: ``stds`` times the widest std. A std that is not a
+    positive finite number (a network's NaN on a damaged file's latents) is refused here,
+    before constriction sees it."""
+    if not s.size:
+        return 1
+    widest = float(s.max())
+    if not (math.isfinite(widest) and float(s.min()) > 0):
+        raise ValueError("p's std is not a positive finite number")
+    return math.ceil(stds * widest)
 
 
 def _np_of(f):

@@ -43,6 +43,8 @@ from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
 from .ans import EmptyMessageError, Message
 from .preflight import PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, structure_gains, sure_win
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain, apply_arithmetic
+from .spec import CURRENT as CURRENT_CODER
+from .spec import CoderSpec, coder_spec
 from .container import (CORR_SCALE_STEPS, DTYPES, HASH_BYTES, MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header,
                         coded_shape, pack, run_length, unpack)
 
@@ -159,6 +161,7 @@ class Codec:
                  structure_priors: bool = True, channel_corr: bool = True, effort: int = DEFAULT_EFFORT):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
+        ChainConfig(steps, grid_bits, arithmetic=arithmetic)  # refuses steps / grid_bits no chain can run, up front
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
         self.effort = check_effort(effort)  # compress's default speed/size dial (effort.py)
@@ -192,20 +195,21 @@ class Codec:
         return levels.card_corr(self.info.get("card", {}), self.info.get("dir", "model"))
 
     def chain(self, steps: int, grid_bits: int, arithmetic: str | None = None, times=_COMPRESS_DEFAULT,
-              corr=_COMPRESS_DEFAULT) -> DiffusionChain:
-        """The chain for (T, grid_bits, arithmetic, level times, channel correlations);
+              corr=_COMPRESS_DEFAULT, spec: CoderSpec = CURRENT_CODER) -> DiffusionChain:
+        """The chain for (T, grid_bits, arithmetic, level times, channel correlations, coder);
         ``times`` and ``corr`` default to what compress uses (``level_times``, ``corr_table``),
-        None is uniform / factorised."""
+        None is uniform / factorised; ``spec``: the coder's constants (spec.py), compress
+        writes the current format version's."""
         if times is _COMPRESS_DEFAULT:
             times = self.level_times(steps)
         if corr is _COMPRESS_DEFAULT:
             corr = self.corr_table()
-        key = (steps, grid_bits, arithmetic or self.arithmetic, times, corr)
+        key = (steps, grid_bits, arithmetic or self.arithmetic, times, corr, spec)
         if key not in self._chains:
             if len(self._chains) >= MAX_CACHED_CHAINS:  # files choose (steps, grid_bits): keep memory bounded
                 self._chains.pop(next(iter(self._chains)))
             self._chains[key] = DiffusionChain(self.model, ChainConfig(steps, grid_bits, arithmetic=key[2], times=times,
-                                                                       channel_corr=corr))
+                                                                       channel_corr=corr, spec=spec))
         return self._chains[key]
 
     # ---- compress --------------------------------------------------------------------
@@ -553,8 +557,9 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
                 have = "none" if corr is None else levels.corr_digest(corr) + "..."
                 raise ModelError(f"file was coded with channel correlations (sha256 {header.corr}...); the loaded "
                                  f"model's card lists {have}: decode with the model card the file was written with")
+        spec = coder_spec(header.version)  # the coder of the file's format version
         try:
-            chain = codec.chain(header.steps, header.grid_bits, header.dtype, times, corr)
+            chain = codec.chain(header.steps, header.grid_bits, header.dtype, times, corr, spec)
         except ValueError as e:  # steps / grid_bits this model cannot run: a forged header
             raise FormatError(f"invalid header for this model ({e})") from None
         msg = Message.from_bytes(payload)

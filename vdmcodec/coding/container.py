@@ -79,6 +79,9 @@ class Header:
     structures: list = field(default_factory=list)  # per tiled image: a structure / jpeg_prior prior or None (version 5)
     corr_scales: list = field(default_factory=list)  # per tiled image with ``corr``: its share of the correlations, in 1/CORR_SCALE_STEPS
     envelope: bytes = b""           # version 8: the image-record section, parsed by coding/envelope.py (b"": none)
+    # the format version it was read from (spec.py: the coder of that version); files are written at VERSION.
+    # Not part of equality: a header means the same whichever version carried it
+    version: int = field(default=VERSION, compare=False)
 
     @property
     def count(self) -> int:
@@ -194,11 +197,22 @@ def pack(header: Header, payload: bytes) -> bytes:
 
 
 # ---- reading --------------------------------------------------------------------------
-class _Reader:
-    """Bounds-checked reads over the header bytes; every failure is a FormatError."""
+@dataclass(frozen=True)
+class Field:
+    """Where parse_header read one field (for tools that forge headers: benchmarks/fuzzing.py)."""
 
-    def __init__(self, data: bytes):
-        self.data, self.pos = data, 0
+    start: int
+    end: int
+    what: str
+    limit: int | None = None  # a varint's upper bound (None: raw bytes)
+
+
+class _Reader:
+    """Bounds-checked reads over the header bytes; every failure is a FormatError.
+    ``trace``: a list that receives a Field per field read."""
+
+    def __init__(self, data: bytes, trace: list | None = None):
+        self.data, self.pos, self.trace = data, 0, trace
 
     def bad(self, what: str):
         raise FormatError(f"invalid header: {what}")
@@ -208,13 +222,15 @@ class _Reader:
             self.bad(f"{what} runs past the header")
         b = self.data[self.pos : self.pos + n]
         self.pos += n
+        if self.trace is not None:
+            self.trace.append(Field(self.pos - n, self.pos, what))
         return b
 
     def byte(self, what: str) -> int:
         return self.take(1, what)[0]
 
     def varint(self, what: str, hi: int) -> int:
-        v, shift = 0, 0
+        v, shift, start, mark = 0, 0, self.pos, len(self.trace or ())
         while True:
             b = self.byte(what)
             v |= (b & 0x7F) << shift
@@ -225,6 +241,8 @@ class _Reader:
                 self.bad(f"{what} is not a valid varint")
         if v > hi:
             self.bad(f"{what} {v} exceeds the limit {hi}")
+        if self.trace is not None:
+            self.trace[mark:] = [Field(start, self.pos, what, hi)]
         return v
 
     def count(self, what: str, hi: int, min_bytes_each: int = 1) -> int:
@@ -243,8 +261,10 @@ class _Reader:
             self.bad(f"{what} is not UTF-8")
 
 
-def parse_header(data: bytes, version: int = VERSION) -> Header:
-    r = _Reader(data)
+def parse_header(data: bytes, version: int = VERSION, trace: list | None = None) -> Header:
+    """The header of a file of format ``version``; ``trace``: a list that receives a Field
+    (offset, length, name, limit) per field read."""
+    r = _Reader(data, trace)
     flags = r.byte("flags")
     if (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
         r.bad("unknown flags")
@@ -322,7 +342,7 @@ def parse_header(data: bytes, version: int = VERSION) -> Header:
                   threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
                   chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze,
                   tile=tile, tiled=tiled, levels=levels, corr=corr, structures=structures if any(structures) else [],
-                  corr_scales=corr_scales)
+                  corr_scales=corr_scales, version=version)
 
 
 def _parse_structure(r: _Reader):

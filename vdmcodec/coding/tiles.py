@@ -41,6 +41,7 @@ from typing import Callable
 import constriction
 import numpy as np
 
+from ..errors import FormatError
 from . import classical
 from .ans import EmptyMessageError, Message, uniform
 from .chain import DiffusionChain
@@ -165,7 +166,14 @@ def _pop_raw_bytes(msg: Message, n: int) -> bytes:
     refuses pops that reach the stack's bottom 32 bits, which is right for bits-back pops
     (they may ask for more than was pushed) but not here, where exactly the pushed symbols
     come back; a seed at the very bottom of the stack ends there. A damaged file yields
-    wrong bytes, which the classical decoder, the final seal and the pixel hash refuse."""
+    wrong bytes, which the classical decoder, the final seal and the pixel hash refuse.
+
+    ``n`` comes from the header (up to 2^40): the stack must hold its 8 n bits before
+    constriction allocates the symbols (each raw byte is exactly 8 bits on the stack, so a
+    file the encoder wrote always does)."""
+    if 8 * n > msg.num_bits:
+        raise FormatError(f"corrupted file (a classical tile segment claims {n} bytes; the ANS stack holds "
+                          f"{msg.num_bits // 8})")
     return np.asarray(msg.coder.decode(_BYTE_MODEL, n), dtype=np.uint8).tobytes()
 
 
