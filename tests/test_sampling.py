@@ -127,7 +127,9 @@ DIST_CASES = [
 def test_samples_match_the_mixture(target, name, options):
     mixture = make_mixture(v=0.0)  # v = 0: learned variance halfway (in log) between small and large
     sigmas = karras_sigmas(64, mixture.sigma_min, mixture.sigma_max)
-    x = run(mixture, name, sigmas, count=2000, seed=1, **options)
+    # Brownian trees are per-sample Python objects: 1000 samples for the SDE samplers (noise ~0.015)
+    count = 1000 if name.endswith("-sde") else 2000
+    x = run(mixture, name, sigmas, count=count, seed=1, **options)
     assert sliced_w1(x, target) < DIST_BOUND
 
 
@@ -554,7 +556,7 @@ def test_sde_sampler_converges_on_its_brownian_path(mixture):
     """With the noise of a fixed Brownian path, refining the schedule refines one solution:
     dpmpp-2m-sde's error against its own fine solution shrinks with the steps."""
     lo, hi = mixture.sigma_min, mixture.sigma_max
-    fine = run(mixture, "dpmpp-2m-sde", karras_sigmas(1024, lo, hi), count=64)
-    errors = [float((run(mixture, "dpmpp-2m-sde", karras_sigmas(n, lo, hi), count=64) - fine).norm(dim=1).median())
-              for n in (32, 128)]
+    fine = run(mixture, "dpmpp-2m-sde", karras_sigmas(512, lo, hi), count=32)
+    errors = [float((run(mixture, "dpmpp-2m-sde", karras_sigmas(n, lo, hi), count=32) - fine).norm(dim=1).median())
+              for n in (16, 64)]
     assert errors[1] < 0.5 * errors[0], errors
