@@ -1,115 +1,111 @@
-"""Samplers x schedules: ODE error vs number of function evaluations (NFE) on a Gaussian
-mixture and on the shipped MNIST model, and FID on MNIST at a few NFE budgets.
+"""Samplers measured: convergence orders on a Gaussian mixture, the score-optimal schedule
+against EDM's rho = 7, the start distribution, and sample quality on the shipped MNIST model.
 
-python -m benchmarks.samplers [--quick] [--threads 1] [--fid-samples 400] [--ode-samples 12]
-    [--model mnist] [--out benchmarks/results/samplers.md]
+    nice -n 10 python -m benchmarks.samplers [--parts orders,adaptive,start,fid,reference]
+        [--fid-samples 5000] [--reference-samples 500] [--start-samples 500] [--ode-samples 8]
+        [--fid-samplers dpmpp-2m-sde,heun,...] [--threads 1] [--report-only]
 
-Writes OUT (markdown), OUT's stem + "_ode_error.png", "_fid.png", "_samples.png" (plots and
-a grid of samples) and OUT with suffix .json (every raw number). --quick is a smoke test
-with tiny counts, written under benchmarks/results/cache/ unless --out is given.
+One command, resumable per cell: every finished cell is written at once to the partial-results
+JSON (benchmarks/results/samplers_cells.json), and the samples of the sample-quality cells
+are kept in chunks of --batch-size under benchmarks/results/cache/samplers/ (not in git), so
+an interrupted run continues where it stopped. Each run rewrites benchmarks/results/samplers.md
+from all cells done so far and names the ones still to run.
 
-ODE error: every deterministic sampler (DDIM eta=0, Euler, Heun, DPM-Solver++(2M)) on every
-schedule integrates the probability-flow ODE from the same initial noise; the error is the
-RMS difference (data scale) from a 1000-step Heun solution. NFE counts every denoiser call
-(Heun: 2 per step except the last); a counting wrapper checks the count of every run.
-FID: Fréchet distance between the features of a small CNN classifier trained here on the
-shared MNIST training split (vdmcodec.metrics) for N generated samples and for the 1000
-validation images; every cell uses the same N and the same noise seeds.
+Parts:
+- orders: on the 2-D mixture with its exact denoiser (``vdmcodec.sampling.mixture``), every
+  deterministic sampler on EDM's rho = 7 schedule at 32-256 steps; error = median over 1000
+  samples of |x - x_ref| against a 4096-step ``lms`` solution (cross-checked with 8192 Heun
+  steps); the slope of log error against log steps is the measured order. The SDE samplers
+  (eta = 1) are measured on 200 samples against their own 4096-step solution on the same
+  Brownian paths.
+- adaptive: ODE error of the score-optimal schedule (``vdmcodec.sampling.adaptive``, cost on
+  forward-noised data: mixture samples / MNIST training images 0-7999) and of rho = 7 at 10, 16
+  and 35 evaluations, on the mixture (1000 trajectories) and on the shipped mnist model
+  (float32; reference Heun with 256 steps; error = median over trajectories of the RMS).
+- start: Heun at 35 evaluations from the model's prior (N(0, (1 + sigma_max^2) I)) and from
+  EDM's N(0, sigma_max^2 I), same noises: median pixel, ink fraction, FID, KID.
+- fid: every sampler at 35 evaluations (rho = 7, prior start, bfloat16 autocast on CPUs with
+  native bf16), --fid-samples samples: FID and KID on the features of the in-project MNIST
+  classifier (``vdmcodec.metrics``) against validation images 8000-8999.
+- reference: ancestral sampling (small variance) with 1000 steps uniform in t under the
+  model's own gamma, --reference-samples samples.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import os
 import shlex
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from benchmarks.mnist import machine, resolve_data
-from benchmarks.samplers_report import write_report
 from vdmcodec.data import load_array
+from vdmcodec.hardware import cpu_capability, native_bf16
 from vdmcodec.metrics import (ClassifierConfig, accuracy, extract_features, frechet_distance, gaussian_stats,
                               load_or_train, read_idx_labels)
-from vdmcodec.sampling import (AdaptiveConfig, Denoiser, VDMDenoiser, adaptive_sigmas, generate, karras_sigmas,
-                               make_mixture, make_sigmas, score_optimal_cost, to_pixels)
-from vdmcodec.zoo import load_model
+from vdmcodec.sampling import (AdaptiveConfig, Denoiser, VDMDenoiser, adaptive_sigmas, evaluations, generate,
+                               karras_sigmas, make_mixture, model_sigmas, score_optimal_cost, steps_for, to_pixels)
+from vdmcodec.zoo import atomic_write_bytes, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
+CELLS = RESULTS / "samplers_cells.json"
 CACHE = RESULTS / "cache"
 DATA = Path("../shared/data/mnist/mnist9k-images-idx3-ubyte.gz")
 LABELS = Path("../shared/data/mnist/mnist9k-labels-idx1-ubyte.gz")
 TRAIN, VAL = slice(0, 8000), slice(8000, 9000)
 
-ODE_SAMPLERS = ("ddim", "euler", "heun", "dpmpp-2m")
-FID_SAMPLERS = ("ancestral", "ddim", "euler", "heun", "edm", "dpmpp-2m")
-SCHEDULES = ("model", "karras", "loglinear", "adaptive")
-EVALS_PER_STEP = {"ancestral": 1, "ddim": 1, "euler": 1, "dpmpp-2m": 1, "heun": 2, "edm": 2}
-OPTIONS = {  # sampler options used throughout (the same in every cell)
-    "ancestral": {"variance": "small"},
-    "ddim": {"eta": 0.0},
-    "edm": {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003},  # EDM Table 5 (ImageNet-64)
-}
-# FID uses, per sampler and NFE, the schedule with the lowest MNIST ODE error of this
-# deterministic sampler at that NFE (the stochastic samplers borrow their ODE relative's)
-SCHEDULE_PROXY = {"ancestral": "euler", "ddim": "euler", "euler": "euler", "heun": "heun", "edm": "heun",
-                  "dpmpp-2m": "dpmpp-2m"}
+# (label, sampler, options): the deterministic samplers whose order is measured
+ORDER_CASES = [
+    ("euler", "euler", {}), ("ddim", "ddim", {"eta": 0.0}), ("heun", "heun", {}), ("dpmpp-2m", "dpmpp-2m", {}),
+    ("dpmpp-2s (eta=0)", "dpmpp-2s-ancestral", {"eta": 0.0}),
+    ("dpmpp-2m-sde (eta=0, heun)", "dpmpp-2m-sde", {"eta": 0.0, "solver_type": "heun"}),
+    ("dpmpp-3m-sde (eta=0)", "dpmpp-3m-sde", {"eta": 0.0}), ("unipc (order 2)", "unipc", {"order": 2}),
+    ("unipc (order 3)", "unipc", {"order": 3}), ("unipc (order 2, no corrector)", "unipc", {"corrector": False}),
+    ("lms (order 4)", "lms", {"order": 4}), ("ipndm (order 4)", "ipndm", {"order": 4}),
+]
+SDE_CASES = [("dpmpp-2m-sde (eta=1)", "dpmpp-2m-sde", {}), ("dpmpp-3m-sde (eta=1)", "dpmpp-3m-sde", {})]
+EXPECTED_ORDER = {"euler": 1, "ddim": 1, "heun": 2, "dpmpp-2m": 2, "dpmpp-2s (eta=0)": 2,
+                  "dpmpp-2m-sde (eta=0, heun)": 2, "dpmpp-3m-sde (eta=0)": 3, "unipc (order 2)": 3,
+                  "unipc (order 3)": 4, "unipc (order 2, no corrector)": 2, "lms (order 4)": 4, "ipndm (order 4)": 2}
+ORDER_STEPS = (32, 64, 128, 256)
+ADAPTIVE_SAMPLERS = ("euler", "heun", "dpmpp-2m", "unipc")
+ADAPTIVE_NFE = (10, 16, 35)
+FID_NFE = 35
+# sample-quality cells in the order they run (the first ones matter most)
+FID_SAMPLERS = ("dpmpp-2m-sde", "heun", "edm", "euler-ancestral", "dpmpp-2s-ancestral", "dpmpp-3m-sde", "unipc",
+                "dpmpp-2m", "ancestral", "euler", "lms", "ipndm")
+FID_OPTIONS = {"edm": {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003},
+               "ancestral": {"variance": "small"}}
+INK = 128  # ink fraction: share of pixels >= this value
 
 
-@dataclass(frozen=True)
-class BenchConfig:
-    ode_nfe: tuple[int, ...] = (5, 10, 20, 35, 50, 100)   # NFE budgets of the ODE-error sweep
-    fid_nfe: tuple[int, ...] = (10, 20, 35, 100)         # NFE budgets of the FID table
-    reference_steps: int = 1000                          # Heun steps of the reference ODE solution
-    mixture_samples: int = 1000
-    ode_samples: int = 12                                # MNIST trajectories for the ODE error
-    fid_samples: int = 400                               # MNIST samples per FID cell
-    batch_size: int = 100                                # samples per network call in the FID part
-    seed: int = 0
-    threads: int = 1
-    classifier: ClassifierConfig = ClassifierConfig()
-
-    def __post_init__(self):
-        if min(self.ode_nfe + self.fid_nfe) < 1 or self.reference_steps < 2 or self.mixture_samples < 1 \
-                or self.ode_samples < 1 or self.fid_samples < 2 or self.batch_size < 1 or self.threads < 1:
-            raise ValueError(f"invalid benchmark config {self}")
-        # every FID budget needs an ODE error to choose its schedule
-        object.__setattr__(self, "ode_nfe", tuple(sorted(set(self.ode_nfe) | set(self.fid_nfe))))
-
-    def to_dict(self) -> dict:
-        d = asdict(self)
-        d["classifier"] = self.classifier.to_dict()
-        return d
+# ---- cells ---------------------------------------------------------------------------------
+def load_cells(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
-QUICK = BenchConfig(ode_nfe=(5, 10), fid_nfe=(10,), reference_steps=200, mixture_samples=200, ode_samples=4,
-                    fid_samples=50, batch_size=50)
+def save_cell(path: Path, key: str, value: dict) -> None:
+    cells = load_cells(path)
+    cells[key] = value
+    atomic_write_bytes(path, (json.dumps(cells, indent=1, default=float) + "\n").encode())
 
 
-# ---- NFE bookkeeping ------------------------------------------------------------------------
-def steps_for(sampler: str, nfe: int) -> int:
-    """The most steps whose NFE stays within ``nfe`` (Heun/EDM: 2 steps - 1 evaluations)."""
-    return nfe if EVALS_PER_STEP[sampler] == 1 else (nfe + 1) // 2
-
-
-def nfe_of(sampler: str, steps: int) -> int:
-    return steps if EVALS_PER_STEP[sampler] == 1 else 2 * steps - 1
-
-
-class CountingDenoiser(Denoiser):
-    """Forwards to ``inner`` and counts calls (one call = one function evaluation of the batch)."""
+class Counting(Denoiser):
+    """Forwards to ``inner`` and counts calls (one call = one evaluation of the batch)."""
 
     def __init__(self, inner: Denoiser):
-        self.inner = inner
-        self.sigma_min, self.sigma_max = inner.sigma_min, inner.sigma_max
-        self.learned_variance = inner.learned_variance
-        self.calls = 0
+        self.inner, self.calls = inner, 0
+        self.sigma_min, self.sigma_max, self.learned_variance = inner.sigma_min, inner.sigma_max, inner.learned_variance
 
     def denoise_and_v(self, x, sigma):
         self.calls += 1
@@ -118,256 +114,258 @@ class CountingDenoiser(Denoiser):
     def gamma(self, t):
         return self.inner.gamma(t)
 
-
-@dataclass(frozen=True)
-class Target:
-    """A denoiser and what the sweep needs of it."""
-
-    name: str
-    denoiser: Denoiser
-    shape: tuple[int, ...]
-    samples: int          # trajectories for the ODE error
-    cost: object          # ScoreOptimalCost of the adaptive schedule
-
-    def sigmas(self, schedule: str, steps: int) -> torch.Tensor:
-        if schedule == "adaptive":
-            return adaptive_sigmas(self.denoiser, steps, cost=self.cost)
-        return make_sigmas(schedule, self.denoiser, steps)
+    def prior_std(self, sigma):
+        return self.inner.prior_std(sigma)
 
 
-def run(target: Target, sampler: str, sigmas: torch.Tensor, count: int, seed: int, batch_size: int,
-        callback=None) -> torch.Tensor:
-    """``count`` samples (noise indices 0..count-1 under ``seed``); checks the NFE count."""
-    counter = CountingDenoiser(target.denoiser)
-    x = generate(counter, sampler, sigmas, target.shape, count=count, seed=seed, batch_size=batch_size,
-                 options=OPTIONS.get(sampler), callback=callback)
-    expected = -(-count // batch_size) * nfe_of(sampler, len(sigmas) - 1)
+def run(denoiser, sampler, sigmas, shape, count, seed=0, options=None, batch_size=None, first_index=0):
+    """Samples with a check of the evaluation count."""
+    counter = Counting(denoiser)
+    bs = batch_size or count
+    x = generate(counter, sampler, sigmas, shape, count=count, seed=seed, batch_size=bs, options=options,
+                 first_index=first_index)
+    expected = -(-count // bs) * evaluations(sampler, len(sigmas) - 1)
     if counter.calls != expected:
         raise RuntimeError(f"{sampler}: {counter.calls} denoiser calls, expected {expected}")
     return x
 
 
-def rmse(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).square().mean().sqrt())
+def median_error(x, ref) -> float:
+    """Median over samples of the per-sample RMS difference."""
+    return float((x - ref).flatten(1).square().mean(1).sqrt().median())
 
 
-# ---- ODE error ------------------------------------------------------------------------------------
-def ode_sweep(target: Target, cfg: BenchConfig, samplers=ODE_SAMPLERS, progress: bool = True) -> dict:
-    """Reference solution, its self-check, and the error of every sampler x schedule x NFE."""
+# ---- orders ----------------------------------------------------------------------------------
+def part_orders(cells_path: Path, log) -> None:
+    mix = make_mixture()
+    lo, hi = mix.sigma_min, mix.sigma_max
+    n = 1000
+    ref = run(mix, "lms", karras_sigmas(4096, lo, hi), (2,), n)
+    heun_ref = run(mix, "heun", karras_sigmas(8192, lo, hi), (2,), n)
+    save_cell(cells_path, "orders/reference", {"sampler": "lms", "steps": 4096, "samples": n,
+                                               "heun_8192_median_error": median_error(heun_ref, ref)})
+    for label, sampler, options in ORDER_CASES + SDE_CASES:
+        key = f"orders/{label}"
+        if key in load_cells(cells_path):
+            continue
+        sde = (label, sampler, options) in SDE_CASES
+        k = 200 if sde else n   # the Brownian trees are per sample Python objects: fewer samples
+        own = run(mix, sampler, karras_sigmas(4096, lo, hi), (2,), k, options=options) if sde else ref
+        errors = [median_error(run(mix, sampler, karras_sigmas(s, lo, hi), (2,), k, options=options), own)
+                  for s in ORDER_STEPS]
+        slope = -float(np.polyfit(np.log(ORDER_STEPS), np.log(errors), 1)[0])
+        local = [float(-np.log(errors[i + 1] / errors[i]) / np.log(ORDER_STEPS[i + 1] / ORDER_STEPS[i]))
+                 for i in range(len(errors) - 1)]
+        save_cell(cells_path, key, {"sampler": sampler, "options": options, "steps": list(ORDER_STEPS),
+                                    "nfe": [evaluations(sampler, s) for s in ORDER_STEPS], "errors": errors,
+                                    "order": slope, "local_orders": local, "expected": EXPECTED_ORDER.get(label),
+                                    "against": "own 4096-step solution" if own is not ref else "lms 4096"})
+        log(f"order {label}: {slope:.2f} (local {', '.join(f'{v:.2f}' for v in local)})")
+
+
+# ---- adaptive vs rho = 7 -----------------------------------------------------------------------
+def adaptive_cells(cells_path, target, denoiser, data, shape, count, ref_steps, config, log, ode_batch):
+    prefix = f"adaptive/{target}"
+    cells = load_cells(cells_path)
     t0 = time.perf_counter()
-    ref_sigmas = karras_sigmas(cfg.reference_steps, target.denoiser.sigma_min, target.denoiser.sigma_max)
-    M = target.samples
-    reference = run(target, "heun", ref_sigmas, M, cfg.seed, M)
-    # self-check: Heun with half the steps on (at most 4 of) the same trajectories; for a
-    # second-order method the reference's own error is about a third of this difference
-    k = min(M, 4 if target.name == "mnist" else M)
-    half = run(target, "heun", karras_sigmas(cfg.reference_steps // 2, target.denoiser.sigma_min,
-                                             target.denoiser.sigma_max), k, cfg.seed, k)
-    ref_info = {"sampler": "heun", "schedule": "karras", "steps": cfg.reference_steps,
-                "nfe": nfe_of("heun", cfg.reference_steps), "samples": M,
-                "half_steps_rmse": rmse(half, reference[:k]), "half_steps_samples": k,
-                "seconds": time.perf_counter() - t0}
-    cells = []
-    jobs = [(s, sch, n) for s in samplers for sch in SCHEDULES for n in cfg.ode_nfe]
-    for sampler, schedule, nfe in tqdm(jobs, desc=f"ODE error ({target.name})", unit="run", disable=not progress):
-        steps = steps_for(sampler, nfe)
-        t1 = time.perf_counter()
-        x = run(target, sampler, target.sigmas(schedule, steps), M, cfg.seed, M)
-        cells.append({"sampler": sampler, "schedule": schedule, "target": nfe, "steps": steps,
-                      "nfe": nfe_of(sampler, steps), "rmse": rmse(x, reference),
-                      "seconds": time.perf_counter() - t1})
-    return {"reference": ref_info, "samples": M, "cells": cells}
-
-
-def ddim_euler_check(target: Target, cfg: BenchConfig, nfe: int) -> dict:
-    """DDIM with eta = 0 is Euler on the ODE (EDM sec. 3): the largest difference of the two
-    on the MNIST trajectories, on every schedule at ``nfe``."""
-    worst = 0.0
-    for schedule in SCHEDULES:
-        sigmas = target.sigmas(schedule, nfe)
-        a = run(target, "ddim", sigmas, target.samples, cfg.seed, target.samples)
-        b = run(target, "euler", sigmas, target.samples, cfg.seed, target.samples)
-        worst = max(worst, float((a - b).abs().max()))
-    return {"nfe": nfe, "max_abs_difference": worst}
-
-
-def best_schedules(ode: dict, fid_nfe) -> dict:
-    """{(sampler, nfe target): schedule} with the lowest ODE error, for every FID sampler."""
-    best = {}
-    for sampler, proxy in SCHEDULE_PROXY.items():
-        for nfe in fid_nfe:
-            cells = [c for c in ode["cells"] if c["sampler"] == proxy and c["target"] == nfe]
-            best[(sampler, nfe)] = min(cells, key=lambda c: c["rmse"])["schedule"]
-    return best
-
-
-# ---- FID ------------------------------------------------------------------------------------------
-def nhwc(pixels_nchw: np.ndarray) -> np.ndarray:
-    return np.ascontiguousarray(pixels_nchw.transpose(0, 2, 3, 1))
-
-
-def fid_floor(classifier, reference, train_pixels: np.ndarray, n: int, max_sets: int = 20) -> dict:
-    """FID of disjoint sets of ``n`` training images against the validation statistics: the
-    value an ideal sampler would get at this sample count (mean, sd, min, max over sets),
-    and of all training images."""
-    feats = extract_features(classifier, train_pixels)
-    sets = min(len(feats) // n, max_sets)
-    values = [frechet_distance(gaussian_stats(feats[i * n:(i + 1) * n]), reference) for i in range(sets)]
-    return {"samples": n, "sets": sets, "mean": float(np.mean(values)), "sd": float(np.std(values, ddof=1)) if sets > 1
-            else float("nan"), "min": float(np.min(values)), "max": float(np.max(values)),
-            "all_train": frechet_distance(gaussian_stats(feats), reference), "all_train_samples": len(feats)}
-
-
-def fid_sweep(target: Target, cfg: BenchConfig, classifier, reference, best: dict, progress: bool = True) -> dict:
-    """FID of ``cfg.fid_samples`` samples per sampler x NFE budget, on the chosen schedules.
-    DDIM (eta = 0) gives the same samples as Euler and is not drawn again."""
-    cells, grids = [], {}
-    seed = cfg.seed + 1  # other noises than the ODE trajectories
-    jobs = [(s, n) for s in FID_SAMPLERS if s != "ddim" for n in cfg.fid_nfe]
-    total = sum(-(-cfg.fid_samples // cfg.batch_size) * steps_for(s, n) for s, n in jobs)
-    bar = tqdm(total=total, desc="FID samples", unit="step", disable=not progress)
-    for sampler, nfe in jobs:
-        schedule, steps = best[(sampler, nfe)], steps_for(sampler, nfe)
-        bar.set_postfix_str(f"{sampler} {nfe} NFE ({schedule})")
+    if f"{prefix}/cost" in cells:
+        from vdmcodec.sampling import ScoreOptimalCost
+        cost = ScoreOptimalCost.from_dict(cells[f"{prefix}/cost"]["cost"])
+    else:
+        history: list = []
+        cost = score_optimal_cost(denoiser, data, config, history=history)
+        save_cell(cells_path, f"{prefix}/cost", {"cost": cost.to_dict(), "config": config.__dict__,
+                                                 "data_points": len(data), "seconds": time.perf_counter() - t0,
+                                                 "first_grid": history[0]["sigmas"],
+                                                 "first_increments": history[0]["increments"]})
+        log(f"adaptive cost ({target}): {time.perf_counter() - t0:.0f} s")
+    lo, hi = denoiser.sigma_min, denoiser.sigma_max
+    if f"{prefix}/reference" not in load_cells(cells_path):
         t0 = time.perf_counter()
-        x = run(target, sampler, target.sigmas(schedule, steps), cfg.fid_samples, seed, cfg.batch_size,
-                callback=lambda _: bar.update(1))
-        pixels = nhwc(to_pixels(x))
-        fid = frechet_distance(gaussian_stats(extract_features(classifier, pixels)), reference)
-        cells.append({"sampler": sampler, "schedule": schedule, "target": nfe, "steps": steps,
-                      "nfe": nfe_of(sampler, steps), "fid": fid, "seconds": time.perf_counter() - t0})
-        grids[(sampler, nfe)] = pixels[:8]
-    bar.close()
-    for c in [c for c in cells if c["sampler"] == "euler"]:
-        cells.append({**c, "sampler": "ddim", "same_as": "euler"})
-        grids[("ddim", c["target"])] = grids[("euler", c["target"])]
-    return {"samples": cfg.fid_samples, "seed": seed, "cells": cells}, grids
+        ref = run(denoiser, "heun", karras_sigmas(ref_steps, lo, hi), shape, count, batch_size=ode_batch)
+        k = min(count, 4)
+        half = run(denoiser, "heun", karras_sigmas(ref_steps // 2, lo, hi), shape, k, batch_size=ode_batch)
+        save_cell(cells_path, f"{prefix}/reference", {"sampler": "heun", "steps": ref_steps, "samples": count,
+                                                      "half_steps_median_error": median_error(half, ref[:k]),
+                                                      "seconds": time.perf_counter() - t0})
+        torch.save(ref, CACHE / f"samplers-adaptive-{target}-ref.pt")
+    ref = torch.load(CACHE / f"samplers-adaptive-{target}-ref.pt")
+    for sampler in ADAPTIVE_SAMPLERS:
+        for nfe in ADAPTIVE_NFE:
+            for schedule in ("karras", "adaptive"):
+                key = f"{prefix}/{sampler}/{schedule}/{nfe}"
+                if key in load_cells(cells_path):
+                    continue
+                steps = steps_for(sampler, nfe)
+                sig = karras_sigmas(steps, lo, hi) if schedule == "karras" else adaptive_sigmas(None, steps, cost=cost)
+                x = run(denoiser, sampler, sig, shape, count, batch_size=ode_batch)
+                save_cell(cells_path, key, {"sampler": sampler, "schedule": schedule, "target": nfe, "steps": steps,
+                                            "nfe": evaluations(sampler, steps), "error": median_error(x, ref),
+                                            "sigmas": sig.tolist()})
+        log(f"adaptive {target} {sampler} done")
 
 
-# ---- main ---------------------------------------------------------------------------------------------
-def nfe_cost(denoiser: Denoiser, shape, batch: int, repeats: int = 3) -> float:
-    """Seconds per image per function evaluation at this batch size (median of ``repeats``)."""
-    x = torch.zeros((batch, *shape), dtype=torch.float64)
-    sigma = torch.ones(batch, dtype=torch.float64)
-    denoiser(x, sigma)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        denoiser(x, sigma)
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2] / batch
+# ---- sample quality -----------------------------------------------------------------------------
+def poly_kid(a: np.ndarray, b: np.ndarray, subsets: int = 50, size: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """KID (Binkowski et al. 2018): unbiased MMD^2 with the kernel (x.y / d + 1)^3, mean and sd
+    over ``subsets`` random subsets of min(size, len) of each set."""
+    rng = np.random.default_rng(seed)
+    d = a.shape[1]
+    m = min(size, len(a), len(b))
+    vals = []
+    for _ in range(subsets):
+        x, y = a[rng.choice(len(a), m, replace=False)], b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        vals.append((kxx.sum() - np.trace(kxx)) / (m * (m - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+                    - 2 * kxy.mean())
+    return float(np.mean(vals)), float(np.std(vals, ddof=1))
 
 
-def planned_evaluations(cfg: BenchConfig) -> dict:
-    """Image-evaluations of the MNIST model, per part (for the time estimate)."""
-    ode = sum(nfe_of(s, steps_for(s, n)) for s in ("euler", "heun", "dpmpp-2m") for n in cfg.ode_nfe) * len(SCHEDULES)
-    ref = nfe_of("heun", cfg.reference_steps) * cfg.ode_samples + nfe_of("heun", cfg.reference_steps // 2) * min(
-        cfg.ode_samples, 4)
-    check = 2 * min(cfg.fid_nfe) * len(SCHEDULES) * cfg.ode_samples
-    fid = sum(nfe_of(s, steps_for(s, n)) for s in FID_SAMPLERS if s != "ddim" for n in cfg.fid_nfe) * cfg.fid_samples
-    adaptive = 3 * (AdaptiveConfig().levels - 1) * AdaptiveConfig().batch
-    return {"ode": ode * cfg.ode_samples + ref + check, "fid": fid, "adaptive": adaptive}
+class Quality:
+    """Classifier, reference statistics and the metrics of a set of 8-bit samples."""
+
+    def __init__(self, args, log):
+        images = load_array(resolve_data(args.data))
+        labels = read_idx_labels(resolve_data(args.labels))
+        self.classifier, self.info = load_or_train(CACHE, images[TRAIN], labels[TRAIN], ClassifierConfig())
+        self.info["val_accuracy"] = accuracy(self.classifier, images[VAL], labels[VAL])
+        self.val_feats = extract_features(self.classifier, images[VAL])
+        self.val_stats = gaussian_stats(self.val_feats)
+        self.val_pixels = images[VAL]
+        self.train_images = images[TRAIN]
+        log(f"classifier: validation accuracy {self.info['val_accuracy']:.4f}")
+
+    def metrics(self, pixels_nhwc: np.ndarray, matched: int | None = None) -> dict:
+        feats = extract_features(self.classifier, pixels_nhwc)
+        out = {"samples": len(pixels_nhwc), "fid": frechet_distance(gaussian_stats(feats), self.val_stats),
+               "median_pixel": float(np.median(pixels_nhwc)), "ink_fraction": float((pixels_nhwc >= INK).mean())}
+        out["kid"], out["kid_sd"] = poly_kid(feats, self.val_feats)
+        if matched and matched < len(feats):
+            out[f"fid_first_{matched}"] = frechet_distance(gaussian_stats(feats[:matched]), self.val_stats)
+        return out
+
+    def floor(self, n: int) -> dict:
+        """Metrics of held training images at count n (the value a perfect sampler would get)."""
+        return self.metrics(self.train_images[:n])
 
 
+def sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, chunk_dir: Path, log, start="prior"):
+    """uint8 NHWC samples, generated in chunks of ``batch`` kept on disk (resumable)."""
+    chunk_dir.mkdir(parents=True, exist_ok=True)
+    parts = []
+    for first in range(0, count, batch):
+        n = min(batch, count - first)
+        path = chunk_dir / f"{first:06d}-{n}.npy"
+        if not path.exists():
+            t0 = time.perf_counter()
+            x = generate(denoiser, sampler, sigmas, shape, count=n, seed=seed, first_index=first, batch_size=n,
+                         options=options, start=start)
+            np.save(path.with_suffix(".tmp.npy"), np.ascontiguousarray(to_pixels(x).transpose(0, 2, 3, 1)))
+            path.with_suffix(".tmp.npy").replace(path)
+            log(f"  {chunk_dir.name}: samples {first}-{first + n - 1} in {time.perf_counter() - t0:.0f} s")
+        parts.append(np.load(path))
+    return np.concatenate(parts)
+
+
+def quality_cell(cells_path, key, quality, denoiser, sampler, sigmas, shape, count, seed, options, batch, log,
+                 start="prior", matched=None, extra=None):
+    if key in load_cells(cells_path):
+        return
+    t0 = time.perf_counter()
+    chunk_dir = CACHE / "samplers" / key.replace("/", "-")
+    pixels = sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, chunk_dir, log, start)
+    np.save(CACHE / "samplers" / f"{key.replace('/', '-')}-grid.npy", pixels[:64])
+    cell = {"sampler": sampler, "options": options or {}, "steps": len(sigmas) - 1,
+            "nfe": evaluations(sampler, len(sigmas) - 1), "start": start, "seed": seed,
+            **quality.metrics(pixels, matched), "seconds": time.perf_counter() - t0, **(extra or {})}
+    save_cell(cells_path, key, cell)
+    log(f"{key}: FID {cell['fid']:.2f}, KID {1e3 * cell['kid']:.2f}e-3, median {cell['median_pixel']:.0f}, "
+        f"ink {cell['ink_fraction']:.3f}")
+
+
+# ---- main -----------------------------------------------------------------------------------------
 def parse_args(argv):
     ap = argparse.ArgumentParser(prog="python -m benchmarks.samplers", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="smoke test: tiny counts (output under the cache dir)")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
+    ap.add_argument("--parts", default="orders,adaptive,start,fid,reference",
+                    help="comma-separated parts to run, in this order")
+    ap.add_argument("--fid-samples", type=int, default=5000, help="samples per sample-quality cell (default 5000)")
+    ap.add_argument("--fid-samplers", default=",".join(FID_SAMPLERS), help="samplers of the fid part, in order")
+    ap.add_argument("--reference-samples", type=int, default=500, help="samples of the 1000-step ancestral reference")
+    ap.add_argument("--start-samples", type=int, default=500, help="samples per start-distribution cell")
+    ap.add_argument("--ode-samples", type=int, default=8, help="MNIST trajectories of the adaptive part")
+    ap.add_argument("--batch-size", type=int, default=500, help="samples per network call (and per saved chunk)")
     ap.add_argument("--model", default="mnist", help="shipped model name or model directory")
-    ap.add_argument("--data", type=Path, default=DATA, help="MNIST images (IDX); 0-7999 train, 8000-8999 validation")
-    ap.add_argument("--labels", type=Path, default=LABELS, help="MNIST labels (IDX) of the same images")
-    ap.add_argument("--fid-samples", type=int, help="samples per FID cell (default 400; quick 50)")
-    ap.add_argument("--ode-samples", type=int, help="MNIST trajectories for the ODE error (default 12; quick 4)")
-    ap.add_argument("--seed", type=int, default=0, help="noise seed (ODE trajectories; FID uses seed + 1)")
-    ap.add_argument("--cache-dir", type=Path, default=CACHE, help="classifier weights (not in git)")
-    ap.add_argument("--out", type=Path, help="markdown output (default benchmarks/results/samplers.md)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ap.add_argument("--data", type=Path, default=DATA)
+    ap.add_argument("--labels", type=Path, default=LABELS)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--cells", type=Path, default=CELLS, help="the partial-results JSON")
+    ap.add_argument("--out", type=Path, default=RESULTS / "samplers.md")
+    ap.add_argument("--report-only", action="store_true", help="only rewrite the report from the cells")
     return ap.parse_args(argv)
 
 
 def main(argv=None):
+    from benchmarks.samplers_report import write_report
+
     args = parse_args(argv)
-    cfg = QUICK if args.quick else BenchConfig()
-    cfg = replace(cfg, threads=args.threads, seed=args.seed,
-                  fid_samples=args.fid_samples or cfg.fid_samples, ode_samples=args.ode_samples or cfg.ode_samples)
-    out = args.out or (args.cache_dir / "samplers-quick.md" if args.quick else RESULTS / "samplers.md")
-    progress = not args.no_progress
-    torch.set_num_threads(cfg.threads)
-    args.cache_dir.mkdir(parents=True, exist_ok=True)
-    (args.cache_dir / ".gitignore").write_text("*\n")  # weights and quick runs stay out of git
-    started, t_start = datetime.datetime.now().astimezone(), time.perf_counter()
-    machine_info = machine()  # at the start: the load average is the one the timings ran under
-    timing = {}
+    torch.set_num_threads(args.threads)
+    CACHE.mkdir(parents=True, exist_ok=True)
+    (CACHE / ".gitignore").write_text("*\n")
+    command = ("python -m benchmarks.samplers " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip()
 
-    # the MNIST model: per-evaluation cost first, and the plan's time estimate
+    def log(msg):
+        print(f"[{datetime.datetime.now():%H:%M:%S}] {msg}", flush=True)
+
     model, minfo = load_model(args.model)
-    vdm = VDMDenoiser(model)
     shape = (model.cfg.network.image_channels, 28, 28)
-    cost = {f"batch_{b}": nfe_cost(vdm, shape, b) for b in sorted({cfg.batch_size, cfg.ode_samples})}
-    plan = planned_evaluations(cfg)
-    estimate = (plan["ode"] * cost[f"batch_{cfg.ode_samples}"] + (plan["fid"] + plan["adaptive"]) *
-                cost[f"batch_{cfg.batch_size}"])
-    print(f"MNIST model: {1e3 * cost[f'batch_{cfg.batch_size}']:.2f} ms per image and evaluation at batch "
-          f"{cfg.batch_size}; plan {sum(plan.values()):,} image-evaluations, about {estimate / 60:.0f} min "
-          f"(+ classifier training if not cached)", flush=True)
-
-    # the mixture
-    t0 = time.perf_counter()
-    mixture = make_mixture()
-    mix_cost = score_optimal_cost(mixture, (2,), AdaptiveConfig(levels=64, batch=256, seed=0))
-    mix = Target("mixture", mixture, (2,), cfg.mixture_samples, mix_cost)
-    ode_mixture = ode_sweep(mix, cfg, progress=progress)
-    timing["ode_mixture"] = time.perf_counter() - t0
-
-    # MNIST ODE error
-    t0 = time.perf_counter()
-    mnist_cost = score_optimal_cost(vdm, shape, AdaptiveConfig(), progress=progress)
-    mnist = Target("mnist", vdm, shape, cfg.ode_samples, mnist_cost)
-    timing["adaptive_mnist"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    ode_mnist = ode_sweep(mnist, cfg, samplers=("euler", "heun", "dpmpp-2m"), progress=progress)
-    ode_mnist["ddim_check"] = ddim_euler_check(mnist, cfg, min(cfg.fid_nfe))
-    timing["ode_mnist"] = time.perf_counter() - t0
-
-    # classifier, reference statistics, floor
-    t0 = time.perf_counter()
-    images = load_array(resolve_data(args.data))
-    labels = read_idx_labels(resolve_data(args.labels))
-    if len(images) < VAL.stop or len(labels) < VAL.stop:
-        raise SystemExit(f"need at least {VAL.stop} images and labels (got {len(images)}, {len(labels)})")
-    classifier, cinfo = load_or_train(args.cache_dir, images[TRAIN], labels[TRAIN], cfg.classifier, progress)
-    cinfo["val_accuracy"] = accuracy(classifier, images[VAL], labels[VAL])
-    cinfo["train_accuracy"] = accuracy(classifier, images[TRAIN], labels[TRAIN])
-    reference = gaussian_stats(extract_features(classifier, images[VAL]))
-    floor = fid_floor(classifier, reference, images[TRAIN], cfg.fid_samples)
-    timing["classifier"] = time.perf_counter() - t0
-    print(f"classifier: validation accuracy {cinfo['val_accuracy']:.4f} "
-          f"({'cached' if cinfo['cached'] else 'trained'}); FID floor {floor['mean']:.2f} +- {floor['sd']:.2f}", flush=True)
-
-    # FID
-    t0 = time.perf_counter()
-    best = best_schedules(ode_mnist, cfg.fid_nfe)
-    fid, grids = fid_sweep(mnist, cfg, classifier, reference, best, progress)
-    fid["floor"] = floor
-    fid["reference"] = {"images": "validation 8000-8999", "count": reference.count,
-                        "features": cfg.classifier.features}
-    timing["fid"] = time.perf_counter() - t0
-    timing["total"] = time.perf_counter() - t_start
-
-    results = {
-        "command": ("python -m benchmarks.samplers " + shlex.join(sys.argv[1:] if argv is None else argv)).rstrip(),
-        "started": started.isoformat(timespec="seconds"), "machine": machine_info,
-        "load_average_1min_end": os.getloadavg()[0],
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"), "config": cfg.to_dict(),
-        "options": OPTIONS, "schedule_proxy": SCHEDULE_PROXY,
-        "model": {"name": minfo["name"], "sha256": minfo["sha256"], "sigma_min": vdm.sigma_min,
-                  "sigma_max": vdm.sigma_max, "steps": minfo["card"].get("steps")},
-        "mixture": {"sigma_min": mixture.sigma_min, "sigma_max": mixture.sigma_max, "components": len(mixture.stds)},
-        "evaluation_cost_s": cost, "plan": plan, "estimate_s": estimate, "timing_s": timing,
-        "ode": {"mixture": ode_mixture, "mnist": ode_mnist}, "classifier": cinfo, "fid": fid,
-    }
-    write_report(results, grids, out)
-    print(f"wrote {out} ({timing['total'] / 60:.1f} min)", flush=True)
+    meta = {"command": command, "machine": machine(), "cpu_capability": cpu_capability(),
+            "model": {"name": minfo["name"], "sha256": minfo["sha256"], "steps": minfo["card"].get("steps")},
+            "fid_samples": args.fid_samples, "reference_samples": args.reference_samples,
+            "start_samples": args.start_samples, "ode_samples": args.ode_samples,
+            "fid_samplers": args.fid_samplers.split(",")}
+    parts = [p for p in args.parts.split(",") if p]
+    if not args.report_only:
+        save_cell(args.cells, f"run/{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+                  {**meta, "parts": parts, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})
+        vdm = VDMDenoiser(model)
+        if "orders" in parts:
+            part_orders(args.cells, log)
+        if "adaptive" in parts:
+            mix = make_mixture()
+            adaptive_cells(args.cells, "mixture", mix, mix.sample(4096, torch.Generator().manual_seed(1)), (2,), 1000,
+                           4096, AdaptiveConfig(levels=48, batch=256, iterations=6), log, 1000)
+            images = load_array(resolve_data(args.data))[TRAIN]
+            data = (torch.from_numpy(images.astype(np.float64)).permute(0, 3, 1, 2) + 0.5) * (2 / 256) - 1
+            adaptive_cells(args.cells, "mnist", vdm, data, shape, args.ode_samples, 256,
+                           AdaptiveConfig(levels=32, batch=16, iterations=4), log, args.ode_samples)
+        quality = None
+        if any(p in parts for p in ("start", "fid", "reference")):
+            quality = Quality(args, log)
+            if "quality/floor" not in load_cells(args.cells):
+                save_cell(args.cells, "quality/floor", {"train_images": quality.floor(len(quality.train_images)),
+                                                        "train_first_500": quality.floor(500),
+                                                        "classifier": {k: v for k, v in quality.info.items()
+                                                                       if k != "path"}})
+            if native_bf16("cpu"):
+                model.amp_dtype = torch.bfloat16   # the arithmetic the model was trained under; 2x faster here
+        lo, hi = vdm.sigma_min, vdm.sigma_max
+        if "start" in parts:
+            sig = karras_sigmas(steps_for("heun", FID_NFE), lo, hi)
+            for start in ("prior", "edm"):
+                quality_cell(args.cells, f"start/heun/{start}", quality, vdm, "heun", sig, shape, args.start_samples,
+                             2, None, args.batch_size, log, start=start)
+        if "fid" in parts:
+            for sampler in meta["fid_samplers"]:
+                sig = karras_sigmas(steps_for(sampler, FID_NFE), lo, hi)
+                quality_cell(args.cells, f"fid/{sampler}/{FID_NFE}", quality, vdm, sampler, sig, shape,
+                             args.fid_samples, 1, FID_OPTIONS.get(sampler), args.batch_size, log,
+                             matched=args.reference_samples)
+        if "reference" in parts:
+            sig = model_sigmas(vdm, 1000)
+            quality_cell(args.cells, "reference/ancestral/1000", quality, vdm, "ancestral", sig, shape,
+                         args.reference_samples, 1, {"variance": "small"}, args.batch_size, log)
+    write_report(load_cells(args.cells), meta, args.out)
+    log(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,11 @@ class Denoiser:
         """x0_hat and, with learned variances, iDDPM's v (shape of x, about [-1, 1]), else None."""
         raise NotImplementedError
 
+    def prior_std(self, sigma: float) -> float:
+        """Std of the start of sampling at VE level ``sigma`` (the first sigma of the schedule):
+        EDM's N(0, sigma^2 I), right when sigma is far above the data's scale."""
+        return float(sigma)
+
     def gamma(self, t: torch.Tensor) -> torch.Tensor:
         """The denoiser's own gamma(t) = -log SNR = 2 log sigma (float64). Default: linear in
         t between 2 log sigma_min and 2 log sigma_max (uniform in log sigma)."""
@@ -57,6 +62,12 @@ class VDMDenoiser(Denoiser):
         self.sigma_min = math.exp(gamma_0 / 2)
         self.sigma_max = math.exp(gamma_1 / 2)
         self.learned_variance = bool(model.cfg.network.learned_variance)
+
+    def prior_std(self, sigma: float) -> float:
+        """The VP chain's own prior p(z_1) = N(0, I) in VE coordinates x = z / alpha:
+        std 1 / alpha = sqrt(1 + sigma^2) (alpha^2 = sigmoid(-gamma) = 1 / (1 + sigma^2)).
+        At a sigma_max of about 4.9 this is 2% wider than EDM's sigma_max."""
+        return math.sqrt(1.0 + float(sigma) ** 2)
 
     def gamma(self, t: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

@@ -13,23 +13,31 @@ from .registry import SamplingError
 from .samplers import get_sampler
 
 
+START_DISTRIBUTIONS = ("prior", "edm")
+
+
 def generate(denoiser: Denoiser, sampler: str, sigmas: torch.Tensor, shape: Sequence[int], *, count: int,
              seed: int = 0, first_index: int = 0, batch_size: int = 64, options: Mapping[str, object] | None = None,
              progress: bool = False, callback: Optional[Callable[[dict], None]] = None,
-             device: str | torch.device = "cpu") -> torch.Tensor:
+             device: str | torch.device = "cpu", start: str = "prior") -> torch.Tensor:
     """``count`` samples (indices first_index, first_index + 1, ...) of ``shape`` drawn with
     sampler ``sampler`` on ``sigmas``, float64 ``[count, *shape]`` in the data scale.
-    Sample i starts from sigma_max * n_i and uses only the noise keyed by (seed, i), so the
-    result does not depend on ``batch_size``."""
+    Sample i starts from ``prior_std(sigmas[0]) * n_i`` and uses only the noise keyed by
+    (seed, i), so the result does not depend on ``batch_size``. ``start``: "prior" (the
+    denoiser's own prior at sigmas[0], ``Denoiser.prior_std``: N(0, I) of a VDM's chain mapped
+    to VE) or "edm" (N(0, sigmas[0]^2 I), EDM's start; kept for comparison)."""
     info = get_sampler(sampler)
     if count < 1 or batch_size < 1:
         raise SamplingError(f"count and batch_size must be positive (got {count}, {batch_size})")
+    if start not in START_DISTRIBUTIONS:
+        raise SamplingError(f"unknown start {start!r}; choose one of: {', '.join(START_DISTRIBUTIONS)}")
     sigmas = torch.as_tensor(sigmas, dtype=torch.float64)
+    std = denoiser.prior_std(float(sigmas[0])) if start == "prior" else float(sigmas[0])
     out = []
-    for start in range(first_index, first_index + count, batch_size):
-        stop = min(start + batch_size, first_index + count)
-        noise = NoiseSource(seed, range(start, stop), device=device)
-        x = float(sigmas[0]) * noise.randn(shape)
+    for first in range(first_index, first_index + count, batch_size):
+        stop = min(first + batch_size, first_index + count)
+        noise = NoiseSource(seed, range(first, stop), device=device)
+        x = std * noise.randn(shape)
         out.append(info.fn(denoiser, x, sigmas, noise=noise, callback=callback, progress=progress,
                            **dict(options or {})))
     return torch.cat(out)

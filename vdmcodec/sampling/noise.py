@@ -11,6 +11,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import torch
 
+from .brownian import BrownianNoise
 from .registry import SamplingError
 
 
@@ -37,6 +38,7 @@ class NoiseSource:
             raise SamplingError("a noise source needs at least one sample index")
         self.device = torch.device(device)
         self.generators = [sample_generator(self.seed, i) for i in self.indices]
+        self._trees: dict = {}
 
     def __len__(self) -> int:
         return len(self.generators)
@@ -50,3 +52,11 @@ class NoiseSource:
         if x.shape[0] != len(self):
             raise SamplingError(f"noise source has {len(self)} samples but the batch has {x.shape[0]}")
         return self.randn(x.shape[1:], dtype=x.dtype).to(x.device)
+
+    def brownian(self, shape: Sequence[int], t0: float, t1: float) -> BrownianNoise:
+        """Per-sample Brownian paths on [t0, t1] (``brownian.py``), keyed by (seed, index) like
+        the rest of this source and independent of its generators' state; one per (shape, t0, t1)."""
+        key = (tuple(int(s) for s in shape), float(t0), float(t1))
+        if key not in self._trees:
+            self._trees[key] = BrownianNoise(self.seed, self.indices, key[0], t0, t1, device=self.device)
+        return self._trees[key]

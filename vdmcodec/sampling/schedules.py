@@ -3,6 +3,8 @@
 Every schedule returns ``steps + 1`` values: ``steps`` noise levels, the first sigma_max and
 the last sigma_min of the denoiser, then 0. A sampler takes one step per interval, the
 last one from sigma_min to 0 (the final denoising). Stepping lives in ``samplers.py``.
+Every schedule but ``model`` takes ``sigma_min`` / ``sigma_max`` overrides (default: the
+denoiser's own range; an override outside it asks the network for levels it was not trained on).
 """
 from __future__ import annotations
 
@@ -59,6 +61,29 @@ def loglinear_sigmas(steps: int, sigma_min: float, sigma_max: float) -> torch.Te
     return _append_zero(sigmas)
 
 
+def vp_sigmas(steps: int, sigma_min: float, sigma_max: float, epsilon_s: float = 1e-3) -> torch.Tensor:
+    """The VP time discretisation of EDM (Karras et al. 2022, Table 1, from Song et al. 2021):
+    t_i = 1 + i/(N-1) (epsilon_s - 1), sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1), with
+    beta_d and beta_min fitted so that sigma(1) = sigma_max and sigma(epsilon_s) = sigma_min (as
+    EDM's ``ablation_sampler`` does), then 0."""
+    steps = _check_steps(steps)
+    if not 0 < sigma_min < sigma_max:
+        raise SamplingError(f"need 0 < sigma_min < sigma_max (got {sigma_min}, {sigma_max})")
+    if not 0 < epsilon_s < 1:
+        raise SamplingError(f"epsilon_s must be in (0, 1) (got {epsilon_s})")
+    l0, l1 = math.log1p(sigma_min**2), math.log1p(sigma_max**2)
+    beta_d = 2 * (l0 / epsilon_s - l1) / (epsilon_s - 1)
+    beta_min = l1 - 0.5 * beta_d
+    t = torch.linspace(1, epsilon_s, steps, dtype=torch.float64) if steps > 1 else torch.ones(1, dtype=torch.float64)
+    sigmas = torch.expm1(0.5 * beta_d * t**2 + beta_min * t).sqrt()
+    sigmas[0] = sigma_max
+    if steps > 1:
+        sigmas[-1] = sigma_min
+    if not torch.all(sigmas[1:] < sigmas[:-1]):
+        raise SamplingError("the VP schedule is not decreasing for this range; use another schedule")
+    return _append_zero(sigmas)
+
+
 def respace(trained_steps: int, steps: int) -> list[int]:
     """iDDPM respacing (Nichol & Dhariwal 2021, ``space_timesteps``): ``steps`` of the
     ``trained_steps + 1`` levels t = i/T, i = 0..T, of a T-step model, evenly spaced with
@@ -98,17 +123,31 @@ class ScheduleInfo:
     description: str
 
 
-def _karras(denoiser, steps, rho: float = 7.0):
-    return karras_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max, rho)
+def _range(denoiser, sigma_min, sigma_max) -> tuple[float, float]:
+    lo = denoiser.sigma_min if sigma_min is None else float(sigma_min)
+    hi = denoiser.sigma_max if sigma_max is None else float(sigma_max)
+    if not 0 < lo < hi:
+        raise SamplingError(f"need 0 < sigma_min < sigma_max (got {lo}, {hi})")
+    return lo, hi
 
 
-def _loglinear(denoiser, steps):
-    return loglinear_sigmas(steps, denoiser.sigma_min, denoiser.sigma_max)
+def _karras(denoiser, steps, rho: float = 7.0, sigma_min=None, sigma_max=None):
+    return karras_sigmas(steps, *_range(denoiser, sigma_min, sigma_max), rho)
 
 
-def _adaptive(denoiser, steps, cost=None, **options):
+def _loglinear(denoiser, steps, sigma_min=None, sigma_max=None):
+    return loglinear_sigmas(steps, *_range(denoiser, sigma_min, sigma_max))
+
+
+def _vp(denoiser, steps, epsilon_s: float = 1e-3, sigma_min=None, sigma_max=None):
+    return vp_sigmas(steps, *_range(denoiser, sigma_min, sigma_max), epsilon_s)
+
+
+def _adaptive(denoiser, steps, cost=None, sigma_min=None, sigma_max=None, **options):
     from .adaptive import adaptive_sigmas
 
+    if sigma_min is not None or sigma_max is not None:
+        options["sigma_range"] = _range(denoiser, sigma_min, sigma_max)
     return adaptive_sigmas(denoiser, steps, cost=cost, **options)
 
 
@@ -117,8 +156,11 @@ SCHEDULES: dict[str, ScheduleInfo] = {
                           "uniform in t under the model's gamma schedule (iDDPM respacing with --trained-steps)"),
     "karras": ScheduleInfo("karras", _karras, "EDM's rho schedule between the model's sigma_min and sigma_max (rho=7)"),
     "loglinear": ScheduleInfo("loglinear", _loglinear, "uniform in log sigma between sigma_min and sigma_max"),
+    "exponential": ScheduleInfo("exponential", _loglinear,
+                                "k-diffusion's name for loglinear (uniform in log sigma)"),
+    "vp": ScheduleInfo("vp", _vp, "EDM's VP time steps (Song et al. 2021), fitted to sigma_min and sigma_max"),
     "adaptive": ScheduleInfo("adaptive", _adaptive,
-                             "score-optimal schedule (Williams et al. 2024), estimated once per model"),
+                             "score-optimal schedule (Williams et al. 2024), estimated once per model and cached"),
 }
 
 
