@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from cli.device import device_option
+
 
 def _note_slow_arithmetic(blob: bytes) -> None:
     """A file coded in bfloat16 must be decoded in bfloat16; say so where that is slow."""
@@ -70,6 +72,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                                        "classical file is far smaller (--no-preflight: run the chain on every image "
                                        "the model can code)."),
         json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object."),
+        device: str = device_option("cpu"),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ):
         """Compress images losslessly into one archive. The file appears only when complete
@@ -84,7 +87,9 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             from vdmcodec.coding.chain import ARITHMETIC
             from vdmcodec.coding.codec import load_codec
             from vdmcodec.data import iter_inputs, load_items
+            from vdmcodec.devices import parse_device
 
+            dev = parse_device(device)
             if arithmetic is not None and arithmetic not in ARITHMETIC:
                 fail(f"--arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
             out = output.resolve()
@@ -97,7 +102,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             items = load_items(list(inputs))
             from vdmcodec.coding.preflight import PreflightConfig
 
-            codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None)
+            codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None,
+                               device=dev)
             blob = codec.compress([it.pixels for it in items], steps=steps, names=[it.name for it in items], progress=progress)
             from vdmcodec.zoo import atomic_write_bytes
 
@@ -122,6 +128,10 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         force: bool = typer.Option(False, "--force", help="Overwrite existing image files in the folder."),
         threads: Optional[int] = typer.Option(None, min=1, max=1024, help="torch threads. A file decodes bit-exactly only at "
                                               "the count it was coded with, used by default when this machine has that many CPUs."),
+        device: str = typer.Option("cpu", "--device", help="Torch device for the network (auto, cpu, cuda or cuda:N). "
+                                   "A file coded on a GPU in a float arithmetic decodes only on the same GPU and "
+                                   "software, a CPU-coded one only on a CPU (refused up front otherwise); portable "
+                                   "files on any. Default: cpu."),
         progress: bool = typer.Option(True, help="Show a progress bar."),
     ):
         """Restore the exact images of an archive as PNG files under their original names.
@@ -132,14 +142,18 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         def go():
             _set_threads(threads)
             from vdmcodec.coding.codec import decompress_file_bytes
+            from vdmcodec.devices import parse_device
             from vdmcodec.files import write_files
+
+            dev = parse_device(device)
 
             try:
                 blob = archive.read_bytes()
             except OSError as e:
                 fail(f"{archive}: {e.strerror}")
-            _note_slow_arithmetic(blob)
-            images = decompress_file_bytes(blob, model=model, progress=progress)
+            if dev.type == "cpu":
+                _note_slow_arithmetic(blob)
+            images = decompress_file_bytes(blob, model=model, progress=progress, device=dev)
             targets = [output / safe_relative(name) for _, name in images]
             if output.exists() and not output.is_dir():
                 fail(f"{output}: exists and is not a folder")
@@ -185,7 +199,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 typer.echo(f"model: {header.model} (weights {header.model_hash}...)  steps: {header.steps}  grid_bits: {header.grid_bits}")
                 typer.echo("levels: " + ("uniform" if header.levels is None else
                                          f"the model card's fitted coding_times (sha256 {header.levels}...)"))
-                typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}")
+                typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}"
+                           + (f" on a GPU: {header.device}" if header.device else ""))
                 if header.structures:
                     used = [describe(p) for p in header.structures if p is not None]
                     typer.echo(f"structure priors: {len(used)} of {len(header.structures)} tiled images ({'; '.join(sorted(set(used)))})")
