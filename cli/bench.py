@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from cli.device import device_option
+
 
 def register(app: typer.Typer, run_guarded, fail) -> None:
     @app.command()
@@ -18,6 +20,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         limit: Optional[int] = typer.Option(None, min=1, help="Use at most this many images (the first ones)."),
         seed: int = typer.Option(0, help="Noise seed of the ELBO estimate."),
         json_out: bool = typer.Option(False, "--json", help="End stdout with one JSON object (all raw numbers)."),
+        device: str = device_option("cpu"),
         progress: bool = typer.Option(True, help="Show progress bars (on stderr)."),
     ):
         """Compress the same images with vdmcodec (one archive, and each image alone), the
@@ -33,10 +36,12 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             from vdmcodec.bench import compare, format_speed, format_table, speed_summary
             from vdmcodec.coding.codec import load_codec
             from vdmcodec.data import load_items
+            from vdmcodec.devices import parse_device
 
+            dev = parse_device(device)
             items = load_items([data], limit=limit)
             t0 = time.perf_counter()
-            codec = load_codec(model)
+            codec = load_codec(model, device=dev)
             load_s = time.perf_counter() - t0
             res = compare(codec, [it.pixels for it in items], steps=steps, seed=seed, progress=progress)
             res["speed"] = speed_summary(res, load_s)

@@ -7,6 +7,8 @@ from typing import List, Optional
 
 import typer
 
+from cli.device import device_option
+
 
 def _note_slow_arithmetic(blob: bytes) -> None:
     """A file coded in bfloat16 must be decoded in bfloat16; say so where that is slow."""
@@ -100,6 +102,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
         verbose: bool = typer.Option(False, "-v", "--verbose", help="Also print one line per image on stderr: mode, "
                                      "frames, how it was coded."),
+        device: str = device_option("cpu"),
         progress: bool = typer.Option(True, help="Show a progress bar (only when stderr is a terminal)."),
     ):
         """Compress images losslessly into one archive. The file appears only when complete
@@ -124,7 +127,9 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             from vdmcodec.coding.preflight import PreflightConfig
             from vdmcodec.data import iter_inputs
             from vdmcodec.imagefile import compress_report, read_inputs, records_for
+            from vdmcodec.devices import parse_device
 
+            dev = parse_device(device)
             if arithmetic is not None and arithmetic not in ARITHMETIC:
                 fail(f"--arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
             to_stdout = str(output) == STDIO
@@ -142,7 +147,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                     fail(problem)
             stdin = click.get_binary_stream("stdin").read() if any(str(p) == STDIO for p in inputs) else None
             sources, input_bytes = read_inputs(list(inputs), strip=strip, stdin=stdin)
-            codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None)
+            codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None,
+                               device=dev)
             planes = [p for s in sources for p in s.planes]
             names = [s.name for s in sources for _ in s.planes]
             blob = codec.compress(planes, steps=steps, names=names, progress=_show(quiet, progress, json_out), effort=effort)
@@ -192,6 +198,10 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                                               "the count it was coded with, used by default when this machine has that many CPUs."),
         quiet: bool = typer.Option(False, "-q", "--quiet", help="Print nothing but errors."),
         verbose: bool = typer.Option(False, "-v", "--verbose", help="Also print one line per image written."),
+        device: str = typer.Option("cpu", "--device", help="Torch device for the network (auto, cpu, cuda or cuda:N). "
+                                   "A file coded on a GPU in a float arithmetic decodes only on the same GPU and "
+                                   "software, a CPU-coded one only on a CPU (refused up front otherwise); portable "
+                                   "files on any. Default: cpu."),
         progress: bool = typer.Option(True, help="Show a progress bar (only when stderr is a terminal)."),
     ):
         """Restore the exact images of an archive under their original names, as PNG files
@@ -208,9 +218,11 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             _set_threads(threads)
             from vdmcodec.coding.codec import decompress_file_bytes
             from vdmcodec.coding.container import unpack
+            from vdmcodec.devices import parse_device
             from vdmcodec.files import write_files
             from vdmcodec.imagefile import file_names, restore_files
 
+            dev = parse_device(device)
             to_stdout = str(output) == STDIO
             if to_stdout and sys.stdout.isatty():
                 fail("refusing to write image data to a terminal: redirect standard output, or give -o FOLDER")
@@ -223,7 +235,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                     blob = archive.read_bytes()
                 except OSError as e:
                     fail(f"{archive}: {e.strerror}")
-            if not quiet:
+            if not quiet and dev.type == "cpu":
                 _note_slow_arithmetic(blob)
             header, _ = unpack(blob)
             names = file_names(header)  # every check on the names before the (long) decoding
@@ -238,7 +250,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 problem = output_problem(t, force)
                 if problem:
                     fail(f"{problem}; nothing was written")
-            images = decompress_file_bytes(blob, model=model, progress=_show(quiet, progress))
+            images = decompress_file_bytes(blob, model=model, progress=_show(quiet, progress), device=dev)
             files = restore_files(header, images)
             if to_stdout:
                 stream = click.get_binary_stream("stdout")
@@ -297,7 +309,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 typer.echo(f"model: {header.model} (weights {header.model_hash}...)  steps: {header.steps}  grid_bits: {header.grid_bits}")
                 typer.echo("levels: " + ("uniform" if header.levels is None else
                                          f"the model card's fitted coding_times (sha256 {header.levels}...)"))
-                typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}")
+                typer.echo(f"coded with torch {header.torch}, {header.threads} threads, {header.dtype}"
+                           + (f" on a GPU: {header.device}" if header.device else ""))
                 if header.structures:
                     used = [describe(p) for p in header.structures if p is not None]
                     typer.echo(f"structure priors: {len(used)} of {len(header.structures)} tiled images ({'; '.join(sorted(set(used)))})")

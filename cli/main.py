@@ -9,6 +9,8 @@ from typing import List, Optional
 
 import typer
 
+from cli.device import device_option
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="vdmcodec: lossless image compression with a Variational Diffusion Model.")
 
@@ -67,9 +69,12 @@ def train(
     init_from: Optional[str] = typer.Option(None, help="Start from this model's weights (shipped name or model directory); "
                                             "the config may add learned-variance outputs to it."),
     name: Optional[str] = typer.Option(None, help="Model name recorded in the model card."),
+    device: str = device_option("auto"),
     progress: bool = typer.Option(True, help="Show a progress bar."),
 ):
-    """Train a VDM; resumable after a kill (--resume). Works under torchrun (DDP).
+    """Train a VDM; resumable after a kill (--resume), also on another device than the one
+    that wrote the checkpoint. Works under torchrun (DDP: gloo on CPU, nccl on CUDA, each rank
+    on cuda:LOCAL_RANK).
 
     Example: vdmcodec train --data ../shared/data/mnist/mnist9k-images-idx3-ubyte.gz
     --data-range 0:8000 --val ../shared/data/mnist/mnist9k-images-idx3-ubyte.gz
@@ -94,7 +99,7 @@ def train(
         specs = [DataSpec(p, a, b) for p in data]
         vspecs = [DataSpec(p, va, vb) for p in val or []]
         trainer = Trainer(cfg, out, specs, vspecs or None, resume=resume, progress=progress,
-                          card={"name": name or out.name}, init_from=init_from)
+                          card={"name": name or out.name}, init_from=init_from, device=device)
         res = trainer.fit(steps)
         if trainer.dist.main:
             typer.echo(json.dumps({"step": res["step"], "out": str(out), "card": trainer.card()}))
@@ -115,6 +120,7 @@ def eval_cmd(
     seed: int = typer.Option(0, help="Noise seed."),
     batch_size: int = typer.Option(100, min=1, help="Images per network call."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of the summary lines."),
+    device: str = device_option("cpu"),
     progress: bool = typer.Option(True, help="Show a progress bar (only when stderr is a terminal)."),
 ):
     """Negative ELBO in bits per dimension (mean +- standard error over images)."""
@@ -122,11 +128,12 @@ def eval_cmd(
     def go():
         from vdmcodec.coding.levels import card_times
         from vdmcodec.data import load_items
+        from vdmcodec.devices import parse_device
         from vdmcodec.evaluate import evaluate
         from vdmcodec.training.trainer import parse_range
         from vdmcodec.zoo import load_model
 
-        m, info = load_model(model)
+        m, info = load_model(model, device=parse_device(device))
         times = None if steps is None else card_times(info["card"], steps, info["dir"])
         a, b = parse_range(data_range)
         items = load_items([data])[a:b]

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from cli.device import device_option
+
 
 def _parse_size(text: str) -> tuple[int, int]:
     from vdmcodec.errors import VdmcodecError
@@ -76,7 +78,7 @@ def sample(
     size: Optional[str] = typer.Option(None, help="Image size N or HxW (default: the model card's image_size, else the "
                                                   "training run's validation crop, else 28x28)."),
     batch_size: int = typer.Option(64, "--batch-size", min=1, help="Samples per network call."),
-    device: str = typer.Option("cpu", help="Torch device."),
+    device: str = device_option("cpu"),
     force: bool = typer.Option(False, "--force", help="Overwrite existing output files."),
     progress: bool = typer.Option(True, help="Show a progress bar over the steps."),
 ):
@@ -103,6 +105,7 @@ def sample(
         from PIL import Image
         from tqdm.auto import tqdm
 
+        from vdmcodec.devices import parse_device
         from vdmcodec.errors import VdmcodecError
         from vdmcodec.sampling import (SCHEDULES, START_DISTRIBUTIONS, VDMDenoiser, adaptive_sigmas,
                                        cached_score_optimal_cost, generate, get_sampler, image_grid, make_sigmas,
@@ -138,8 +141,9 @@ def sample(
             if path is not None and path.exists() and not force:
                 raise VdmcodecError(f"{path} exists (use --force to overwrite)")
         hw = _parse_size(size) if size is not None else None
+        dev = parse_device(device)
 
-        m, minfo = load_model(model, device=device)
+        m, minfo = load_model(model, device=dev)
         hw = hw or _card_size(minfo["card"], minfo["dir"]) or (28, 28)
         shape = (m.cfg.network.image_channels, *hw)
         denoiser = VDMDenoiser(m)
@@ -161,7 +165,7 @@ def sample(
                    file=sys.stderr)
         try:
             x = generate(denoiser, info.name, sigmas, shape, count=n, seed=seed, batch_size=batch_size,
-                         options=options, callback=lambda _: bar.update(1), device=device, start=start)
+                         options=options, callback=lambda _: bar.update(1), device=dev, start=start)
         finally:
             bar.close()
         pixels = to_pixels(x)

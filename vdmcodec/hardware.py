@@ -18,7 +18,7 @@ def native_bf16(device: torch.device | str = "cpu") -> bool:
     reference fallback)."""
     device = torch.device(device)
     if device.type == "cuda":
-        return bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+        return bool(torch.cuda.is_available()) and cuda_native_bf16(device)
     if device.type != "cpu":
         return False
     try:  # oneDNN's own test: AVX-512 (BW/VL/DQ) cores and up, where its bf16 kernels run
@@ -35,3 +35,28 @@ def cpu_capability() -> str:
     except AttributeError:
         simd = "unknown SIMD"
     return f"{simd}, {'native' if native_bf16('cpu') else 'no native'} bfloat16"
+
+
+def cuda_native_bf16(device: torch.device) -> bool:
+    """bfloat16 in hardware on this CUDA device (compute capability 8.0 and up), not counting
+    emulation: ``is_bf16_supported()``'s default also answers True on a V100 or T4, whose
+    bfloat16 runs through float32 paths, slower than float32 itself."""
+    with torch.cuda.device(device):
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # torch before the including_emulation argument
+            return torch.cuda.get_device_capability(device) >= (8, 0)
+
+
+def device_fingerprint(device: torch.device | str, mode: str) -> str | None:
+    """What a GPU's float network arithmetic depends on, as one line a file records: the
+    product name, compute capability, the CUDA and cuDNN versions torch was built with, and
+    the precision ``mode`` (coding/determinism.py). None on the CPU (whose files record
+    their thread count instead)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    major, minor = torch.cuda.get_device_capability(device)
+    cudnn = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    return (f"{torch.cuda.get_device_name(device)}; sm {major}.{minor}; CUDA {torch.version.cuda}; "
+            f"cuDNN {cudnn}; {mode}")

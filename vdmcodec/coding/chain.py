@@ -170,7 +170,7 @@ class DiffusionChain:
             t = torch.tensor(levels.check_times(cfg.times, T), dtype=torch.float64)
         if self.portable:
             self.network = None
-            self._exact_net = exact.network_for(model)
+            self._exact_net = exact.network_for(model, next(model.parameters()).device)
             g = exact.schedule_gamma(model.gamma, t).numpy()
         else:
             # the network in that layout and precision (a copy unless the model already runs

@@ -19,6 +19,13 @@ stores the encoder's count; the decoder runs the network at that count (switchin
 setting for the call and back) or, where it may not (``DecodeLimits``), refuses up front
 with what to match. ``DecodeLimits`` also bounds what a file may claim (steps, subpixels,
 images) before any work, for callers that decode untrusted files.
+
+On a GPU (``load_codec(device="cuda")``) the float arithmetics' outputs depend on the GPU,
+its CUDA and cuDNN, and torch's precision switches: both directions pin those switches
+(determinism.pinned, restored after), and the file records the device's fingerprint
+(hardware.device_fingerprint), which the decoder must match, or it refuses up front. The
+portable arithmetic runs on the GPU too and writes the file the CPU writes (exact.py), so it
+records no device and decodes anywhere.
 """
 from __future__ import annotations
 
@@ -36,11 +43,12 @@ import numpy as np
 import torch
 
 from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError, VdmcodecError
-from ..hardware import cpu_capability, native_bf16
+from ..hardware import cpu_capability, device_fingerprint, native_bf16
 from ..zoo import load_model, resolve_for_file
 from . import classical, jpeg_prior, levels, structure, tiles
 from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
 from .ans import EmptyMessageError, Message
+from .determinism import PRECISION_MODE, pinned
 from .preflight import PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, structure_gains, sure_win
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain, apply_arithmetic
 from .spec import CURRENT as CURRENT_CODER
@@ -180,6 +188,15 @@ class Codec:
     def channels(self) -> int:
         return self.model.cfg.network.image_channels
 
+    @property
+    def device(self) -> torch.device:
+        """Where the network runs (the model's device)."""
+        return next(self.model.parameters()).device
+
+    def device_record(self, arithmetic: str) -> str | None:
+        """What a file coded here in ``arithmetic`` records of the device (``device_record``)."""
+        return device_record(self.device, arithmetic)
+
     def level_times(self, steps: int) -> tuple[float, ...] | None:
         """The level times compress uses at T = ``steps``: the card's fitted ones where it lists
         them for that T (and ``fitted_levels``), else None (uniform)."""
@@ -227,7 +244,12 @@ class Codec:
         chain's T (effort.py); ``steps`` overrides that T, and runs the model even at an
         effort that would not. ``force_model`` keeps the model-coded result even where
         all-classical is smaller (for measurements) and runs the chain on every image the
-        model can code, without the preflight; ``classical_only`` skips the model."""
+        model can code, without the preflight; ``classical_only`` skips the model. torch's
+        precision switches are pinned for the call (determinism.pinned) and restored after."""
+        with pinned():
+            return self._compress(images, steps, names, progress, classical_only, force_model, effort)
+
+    def _compress(self, images, steps, names, progress, classical_only, force_model, effort) -> bytes:
         entries = self._entries(images, names)
         choice = self.effort_choice(effort)
         T = int(steps or choice.steps or self.steps)
@@ -395,6 +417,7 @@ class Codec:
             corr=levels.corr_digest(corr) if uses_model and corr is not None and any(corr_scales) else None,
             corr_scales=list(corr_scales) if uses_model and corr is not None and any(corr_scales) else [],
             structures=list(structures) if any(p is not None for p in structures) else [],
+            device=self.device_record(self.arithmetic) if uses_model else None,
         )
 
     def _pack_classical(self, entries, best, T) -> bytes:
@@ -486,6 +509,36 @@ class Codec:
         return evaluate(self.model, items, steps=int(steps or self.steps), seed=seed, progress=False)
 
 
+def device_record(device: torch.device, arithmetic: str) -> str | None:
+    """What a file coded on ``device`` in ``arithmetic`` records of the device: the GPU's
+    fingerprint for a float arithmetic on CUDA, else None (the CPU, or portable: the same
+    bits everywhere)."""
+    if ARITHMETIC[arithmetic].portable:
+        return None
+    return device_fingerprint(device, PRECISION_MODE)
+
+
+def check_device(header: Header, device: torch.device) -> None:
+    """Refuse, before any work, a file whose network arithmetic ``device`` cannot replay: a
+    GPU file on the CPU or on another GPU or software (the fingerprints differ), a CPU file
+    on a GPU. Portable files decode on any device."""
+    if header.model is None or header.dtype == "portable":
+        return
+    here = device_record(device, header.dtype)
+    if header.device == here:
+        return
+    portable = "files written with --arithmetic portable decode on any device"
+    if header.device is None:
+        raise RuntimeMismatchError(f"this file was coded on a CPU in {header.dtype} and decodes only on one; this "
+                                   f"decoder runs on {device} (use --device cpu; {portable})")
+    if here is None:
+        raise RuntimeMismatchError(f"this file was coded on a GPU in {header.dtype} ({header.device}) and decodes only "
+                                   f"on the same GPU and software; this decoder runs on the CPU (decode there with "
+                                   f"--device cuda; {portable})")
+    raise RuntimeMismatchError(f"this file was coded on a GPU in {header.dtype} ({header.device}) and decodes only on "
+                               f"the same GPU and software; this one is {here} ({portable})")
+
+
 def check_limits(header: Header, limits: DecodeLimits) -> None:
     """Refuse, before any work, a file that claims more than ``limits`` allow."""
     subpixels = sum(h * w * c * n for h, w, c, n in header.shapes)
@@ -501,7 +554,8 @@ def check_limits(header: Header, limits: DecodeLimits) -> None:
 def network_threads(header: Header, limits: DecodeLimits):
     """Run the block at the encoder's torch thread count (see the module docstring)."""
     here, there = torch.get_num_threads(), header.threads
-    if here == there or header.dtype == "portable":  # exact.py: the same bits at any count
+    # exact.py: the same bits at any count; a GPU file: the network does not run on CPU threads
+    if here == there or header.dtype == "portable" or header.device is not None:
         yield
         return
     cap = limits.max_threads if limits.max_threads is not None else (os.cpu_count() or 1)
@@ -538,6 +592,7 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         if model_digest(codec.info) != header.model_hash:
             raise ModelError(f"file was coded with model {header.model!r} (weights sha256 {header.model_hash}...); "
                              f"the loaded model {codec.info['name']!r} has {model_digest(codec.info)}...")
+        check_device(header, codec.device)
         if len(payload) % 4:
             raise FormatError("corrupted payload (not whole ANS words)")
         for start, size in header.chunks:  # the encoder's bounds, checked before any batch is allocated
@@ -565,7 +620,7 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
         msg = Message.from_bytes(payload)
         bar = _bar(progress, len(order), "decompress")
         try:
-            with network_threads(header, limits):
+            with network_threads(header, limits), pinned():
                 _pop_tiled(chain, msg, header, shapes, methods, tiled_idx, out, progress)
                 cblob = _pop_chunks(chain, msg, header, shapes, order, out, bar)
         except EmptyMessageError:
@@ -655,6 +710,9 @@ def _environments(header: Header) -> str:
     at the header's thread count: network_threads)."""
     if header.dtype == "portable":  # the same bits everywhere: a failure is damage, or another torch's rounding
         return f"encoded with torch {header.torch}, portable arithmetic; decoded with torch {torch.__version__}"
+    if header.device is not None:  # the decoder checked the fingerprint: the same GPU and software
+        return (f"encoded with torch {header.torch} on {header.device}, {header.dtype}; decoded with torch "
+                f"{torch.__version__} on the same GPU; files written with --arithmetic portable decode on any device")
     return (f"encoded with torch {header.torch} at {header.threads} threads, {header.dtype}; "
             f"decoded with torch {torch.__version__} at the same count on {platform.machine()} "
             f"({cpu_capability()}); float files decode only on a CPU of the encoder's SIMD level, "
@@ -711,8 +769,10 @@ def coding_defaults(info: dict, steps: int | None = None, arithmetic: str | None
 
 
 def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress: bool = False,
-                          limits: DecodeLimits | None = None) -> list[tuple[np.ndarray, str]]:
-    """Decode a container, loading the model it names (or ``model``) only if needed."""
+                          limits: DecodeLimits | None = None,
+                          device: str | torch.device = "cpu") -> list[tuple[np.ndarray, str]]:
+    """Decode a container, loading the model it names (or ``model``) on ``device`` only if
+    needed. A file whose arithmetic ``device`` cannot replay is refused before the model loads."""
     header, payload = unpack(blob)
     limits = limits or DecodeLimits()
     check_limits(header, limits)
@@ -720,5 +780,6 @@ def decompress_file_bytes(blob: bytes, model: str | Path | None = None, progress
     if any(m in MODEL_METHODS for m, _ in header.methods):
         if model is None:
             model = resolve_for_file(header.model, header.model_hash)
-        codec = load_codec(model, steps=max(1, header.steps))
+        check_device(header, torch.device(device))
+        codec = load_codec(model, steps=max(1, header.steps), device=device)
     return decode_payload(header, payload, codec, progress, limits)

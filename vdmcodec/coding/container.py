@@ -82,6 +82,7 @@ class Header:
     # the format version it was read from (spec.py: the coder of that version); files are written at VERSION.
     # Not part of equality: a header means the same whichever version carried it
     version: int = field(default=VERSION, compare=False)
+    device: str | None = None       # a GPU-coded float file: the device fingerprint (hardware.py); None: CPU or portable
 
     @property
     def count(self) -> int:
@@ -152,8 +153,9 @@ def encode_header(h: Header) -> bytes:
         out += _str(h.model, MAX_SHORT_STR) + bytes.fromhex(h.model_hash or "")
         out += _varint(h.steps) + bytes([h.grid_bits, DTYPES.index(h.dtype)]) + _varint(h.threads)
         out += _str(h.torch, MAX_SHORT_STR)
-        kind = (h.levels is not None) | (h.corr is not None) << 1
+        kind = (h.levels is not None) | (h.corr is not None) << 1 | (h.device is not None) << 2
         out += bytes([kind]) + bytes.fromhex(h.levels or "") + bytes.fromhex(h.corr or "")
+        out += b"" if h.device is None else _str(h.device, MAX_SHORT_STR)
     out += _varint(len(h.shapes))
     for r in h.shapes:
         out += b"".join(_varint(v) for v in r)
@@ -268,7 +270,7 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
     flags = r.byte("flags")
     if (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
         r.bad("unknown flags")
-    model = model_hash = levels = corr = None
+    model = model_hash = levels = corr = device = None
     steps, grid_bits, torch_v, dtype, threads = 0, 0, "", "float32", 0
     if flags & _F_MODEL:
         model = r.string("model name", MAX_SHORT_STR)
@@ -282,11 +284,13 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
         threads = r.varint("threads", MAX_THREADS)
         torch_v = r.string("torch version", MAX_SHORT_STR)
         if version >= 4:
-            kind = r.byte("level times kind")  # bit 0: fitted times; bit 1: channel correlations
-            if kind > (3 if version >= 6 else 1):
+            # bit 0: fitted times; bit 1: channel correlations; bit 2: a device record (GPU files)
+            kind = r.byte("level times kind")
+            if kind > (7 if version >= 7 else 3 if version >= 6 else 1):
                 r.bad(f"unknown level times kind {kind}")
             levels = r.take(HASH_BYTES, "level times hash").hex() if kind & 1 else None
             corr = r.take(HASH_BYTES, "channel correlation hash").hex() if kind & 2 else None
+            device = r.string("device record", MAX_SHORT_STR) if kind & 4 else None
     shapes = [[r.varint("height", MAX_SIDE), r.varint("width", MAX_SIDE), r.byte("channels"), r.varint("count", MAX_IMAGES)]
               for _ in range(r.count("shape runs", MAX_IMAGES, 4))]
     methods = []
@@ -342,7 +346,7 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
                   threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
                   chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze,
                   tile=tile, tiled=tiled, levels=levels, corr=corr, structures=structures if any(structures) else [],
-                  corr_scales=corr_scales, version=version)
+                  corr_scales=corr_scales, version=version, device=device)
 
 
 def _parse_structure(r: _Reader):
@@ -403,6 +407,8 @@ def _validate(h: Header) -> Header:
         bad("steps / grid_bits out of range")
     if h.model is not None and not 1 <= h.threads <= MAX_THREADS:
         bad(f"threads {h.threads} out of range 1..{MAX_THREADS}")
+    if h.device is not None and (h.model is None or h.dtype == "portable" or not h.device):
+        bad("a device record on a file without a float model arithmetic")
     total, count = 0, 0
     for hh, w, c, n in h.shapes:
         if hh < 1 or w < 1 or c not in (1, 3) or n < 1:

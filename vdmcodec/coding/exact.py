@@ -18,6 +18,17 @@ bits-back chain turns any such difference into a decoding failure (docs/format.m
   correctly rounded on every platform, one torch kernel per operation (no fused
   multiply-add).
 
+On a GPU (``network_for(model, device)``) the same layers run there: the products and sums
+are the same exact integer arithmetic (IEEE float64 on integers below 2^52, exact in any
+order), with cuDNN switched off so that no FFT or Winograd algorithm, which rounds in its
+transforms, is chosen (determinism.cudnn_off), and every division written tensor by
+tensor: CUDA turns division by a Python scalar into multiplication by its reciprocal,
+which is not correctly rounded, while the CPU divides (the two spellings give the CPU the
+same bits). The elementwise functions are one basic operation per kernel on either device,
+so nothing can fuse them into a multiply-add. The network's output goes back to the CPU,
+where the rest of the chain runs, and so a file coded on a GPU in this arithmetic is the
+same file the CPU writes.
+
 The price is speed: float64 convolutions ran 7-13x slower than oneDNN's float32 ones on an
 AVX-512 CPU (torch 2.13). The result differs from the float32 network by the rounding of
 activations (about 2^-17 relative at unit scale), which changes the rate negligibly (see
@@ -140,6 +151,11 @@ def to_grid(x: torch.Tensor, frac_bits: int, int_bits: int | None = None) -> tor
 class ExactAffine:
     """A convolution or linear layer on grid inputs, with integer weights and exact sums."""
 
+    def to(self, device: torch.device) -> "ExactAffine":
+        self.weight = self.weight.to(device)
+        self.bias = None if self.bias is None else self.bias.to(device)
+        return self
+
     def __init__(self, layer: torch.nn.Module, in_frac: int, in_int: int):
         w = layer.weight.detach().to("cpu", F64)
         fan_in = math.prod(w.shape[1:])
@@ -173,6 +189,10 @@ class ExactAffine:
 class ExactGroupNorm:
     """GroupNorm of grid values: the group sums and sums of squares in int64 (exact)."""
 
+    def to(self, device: torch.device) -> "ExactGroupNorm":
+        self.weight, self.bias = self.weight.to(device), self.bias.to(device)
+        return self
+
     def __init__(self, norm: torch.nn.GroupNorm):
         self.groups, self.eps = norm.num_groups, float(norm.eps)
         self.weight = norm.weight.detach().to("cpu", F64).view(1, -1, 1, 1)
@@ -195,8 +215,9 @@ class ExactGroupNorm:
         s2 = s_hh * float(2**24) + s_hl * float(2**13)
         s2 = s2 + s_ll
         scale = float(2.0**-ACT_FRAC_BITS)
-        mean = s1 / n
-        var = s2 / n - mean * mean
+        count = torch.full_like(s1, float(n))  # a tensor divisor: see the module docstring (CUDA)
+        mean = s1 / count
+        var = s2 / count - mean * mean
         var = var * (scale * scale)
         mean = mean * scale
         inv = 1.0 / torch.sqrt(var + self.eps)
@@ -210,6 +231,12 @@ class ExactResBlock:
         self.conv1, self.conv2 = _affine(block.conv1), _affine(block.conv2)
         self.emb = _affine(block.emb)
         self.skip = None if isinstance(block.skip, torch.nn.Identity) else _affine(block.skip)
+
+    def to(self, device: torch.device) -> "ExactResBlock":
+        for part in (self.norm1, self.norm2, self.conv1, self.conv2, self.emb, self.skip):
+            if part is not None:
+                part.to(device)
+        return self
 
     def __call__(self, x, emb):
         h = self.conv1(silu(self.norm1(x)))
@@ -242,9 +269,10 @@ def fourier_features(z: torch.Tensor, exponents: tuple[int, ...]) -> torch.Tenso
 
 
 class ExactDenoiser:
-    """networks.Denoiser's forward in portable arithmetic (CPU, float64)."""
+    """networks.Denoiser's forward in portable arithmetic (float64, on ``device``; the output
+    comes back on the CPU)."""
 
-    def __init__(self, net: Denoiser):
+    def __init__(self, net: Denoiser, device: torch.device | str = "cpu"):
         if any(isinstance(m, Attention) for m in net.modules()):
             raise ValueError("portable arithmetic does not run attention layers")
         self.cfg, self.factor = net.cfg, net.factor
@@ -258,19 +286,33 @@ class ExactDenoiser:
         self.upsample = [_affine(c) for c in net.upsample]
         self.norm_out = ExactGroupNorm(net.norm_out)
         self.conv_out = _affine(net.conv_out)
+        self.device = torch.device(device)
+        if self.device.type != "cpu":
+            parts = [self.emb1, self.emb2, self.conv_in, *self.downsample, self.mid1, self.mid2, *self.upsample,
+                     self.norm_out, self.conv_out, *(b for blocks in self.down + self.up for b in blocks)]
+            for part in parts:
+                part.to(self.device)
 
     @torch.no_grad()
     def __call__(self, z: torch.Tensor, t_norm: torch.Tensor) -> torch.Tensor:
-        z = z.to("cpu", F64)
+        if self.device.type == "cuda":
+            from .determinism import cudnn_off
+
+            with cudnn_off():
+                return self._forward(z, t_norm)
+        return self._forward(z, t_norm)
+
+    def _forward(self, z: torch.Tensor, t_norm: torch.Tensor) -> torch.Tensor:
+        z = z.to(self.device, F64)
         h_in, w_in = z.shape[-2:]
         pad_h, pad_w = (-h_in) % self.factor, (-w_in) % self.factor
         if pad_h or pad_w:
             z = F.pad(z, (0, pad_w, 0, pad_h), mode="replicate")
-        emb = self.emb2(silu(self.emb1(timestep_embedding(t_norm, self.cfg.channels))))
+        emb = self.emb2(silu(self.emb1(timestep_embedding(t_norm.to("cpu"), self.cfg.channels).to(self.device))))
         h = self.conv_in(torch.cat([z, fourier_features(z, tuple(self.cfg.fourier_exponents))], dim=1))
         h = unet_body(self, h, emb, lambda h: h, lambda h: h.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3))
         out = self.conv_out(silu(self.norm_out(h)))
-        return out[..., :h_in, :w_in]
+        return out[..., :h_in, :w_in].to("cpu")
 
 
 def det_sum(x: torch.Tensor) -> torch.Tensor:
@@ -309,10 +351,10 @@ def schedule_gamma(sched: torch.nn.Module, t: torch.Tensor) -> torch.Tensor:
                      "(learned, learned_linear and fixed_linear are)")
 
 
-def network_for(model) -> "ExactDenoiser":
-    """The portable network of a VDM, or ValueError naming what it cannot run."""
+def network_for(model, device: torch.device | str = "cpu") -> "ExactDenoiser":
+    """The portable network of a VDM on ``device``, or ValueError naming what it cannot run."""
     from ..preconditioning import Preconditioning
 
     if model.cfg.precond is not Preconditioning.vdm:
         raise ValueError("portable arithmetic runs VDM-preconditioned models only")
-    return ExactDenoiser(model.net)
+    return ExactDenoiser(model.net, device)

@@ -1,7 +1,7 @@
 """Fit the coding chain's level times to a shipped model and store them in its card
 (coding/levels.py: the times that minimise the measured T-step bound on training crops).
 
-python -m vdmcodec.training.fit_levels --model models/natural --data DIR [--data DIR ...]
+python -m vdmcodec.training.fit_levels --model models/natural --data DIR [--data DIR ...] [--device D]
     [--range START:STOP] [--steps T[,T...]] [--crops 16] [--size 128] [--points 257] [--write [--keep-times]]
 
 Without --steps it fits the card's coding T (``coding_times``); with another T it stores
@@ -30,6 +30,7 @@ from ..coding.chain import apply_arithmetic
 from ..coding.codec import coding_defaults
 from ..coding.levels import corr_table, fit, measure
 from ..data import PatchSampler
+from ..devices import HELP, parse_device
 from ..errors import ModelError, VdmcodecError
 from ..zoo import CARD, atomic_write_bytes, load_model
 from .datasets import DataSpec, load_images, parse_range
@@ -74,6 +75,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-jump", type=int, default=48, help="longest step, in candidates")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default="cpu", help=HELP + " Default: cpu.")
     ap.add_argument("--write", action="store_true", help="store the times in the model card (coding_times)")
     ap.add_argument("--keep-times", action="store_true",
                     help="with --write: store only the channel correlations (coding_corr), not the times")
@@ -82,8 +84,9 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     try:
         requested = [None] if args.steps is None else parse_steps(args.steps)
-        model, info = load_model(args.model)
-        arithmetic = coding_defaults(info)[1]
+        device = parse_device(args.device)
+        model, info = load_model(args.model, device=device)
+        arithmetic = coding_defaults(info, device=device)[1]
         steps_list = [coding_defaults(info, T)[0] for T in requested]
         apply_arithmetic(model, arithmetic)
         crops = training_crops(args.data, args.crops, args.size, model.cfg.network.image_channels, args.seed,

@@ -67,7 +67,7 @@ class LossSecondMomentResampler:
         return {"history": torch.from_numpy(self.history.copy()), "counts": torch.from_numpy(self.counts.copy())}
 
     def load_state_dict(self, state: dict) -> None:
-        history, counts = state["history"].numpy(), state["counts"].numpy()
+        history, counts = state["history"].cpu().numpy(), state["counts"].cpu().numpy()  # (a checkpoint may hold device tensors)
         if history.shape != self.history.shape or counts.shape != self.counts.shape:
             raise ValueError(f"importance sampler state has {history.shape} history, expected {self.history.shape} "
                              "(is_bins / is_history changed since the checkpoint)")

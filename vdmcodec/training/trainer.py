@@ -1,6 +1,16 @@
 """The resumable VDM trainer: AdamW, EMA, gradient clipping, VDM's variance-minimising
 schedule update, periodic validation bpd, checkpoints, and DistributedDataParallel.
 
+Devices: ``device`` (devices.py: auto, cpu, cuda, cuda:N) runs the network; under torchrun
+each rank takes cuda:LOCAL_RANK with nccl, or the CPU with gloo, and every tensor a
+collective sees lives on that device (nccl has no CPU tensors). A checkpoint is device-free:
+it is loaded onto the CPU (map_location="cpu") and what must move is moved, so a run
+resumes on a CPU or a GPU whichever wrote it. It holds every rank's random state (torch,
+CUDA, the noise generator, the crop sampler), and each rank restores its own. Validation
+runs on rank 0 only (the EMA weights are the same on every rank). The card records the
+device kind and its hours: CPU time on a CPU (``cpu_hours``, summed over ranks) and
+wall-clock time x devices on a GPU (``gpu_hours``).
+
 Output directory layout:
   checkpoint.pt          full training state (model, EMA, optimiser, step, RNG states)
   model.safetensors      EMA weights, with model.json (config + card): a model directory
@@ -24,6 +34,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import PatchSampler, to_tensor
+from ..devices import device_name, parse_device
 from ..diffusion import VDM, low_discrepancy_t
 from ..errors import DataError
 from ..hardware import native_bf16
@@ -39,18 +50,17 @@ from .warmstart import warm_start
 
 
 class Distributed:
-    """torchrun environment: rank/world from env vars; gloo on CPU, nccl on CUDA."""
+    """torchrun environment: rank/world from env vars; gloo on CPU, nccl on CUDA. Every
+    collective goes through this class, on tensors on ``self.device``."""
 
-    def __init__(self):
+    def __init__(self, device: str | torch.device | None = "auto"):
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.enabled = self.world > 1
-        if torch.cuda.is_available():
-            self.device = torch.device("cuda", self.local_rank)
+        self.device = parse_device(device, self.local_rank if self.enabled else None)
+        if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
-        else:
-            self.device = torch.device("cpu")
         if self.enabled and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
 
@@ -65,9 +75,43 @@ class Distributed:
     def mean(self, v: float) -> float:
         if not self.enabled:
             return v
-        t = torch.tensor([v], dtype=torch.float64)
+        t = torch.tensor([v], dtype=torch.float64, device=self.device)
         dist.all_reduce(t)
         return float(t) / self.world
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank when ``flag`` is true on one."""
+        if not self.enabled:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0], device=self.device)
+        dist.all_reduce(t)
+        return bool(t.item() > 0)
+
+    def average_(self, t: torch.Tensor) -> None:
+        """Average a tensor over ranks in place (it must live on ``self.device``)."""
+        if self.enabled:
+            if t.device != self.device:
+                raise RuntimeError(f"a collective on a {t.device} tensor; the backend's device is {self.device}")
+            dist.all_reduce(t)
+            t /= self.world
+
+    def all_gather(self, t: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``t`` (on ``self.device``), concatenated in rank order."""
+        if not self.enabled:
+            return t
+        if t.device != self.device:
+            raise RuntimeError(f"a collective on a {t.device} tensor; the backend's device is {self.device}")
+        parts = [torch.empty_like(t) for _ in range(self.world)]
+        dist.all_gather(parts, t.contiguous())
+        return torch.cat(parts)
+
+    def gather_objects(self, obj) -> list:
+        """Every rank's ``obj`` (picklable), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
 
     def close(self):
         if self.enabled and dist.is_initialized():
@@ -77,10 +121,10 @@ class Distributed:
 class Trainer:
     def __init__(self, cfg: RunConfig, out: Path, data: DataSpec | list[DataSpec], val: DataSpec | list[DataSpec] | None = None,
                  resume: bool = False, progress: bool = True, card: dict | None = None,
-                 init_from: str | Path | None = None):
+                 init_from: str | Path | None = None, device: str | torch.device | None = "auto"):
         self.cfg, self.out, self.progress = cfg, Path(out), progress
         self.card_extra = card or {}
-        self.dist = Distributed()
+        self.dist = Distributed(device)
         tc = cfg.train
         if tc.threads:
             torch.set_num_threads(tc.threads)
@@ -100,10 +144,12 @@ class Trainer:
         self.augment = Augmenter(tc.augment, tc.seed)
         self.val_images = None
         self.val_skipped = 0
-        if self.val_specs:
+        if self.val_specs and self.dist.main:  # validation runs on rank 0 only
             self.val_images, self.val_skipped = load_validation(self.val_specs, tc.val_patch_size or tc.patch_size,
                                                                 tc.eval_images, cfg.model.network.image_channels)
         self.model = VDM(cfg.model).to(self.device)
+        if self.dist.rank:  # the same initial weights on every rank, then each its own dropout stream
+            torch.manual_seed(tc.seed * 1_000_003 + self.dist.rank)
         self.init_from: dict | None = None  # warm start (warmstart.py): the source model's record
         if init_from is not None:
             if resume:
@@ -112,7 +158,8 @@ class Trainer:
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=tc.lr, betas=tc.adam_betas, weight_decay=tc.weight_decay)
         self.step = 0
-        self.cpu_seconds = 0.0
+        self.cpu_seconds = 0.0  # CPU time of the steps run on CPUs, summed over ranks
+        self.gpu_seconds = 0.0  # wall-clock time x devices of the steps run on GPUs
         self.generator = torch.Generator().manual_seed(tc.seed * 7919 + self.dist.rank)
         self.eval_history: list[dict] = []
         obj = tc.objective
@@ -125,20 +172,41 @@ class Trainer:
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(self.out / "run.json", (json.dumps(cfg.to_dict(), indent=2) + "\n").encode())
-        self.ddp = DDP(self.model) if self.dist.enabled else self.model
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        self.ddp = DDP(self.model, device_ids=device_ids) if self.dist.enabled else self.model
         self._stop = False
 
     # ---- state ------------------------------------------------------------------
-    def _state(self) -> dict:
+    def _rng_state(self) -> dict:
+        """This rank's random state: torch's CPU and CUDA generators, the noise generator
+        and the crop sampler (CPU tensors and plain values only)."""
+        return {"torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state(self.device).cpu() if self.device.type == "cuda" else None,
+                "generator": self.generator.get_state(), "sampler": self.sampler.state()}
+
+    def _set_rng_state(self, st: dict) -> None:
+        torch.set_rng_state(st["torch_rng"].cpu())
+        if self.device.type == "cuda" and st.get("cuda_rng") is not None:
+            torch.cuda.set_rng_state(st["cuda_rng"].cpu(), self.device)
+        self.generator.set_state(st["generator"].cpu())
+        self.sampler.set_state(st["sampler"])
+
+    def _state(self, ranks: list[dict] | None = None) -> dict:
+        """The checkpoint: rank 0's random state at the top level (as checkpoints before
+        per-rank states had it) and every rank's in ``rank_rng``."""
+        mine = self._rng_state()
         return {
             "step": self.step,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict(),
             "opt": self.opt.state_dict(),
-            "generator": self.generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "sampler": self.sampler.state(),
+            "generator": mine["generator"],
+            "torch_rng": mine["torch_rng"],
+            "sampler": mine["sampler"],
+            "rank_rng": ranks if ranks is not None else [mine],
+            "device": self.device.type,
             "cpu_seconds": self.cpu_seconds,
+            "gpu_seconds": self.gpu_seconds,
             "eval_history": self.eval_history,
             "config": self.cfg.to_dict(),
             **({"init_from": self.init_from} if self.init_from else {}),
@@ -149,20 +217,24 @@ class Trainer:
         path = self.out / "checkpoint.pt"
         if not path.exists():
             raise DataError(f"{path}: no checkpoint to resume from")
-        st = torch.load(path, map_location=self.device, weights_only=False)
+        # onto the CPU whatever device wrote it: load_state_dict copies onto the parameters'
+        # device (the optimiser's state follows its parameters), RNG states are CPU tensors
+        st = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(st["model"])
         self.ema.load_state_dict(st["ema"])
         self.opt.load_state_dict(st["opt"])
         self.step = st["step"]
-        self.generator.set_state(st["generator"])
-        torch.set_rng_state(st["torch_rng"])
-        # each rank keeps its own sampler stream; rank 0's state is saved, others re-seed
-        if self.dist.main:
-            self.sampler.set_state(st["sampler"])
-        else:
-            self.sampler = PatchSampler(self.images, self.cfg.train.patch_size, seed=self.step * 7 + self.dist.rank,
-                                        multiple=self.cfg.train.crop_multiple)
+        ranks = st.get("rank_rng") or [{k: st[k] for k in ("torch_rng", "generator", "sampler")}]
+        if self.dist.rank < len(ranks):
+            self._set_rng_state(ranks[self.dist.rank])
+        else:  # a rank the checkpoint's run did not have (or a checkpoint from before per-rank states)
+            tc = self.cfg.train
+            self.sampler = PatchSampler(self.images, tc.patch_size, seed=self.step * 7 + self.dist.rank,
+                                        multiple=tc.crop_multiple)
+            self.generator.manual_seed(tc.seed * 7919 + self.dist.rank + 104_729 * self.step)
+            torch.manual_seed(tc.seed * 1_000_003 + self.dist.rank + 104_729 * self.step)
         self.cpu_seconds = st.get("cpu_seconds", 0.0)
+        self.gpu_seconds = st.get("gpu_seconds", 0.0)
         self.eval_history = st.get("eval_history", [])
         self.init_from = st.get("init_from")
         if self.resampler is not None and "resampler" in st:
@@ -170,10 +242,13 @@ class Trainer:
             self.resampler.load_state_dict(st["resampler"])
 
     def save(self):
+        """Write the checkpoint and model directory (rank 0); every rank must call it, since
+        it gathers the ranks' random states."""
+        ranks = self.dist.gather_objects(self._rng_state())
         if not self.dist.main:
             return
         buf = io.BytesIO()
-        torch.save(self._state(), buf)
+        torch.save(self._state(ranks), buf)
         atomic_write_bytes(self.out / "checkpoint.pt", buf.getvalue())
         save_model(self.out, self.ema, self.card())
 
@@ -183,6 +258,12 @@ class Trainer:
         # a warm-started model's CPU-hours include its source's; steps are this run's own
         warm = {"init_from": self.init_from} if self.init_from else {}
         total_hours = own_hours + ((self.init_from or {}).get("cpu_hours") or 0.0)
+        # device-hours: CPU time on CPUs (cpu_hours, as cards always had it), wall-clock x
+        # devices on GPUs (gpu_hours, only once a GPU trained); "device" names this run's
+        gpu = ({"gpu_hours": round(self.gpu_seconds / 3600.0, 3)} if self.gpu_seconds or self.device.type == "cuda"
+               else {})
+        if self.device.type == "cuda":
+            gpu["gpu"] = device_name(self.device)
         return {
             **self.card_extra,
             "data": " + ".join(s.path.name for s in self.data_specs),
@@ -191,7 +272,9 @@ class Trainer:
             **({"val_skipped_images": self.val_skipped} if self.val_skipped else {}),
             "steps": self.step,
             "batch_size": self.cfg.train.batch_size * self.dist.world,
+            "device": self.device.type,
             "cpu_hours": round(total_hours, 3),
+            **gpu,
             **warm,
             "val_bpd_continuous": last.get("val_bpd"),
             "val_bpd_stderr": last.get("val_bpd_se"),
@@ -252,9 +335,7 @@ class Trainer:
         torch.autograd.backward(roots, grads)
         for p, fix in zip(ends, endpoint_fix):
             if fix is not None:
-                if self.dist.enabled:  # DDP averaged the backward's gradients: average this too
-                    dist.all_reduce(fix)
-                    fix /= self.dist.world
+                self.dist.average_(fix)  # DDP averaged the backward's gradients: average this too
                 p.grad = fix if p.grad is None else p.grad + fix
         gnorm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
         lr = self.lr_at(self.step)
@@ -285,12 +366,7 @@ class Trainer:
 
     def _update_resampler(self, t: torch.Tensor, losses: torch.Tensor):
         """Every rank records every rank's losses (iDDPM's update_with_all_losses)."""
-        if self.dist.enabled:
-            ts, ls = [torch.empty_like(t) for _ in range(self.dist.world)], [torch.empty_like(losses) for _ in range(self.dist.world)]
-            dist.all_gather(ts, t.contiguous())
-            dist.all_gather(ls, losses.contiguous())
-            t, losses = torch.cat(ts), torch.cat(ls)
-        self.resampler.update(t, losses)
+        self.resampler.update(self.dist.all_gather(t.to(self.device)), self.dist.all_gather(losses.to(self.device)))
 
     @torch.no_grad()
     def _ema_update(self):
@@ -339,7 +415,7 @@ class Trainer:
             bar = tqdm(total=target, initial=self.step, unit="step", dynamic_ncols=True, desc="train")
         self.model.train()
         last = {}
-        t_start = time.process_time()
+        t_start = self._clock()
         wall0 = time.time()
         try:
             while self.step < target and not self._stop_all():
@@ -353,10 +429,11 @@ class Trainer:
                     self.log({"step": self.step, "time": time.time(), "bf16": self.bf16, **last})
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self._account(t_start)
-                    t_start = time.process_time()
+                    t_start = self._clock()
                     ev = self.validate()
                     if ev:
-                        ev = {"step": self.step, "cpu_hours": round(self.cpu_seconds / 3600, 4), **ev}
+                        gpu = {"gpu_hours": round(self.gpu_seconds / 3600, 4)} if self.gpu_seconds else {}
+                        ev = {"step": self.step, "cpu_hours": round(self.cpu_seconds / 3600, 4), **gpu, **ev}
                         self.eval_history.append(ev)
                         self.log({"eval": True, **ev})
                         if bar is not None:
@@ -364,7 +441,7 @@ class Trainer:
                             bar.write(f"step {self.step}: val bpd {ev['val_bpd']:.4f} +- {ev['val_bpd_se']:.4f}{T_text}")
                 if self.step % tc.ckpt_every == 0:
                     self._account(t_start)
-                    t_start = time.process_time()
+                    t_start = self._clock()
                     self.save()
         finally:
             self._account(t_start)
@@ -376,13 +453,18 @@ class Trainer:
         self.dist.barrier()
         return {"step": self.step, "wall_seconds": time.time() - wall0, **last}
 
-    def _account(self, t_start: float):
-        # CPU time of this process (all its threads); summed over ranks under DDP
-        self.cpu_seconds += self.dist.mean(time.process_time() - t_start) * self.dist.world
+    @staticmethod
+    def _clock() -> tuple[float, float]:
+        return time.process_time(), time.time()
+
+    def _account(self, start: tuple[float, float]):
+        """Add the time since ``start`` (``_clock``): on a CPU the CPU time of this process (all
+        its threads), summed over ranks; on a GPU the wall-clock time times the devices."""
+        cpu, wall = time.process_time() - start[0], time.time() - start[1]
+        if self.device.type == "cuda":
+            self.gpu_seconds += self.dist.mean(wall) * self.dist.world
+        else:
+            self.cpu_seconds += self.dist.mean(cpu) * self.dist.world
 
     def _stop_all(self) -> bool:
-        if not self.dist.enabled:
-            return self._stop
-        flag = torch.tensor([1.0 if self._stop else 0.0])
-        dist.all_reduce(flag)
-        return bool(flag.item() > 0)
+        return self.dist.any(self._stop)
