@@ -10,7 +10,7 @@ continue the run from the repository (vdmcodec train --init-from DIR --init-weig
 the constant-rate RUN2 to continue from: lr_schedule.py), and the card's "checkpoint" key
 says which step they are at. Ship rarely: every shipped file stays in every clone.
 Re-shipping over an earlier ship keeps what the run
-cannot know: its image size, coding defaults and the evaluations of earlier sessions (a run
+cannot know: its image size, coding defaults and the evaluations of earlier runs (a run
 resumed on a fresh machine logs only its own). It keeps the card's fitted level times
 (coding_times, coding_times_more) and channel correlations (coding_corr) only when the weights are the ones they were fitted to: after new weights, run
 fit_levels again.
