@@ -8,7 +8,7 @@ python -m benchmarks.ablation --out runs/ablation [--steps 2000] [--batch 64] [-
 
 Each technique trains in its own run directory OUT/NAME (resumable: an interrupted run
 continues from its checkpoint; a run with OUT/NAME/result.json, or with a finished row of the same config
-and measurement settings under benchmarks/results/runs/ablation/ (committed: sessions may start on a
+and measurement settings under benchmarks/results/runs/ablation/ (committed: a run may start on a
 fresh machine), is not redone), then is measured
 with its EMA weights: the continuous-time and the T-step negative ELBO (bpd, the unweighted VDM
 bound whatever the technique trains), the spread of the technique's own loss estimator (std over
@@ -47,7 +47,7 @@ from vdmcodec.training.config import RunConfig, load_config
 from vdmcodec.training.trainer import DataSpec, Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
-STORE = ROOT / "benchmarks" / "results" / "runs"  # finished rows, committed: sessions may start on a fresh machine
+STORE = ROOT / "benchmarks" / "results" / "runs"  # finished rows, committed: a run may start on a fresh machine
 DATA = Path("../shared/data/mnist/mnist9k-images-idx3-ubyte.gz")
 LABELS = Path("../shared/data/mnist/mnist9k-labels-idx1-ubyte.gz")
 TRAIN, VAL = slice(0, 8000), slice(8000, 9000)
@@ -199,7 +199,7 @@ def run_technique(name: str, cfg: RunConfig, out: Path, data: DataSpec, val: np.
         return json.loads(done.read_text())
     kept = None if args.quick else stored("ablation", name, cfg, _measured_with(args))
     if kept is not None:
-        print(f"{name}: done in an earlier session ({STORE / 'ablation' / (name + '.json')})", flush=True)
+        print(f"{name}: done by an earlier run ({STORE / 'ablation' / (name + '.json')})", flush=True)
         return kept
     resume = (d / "checkpoint.pt").exists()
     if resume:
@@ -274,7 +274,7 @@ def report(results: list[dict], args, meta: dict, plot_path: Path) -> list[str]:
         f"{meta['machine']['torch_threads']} torch thread(s), torch {meta['machine']['torch']}, "
         f"load average {_f(meta['machine']['load_average_1min'], '.2f')} at the start. Rows measured by earlier runs of "
         "this command are reused (from OUT or the committed store, benchmarks/results/runs/ablation/), so the rows may "
-        "come from several sessions; s/step is each row's own training, on a machine other work shared.", "",
+        "come from several runs; s/step is each row's own training, on a machine other work shared.", "",
         f"Budget, the same for every row: {args.steps} steps x batch {args.batch}, network {args.model_size}, seed "
         f"{args.seed}, training images 0-7999; base config `{args.config}` otherwise. Measured with the EMA weights on "
         f"validation images 8000-{8000 + args.val_images - 1} ({args.val_images} images, fixed noise seeds): "

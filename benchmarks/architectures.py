@@ -13,7 +13,7 @@ on validation images 8000-(8000+N-1): the continuous-time negative ELBO (4 strat
 image, fixed noise seeds, the same for every architecture), mean +- standard error over images.
 Measurement time is not billed to the budget. Each architecture's run directory OUT/NAME is
 resumable; a finished curve (OUT/NAME/curve.json, and a copy under benchmarks/results/runs/
-architectures/ to commit, since sessions may start on a fresh machine) is not redone. Writes a markdown
+architectures/ to commit, since a run may start on a fresh machine) is not redone. Writes a markdown
 report with the command and machine, and a plot of bpd against CPU-hours beside it.
 """
 from __future__ import annotations
@@ -87,7 +87,7 @@ def run_arch(name: str, cfg: RunConfig, out: Path, data: DataSpec, val: np.ndarr
     measured = {"cpu_minutes": args.cpu_minutes, "points": args.points, "val_images": args.val_images, "seed": args.seed}
     kept = stored("architectures", name, cfg, measured, args.store)
     if kept is not None:
-        print(f"{name}: done in an earlier session ({args.store / 'architectures' / (name + '.json')})", flush=True)
+        print(f"{name}: done by an earlier run ({args.store / 'architectures' / (name + '.json')})", flush=True)
         return kept
     resume = (d / "checkpoint.pt").exists()
     if resume and RunConfig.from_dict(json.loads((d / "run.json").read_text())) != cfg:
@@ -179,7 +179,7 @@ def parse_args(argv):
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine is shared)")
     ap.add_argument("--config", type=Path, default=ROOT / "configs" / "mnist.json")
     ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--store", type=Path, default=STORE, help="finished rows kept across sessions (commit them)")
+    ap.add_argument("--store", type=Path, default=STORE, help="finished rows kept across runs (commit them)")
     ap.add_argument("--report", type=Path, default=ROOT / "benchmarks" / "results" / "architectures.md")
     args = ap.parse_args(argv)
     unknown = [a for a in args.archs.split(",") if a not in ARCHS]

@@ -68,6 +68,9 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="Continue from OUT/checkpoint.pt."),
     init_from: Optional[str] = typer.Option(None, help="Start from this model's weights (shipped name or model directory); "
                                             "the config may add learned-variance outputs to it."),
+    init_weights: str = typer.Option("ema", help="With --init-from: 'ema' starts a new run from its EMA weights; 'raw' continues "
+                                     "its training from the raw weights it ships (raw.safetensors): same step count, fresh AdamW."),
+    rewarm_steps: int = typer.Option(100, min=0, help="With --init-weights raw: learning-rate warm-up steps for the fresh optimiser."),
     name: Optional[str] = typer.Option(None, help="Model name recorded in the model card."),
     device: str = device_option("auto"),
     progress: bool = typer.Option(True, help="Show a progress bar."),
@@ -98,8 +101,15 @@ def train(
         va, vb = parse_range(val_range)
         specs = [DataSpec(p, a, b) for p in data]
         vspecs = [DataSpec(p, va, vb) for p in val or []]
+        if init_weights not in ("ema", "raw") or (init_weights == "raw" and not init_from):
+            _fail("--init-weights is 'ema' or 'raw', and 'raw' needs --init-from")
+        raw = init_weights == "raw"
         trainer = Trainer(cfg, out, specs, vspecs or None, resume=resume, progress=progress,
-                          card={"name": name or out.name}, init_from=init_from, device=device)
+                          card={"name": name or out.name}, init_from=None if raw else init_from, device=device)
+        if raw:
+            from vdmcodec.training.warmstart import restart_from_weights
+
+            restart_from_weights(trainer, init_from, rewarm_steps)
         res = trainer.fit(steps)
         if trainer.dist.main:
             typer.echo(json.dumps({"step": res["step"], "out": str(out), "card": trainer.card()}))

@@ -9,7 +9,7 @@ MNIST = ROOT.parent / "shared" / "data" / "mnist" / "mnist9k-images-idx3-ubyte.g
 NATURAL = ROOT.parent / "shared" / "data" / "natural"
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="package", autouse=True)
 def _threads():
     # the suite runs beside other work on a 2-core machine: keep torch to 2 threads
     torch.set_num_threads(min(2, os.cpu_count() or 1))
@@ -25,14 +25,14 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def mnist_path() -> Path:
     if not MNIST.exists():
         pytest.skip(f"shared MNIST data not found at {MNIST}")
     return MNIST
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """An untrained tiny grayscale model saved as a model directory."""
     from tests.helpers import tiny_model_config
@@ -45,7 +45,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return d
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def natural_dir() -> Path:
     if not NATURAL.is_dir():
         pytest.skip(f"shared natural photos not found at {NATURAL}")

@@ -140,31 +140,3 @@ def test_trainer_feeds_augmented_crops(tmp_path):
     trainer.train_step = lambda x: (seen.append(x.clone()), {"loss_bpd": 0.0})[1]
     trainer.fit(1)
     assert not bool((seen[0][:, 0] == seen[0][:, 1]).all())
-
-
-def test_structure_benchmark_smoke(tmp_path):
-    """benchmarks/structure.py end to end on two small photos and a tiny RGB model: every
-    variant measured for the model and the classical codecs, report and JSON written."""
-    import torch
-    from PIL import Image
-
-    from benchmarks import structure
-    from vdmcodec.diffusion import VDM
-    from vdmcodec.zoo import save_model
-
-    torch.manual_seed(0)
-    save_model(tmp_path / "m", VDM(tiny_model_config(image_channels=3)), {"name": "tiny3", "data": "none"})
-    (tmp_path / "data" / "S").mkdir(parents=True)
-    for k in range(2):
-        Image.fromarray(smooth_rgb(21, 30, k)).save(tmp_path / "data" / "S" / f"{k}.png")
-    Image.fromarray(smooth_rgb(20, 20)[..., 0]).save(tmp_path / "data" / "S" / "gray.png")  # skipped: not RGB
-    out = tmp_path / "r" / "structure.md"
-    structure.main(["--models", str(tmp_path / "m"), "--labels", "tiny", "--data", str(tmp_path / "data"), "--sets", "S",
-                    "--crop", "16", "--draws", "2", "--out", str(out)])
-    raw = json.loads(out.with_suffix(".json").read_text())
-    assert [r["name"] for r in raw["rows"]] == ["S/0.png", "S/1.png"] and raw["rows"][0]["shape"] == [16, 16, 3]
-    for r in raw["rows"]:
-        for v in structure.VARIANTS:
-            assert np.isfinite(r[v]["tiny"]) and r[v]["tiny"] > 0 and r[v]["PNG"] > 0
-    text = out.read_text()
-    assert all(f"| {v} |" in text for v in structure.VARIANTS) and "tiny" in text

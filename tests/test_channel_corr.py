@@ -244,26 +244,6 @@ def test_levels_command_measures_and_writes_the_table(rgb_dir, tmp_path):
     np.testing.assert_array_equal(load_codec(rgb_dir).decompress(blob)[0], photo)
 
 
-def test_levels_benchmark_compares_correlations_side_by_side(rgb_dir, tmp_path):
-    from PIL import Image
-
-    from benchmarks import levels as bench
-
-    photo = tmp_path / "p.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 36, 3), dtype=np.uint8)).save(photo)
-    out = tmp_path / "corr.md"
-    bench.main([str(photo), "--compare", "corr", "--model", str(rgb_dir), "--steps", "2", "--out", str(out)])
-    result = json.loads(out.with_suffix(".json").read_text())
-    (row,) = result["rows"]
-    assert result["compare"] == "corr" and result["steps"] == 2
-    assert row["exact"] and row["factorised"] > 0 and row["correlated"] > 0 and row["share"] in {f"{k}/4" for k in range(5)}
-    assert "| p.png | 36x20 |" in out.read_text() and "channel-correlated" in out.read_text()
-    meta = json.loads((rgb_dir / CARD).read_text())
-    del meta["card"]["coding_corr"]
-    (rgb_dir / CARD).write_text(json.dumps(meta))
-    with pytest.raises(SystemExit, match="coding_corr"):
-        bench.main([str(photo), "--compare", "corr", "--model", str(rgb_dir), "--out", str(out)])
-
 
 def test_images_with_a_structure_prior_are_coded_without_correlations():
     from tests.test_structure import photo

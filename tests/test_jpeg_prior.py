@@ -143,7 +143,7 @@ def tiny_rgb_codec(**kw) -> Codec:
 def test_coding_with_a_jpeg_prior_is_lossless_and_recorded():
     im = decoded_jpeg(textured(40, 56, seed=2))
     (p4, *_) = jpeg_prior.candidates(decoded_jpeg(textured(96, 128)))
-    for p in (replace(p4, qc=()), p4):   # mode 3 (files of session 16), mode 4 luma only
+    for p in (replace(p4, qc=()), p4):   # mode 3 (files written before commit 26414dd), mode 4 luma only
         codec = tiny_rgb_codec()
         codec.choose_structure = lambda pixels, chain, p=p: p
         blob = codec.compress([im], force_model=True)

@@ -230,26 +230,6 @@ def test_fitted_times_in_every_arithmetic(fitted_dir, arithmetic):
         np.testing.assert_array_equal(a, b)
 
 
-def test_levels_benchmark_runs_side_by_side(tmp_path):
-    from PIL import Image
-
-    from benchmarks import levels as bench
-    from tests.helpers import tiny_model_config
-    from vdmcodec.diffusion import VDM
-    from vdmcodec.zoo import save_model
-
-    d = tmp_path / "rgb"
-    save_model(d, VDM(tiny_model_config(image_channels=3)),
-               {"name": "rgb", "coding_steps": 3, "coding_times": [0.0, 0.3, 0.45, 1.0]})
-    photo = tmp_path / "p.png"
-    Image.fromarray(np.random.default_rng(0).integers(0, 256, (20, 36, 3), dtype=np.uint8)).save(photo)
-    out = tmp_path / "levels.md"
-    bench.main([str(photo), "--model", str(d), "--out", str(out)])
-    result = json.loads(out.with_suffix(".json").read_text())
-    (row,) = result["rows"]
-    assert row["exact"] and row["uniform"] > 0 and row["fitted"] > 0 and row["uniform"] != row["fitted"]
-    assert "| p.png | 36x20 |" in out.read_text()
-
 
 def test_bpd_discrete_at_level_times():
     """The T-step -ELBO at a chain's level times: uniform times give the uniform figure (to

@@ -458,31 +458,36 @@ def test_resampler_state_survives_checkpoint_and_resume(tmp_path, mnist_path):
         assert torch.allclose(p, q, atol=1e-6)
 
 
-def test_shipped_checkpoint_resumes(tmp_path):
-    """models/mnist/checkpoint.pt loads into today's trainer with the config it was trained
-    with (configs/mnist_lv.json: learned variances, L_hybrid) and with importance sampling
-    switched on."""
-    import shutil
+def test_shipped_raw_weights_resume(tmp_path):
+    """models/mnist/raw.safetensors continues in today's trainer with the config it was
+    trained with (configs/mnist_lv.json: learned variances, L_hybrid) and with importance
+    sampling switched on: the step count goes on from the shipped one, the EMA is the shipped
+    EMA (the raw weights are of its step), and no optimiser state is needed."""
     from pathlib import Path
+
+    from safetensors.torch import load_file
 
     from tests.conftest import MNIST
     from vdmcodec.training.trainer import DataSpec, Trainer
+    from vdmcodec.training.warmstart import RAW_WEIGHTS, restart_from_weights
 
     root = Path(__file__).resolve().parent.parent
-    ckpt = root / "models" / "mnist" / "checkpoint.pt"
-    if not ckpt.exists() or not MNIST.exists():
-        pytest.skip("shipped checkpoint or MNIST data not present")
+    shipped = root / "models" / "mnist"
+    if not (shipped / RAW_WEIGHTS).exists() or not MNIST.exists():
+        pytest.skip("shipped raw weights or MNIST data not present")
+    assert not (shipped / "checkpoint.pt").exists()
     cfg = load_config(root / "configs" / "mnist_lv.json")
     assert cfg.model.network.learned_variance
     small = np.zeros((4, 28, 28, 1), dtype=np.uint8)
     np.save(tmp_path / "d.npy", small)
+    ema = load_file(str(shipped / "model.safetensors"))
+    card_steps = json.loads((shipped / "model.json").read_text())["card"]["steps"]
     for obj in (cfg.train.objective, replace(cfg.train.objective, t_sampling="importance")):
-        run = tmp_path / obj.t_sampling.value
-        run.mkdir()
-        shutil.copyfile(ckpt, run / "checkpoint.pt")
         c = replace(cfg, train=replace(cfg.train, batch_size=2, bf16=False, objective=obj))
-        tr = Trainer(c, run, DataSpec(tmp_path / "d.npy"), resume=True, progress=False)
-        step = tr.step
-        assert step > 0
-        out = tr.fit(step + 1)
-        assert out["step"] == step + 1 and math.isfinite(out["loss_bpd"])
+        tr = Trainer(c, tmp_path / obj.t_sampling.value, DataSpec(tmp_path / "d.npy"), progress=False)
+        rec = restart_from_weights(tr, shipped)
+        assert rec["ema"] == "shipped" and tr.step == card_steps
+        assert all(torch.equal(tr.ema.state_dict()[k], v) for k, v in ema.items())
+        out = tr.fit(tr.step + 1)
+        assert out["step"] == card_steps + 1 and math.isfinite(out["loss_bpd"])
+        assert out["lr"] < cfg.train.lr  # the first step after a restart is in the warm-up

@@ -191,26 +191,3 @@ def test_structure_gains_is_paired_and_signed():
     cfg = PreflightConfig(crops=2, crop=32, draws=4)
     g = structure_gains(chain, im, [prior], cfg)
     assert g == structure_gains(chain, im, [prior], cfg) and g[0] > 0
-
-
-def test_structure_priors_benchmark_smoke(tmp_path):
-    """The benchmark script runs end to end on a tiny RGB model: candidates, choice, both
-    files and the decode check (its figures mean nothing here)."""
-    from PIL import Image
-
-    from benchmarks import structure_priors
-    from vdmcodec.zoo import save_model
-
-    torch.manual_seed(0)
-    model_dir = tmp_path / "tiny3"
-    save_model(model_dir, VDM(tiny_model_config(image_channels=3)), {"name": "tiny3", "data": "none", "coding_steps": 2})
-    paths = []
-    for name, im in (("sub.png", subsample_chroma(photo(40, 48), (1, 2), "replicate", "jfif")), ("plain.png", photo(40, 48))):
-        Image.fromarray(im).save(tmp_path / name)
-        paths.append(str(tmp_path / name))
-    out = tmp_path / "sp.md"
-    structure_priors.main(paths + ["--model", str(model_dir), "--out", str(out)])
-    text = out.read_text()
-    assert "| sub.png | 48x40 |" in text and "| plain.png | 48x40 | none | none | - |" in text
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert rows[0]["exact"] is True and any(k.startswith("4:2:2") for k in rows[0]["candidates"]) and "with" not in rows[1]

@@ -347,24 +347,36 @@ def test_lr_decay_config_checked_and_applied(tmp_path, mnist_path):
 
 
 def test_ship_a_decayed_branch_with_the_constant_rate_checkpoint(tmp_path):
-    """--checkpoint-from: the weights and card come from the branch, the training state
-    to continue from from the other run, and the card says which step that state is at."""
+    """--checkpoint-from: the weights and card come from the branch, the raw weights to
+    continue from from the other run (no optimiser state is shipped), and the card says
+    which step they are at."""
     from vdmcodec.diffusion import VDM
     from vdmcodec.training.ship import ship
+    from vdmcodec.training.warmstart import RAW_WEIGHTS, read_raw_weights
     from vdmcodec.zoo import save_model
 
     torch.manual_seed(0)
     branch, main, out = tmp_path / "branch", tmp_path / "main", tmp_path / "shipped"
-    save_model(branch, VDM(tiny_model_config()), {"name": "tiny", "steps": 5000, "cpu_hours": 5.5})
-    save_model(main, VDM(tiny_model_config()), {"name": "tiny", "steps": 4800, "cpu_hours": 5.2})
-    (branch / "checkpoint.pt").write_bytes(b"branch state")
-    (main / "checkpoint.pt").write_bytes(b"main state")
+    models = {}
+    for run, steps, hours in ((branch, 5000, 5.5), (main, 4800, 5.2)):
+        raw, ema = VDM(tiny_model_config()), VDM(tiny_model_config())
+        save_model(run, ema, {"name": "tiny", "steps": steps, "cpu_hours": hours})
+        torch.save({"step": steps, "model": raw.state_dict(), "ema": ema.state_dict(), "opt": {"moments": "big"},
+                    "cpu_seconds": hours * 3600}, run / "checkpoint.pt")
+        models[run] = raw.state_dict()
     card = ship(branch, out, None, checkpoint=False, notes=None, checkpoint_from=main)
-    assert (out / "checkpoint.pt").read_bytes() == b"main state"
+    assert not (out / "checkpoint.pt").exists()
+    state, meta = read_raw_weights(out / RAW_WEIGHTS)
+    assert all(torch.equal(state[k], v) for k, v in models[main].items())
+    assert meta["step"] == 4800 and "ema_sha256" not in meta  # not the shipped EMA's step
     assert (out / "model.safetensors").read_bytes() == (branch / "model.safetensors").read_bytes()
     assert card["steps"] == 5000 and card["checkpoint"]["steps"] == 4800 and card["checkpoint"]["cpu_hours"] == 5.2
-    card = ship(branch, out, None, checkpoint=True, notes=None)  # a plain ship: its own state, no such note
-    assert (out / "checkpoint.pt").read_bytes() == b"branch state" and "checkpoint" not in card
+    card = ship(branch, out, None, checkpoint=True, notes=None)  # a plain ship: its own raw weights, paired
+    state, meta = read_raw_weights(out / RAW_WEIGHTS)
+    assert all(torch.equal(state[k], v) for k, v in models[branch].items())
+    assert meta["step"] == 5000 and meta["ema_sha256"] and card["checkpoint"]["steps"] == 5000
+    card = ship(branch, out, None, checkpoint=False, notes=None)  # a re-ship without state keeps the raw weights' record
+    assert card["checkpoint"]["steps"] == 5000 and (out / RAW_WEIGHTS).exists()
 
 
 def test_reship_keeps_fitted_level_times_only_for_the_same_weights(tmp_path):

@@ -3,7 +3,7 @@ warmup-stable-decay schedule, Hägele et al. 2024, "Scaling Laws and Compute-Opt
 Training Beyond Fixed Training Durations").
 
 Why a decay that starts at a chosen step rather than a cosine over a fixed horizon: runs
-here last over many sessions with no known end. The constant-rate run goes on; a model to
+here go on over many resumptions with no known end. The constant-rate run goes on; a model to
 ship is a short decay branched from it (copy the run, resume it with ``lr_decay_start`` at
 the current step), and the constant-rate checkpoint stays the one to continue from.
 

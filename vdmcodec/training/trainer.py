@@ -46,7 +46,7 @@ from .datasets import DataSpec, as_specs, check_disjoint, load_images, load_vali
 from .augment import Augmenter
 from .lr_schedule import learning_rate
 from .resampler import LossSecondMomentResampler
-from .warmstart import warm_start
+from .warmstart import rewarm_factor, warm_start
 
 
 class Distributed:
@@ -291,7 +291,7 @@ class Trainer:
     # ---- one step -----------------------------------------------------------------
     def lr_at(self, step: int) -> float:
         tc = self.cfg.train
-        return learning_rate(tc.lr, tc.lr_warmup, step, tc.lr_decay_start, tc.lr_decay_steps, tc.lr_min, tc.lr_decay_shape)
+        return learning_rate(tc.lr, tc.lr_warmup, step, tc.lr_decay_start, tc.lr_decay_steps, tc.lr_min, tc.lr_decay_shape) * rewarm_factor(self.init_from, step)
 
     def train_step(self, x: torch.Tensor) -> dict:
         tc = self.cfg.train
