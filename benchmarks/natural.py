@@ -16,7 +16,6 @@ file goes when OUT is written.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import os
@@ -59,8 +58,7 @@ def measure_vdmcodec(codec, im: np.ndarray, T: int, decode: str = "all") -> dict
     blob = codec.compress([im], steps=T, force_model=True)
     enc = time.perf_counter() - t0
     fallback = codec.compress([im], steps=T, classical_only=True)
-    with classical_methods(("png", "webp")):  # what the writer gave before JPEG XL (format 7) joined
-        no_jxl = min(len(blob), len(codec.compress([im], steps=T, classical_only=True)))
+    no_jxl = min(len(blob), without_jxl(fallback, im))
     header, payload = unpack(blob)
     method = header.image_methods()[0]
     t0 = time.perf_counter()
@@ -102,17 +100,15 @@ def measure_vdmcodec(codec, im: np.ndarray, T: int, decode: str = "all") -> dict
     return row
 
 
-@contextlib.contextmanager
-def classical_methods(methods: tuple[str, ...]):
-    """The container's classical candidates limited to ``methods`` (a measurement: which
-    files the writer would choose without the others; the model-coded file's seeds keep
-    every method)."""
-    saved = classical.CLASSICAL_METHODS
-    classical.CLASSICAL_METHODS = methods
-    try:
-        yield
-    finally:
-        classical.CLASSICAL_METHODS = saved
+def without_jxl(fallback: bytes, im: np.ndarray) -> int:
+    """The all-classical file's size had the writer no JPEG XL (as before format 7): its
+    JPEG XL stream swapped for the smaller of PNG and WebP (the header's size field may
+    differ by a byte: a measurement, not a file)."""
+    header = unpack(fallback)[0]
+    if header.image_methods()[0] != "jxl":
+        return len(fallback)
+    alt = min(len(classical.encode(im, "png")), len(classical.encode(im, "webp")))
+    return len(fallback) - header.classical_sizes[0] + alt
 
 
 def measure_classical(codecs, im: np.ndarray) -> dict:
