@@ -22,6 +22,11 @@ def _note_slow_arithmetic(blob: bytes) -> None:
                    "(about 100x slower than float32); decoding will take long", err=True)
 
 
+def _binary(stream):
+    """The byte stream under a text stream (sys.stdin / sys.stdout, or a test runner's)."""
+    return getattr(stream, "buffer", stream)
+
+
 def _set_threads(threads: Optional[int]) -> None:
     if threads is not None:
         import torch
@@ -118,8 +123,6 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         def go():
             import sys
 
-            import click
-
             _set_threads(threads)
             from vdmcodec.coding.chain import ARITHMETIC
             from vdmcodec.coding.codec import load_codec
@@ -145,7 +148,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 problem = output_problem(output, force)
                 if problem:
                     fail(problem)
-            stdin = click.get_binary_stream("stdin").read() if any(str(p) == STDIO for p in inputs) else None
+            stdin = _binary(sys.stdin).read() if any(str(p) == STDIO for p in inputs) else None
             sources, input_bytes = read_inputs(list(inputs), strip=strip, stdin=stdin)
             codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None,
                                device=dev)
@@ -154,7 +157,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             blob = codec.compress(planes, steps=steps, names=names, progress=_show(quiet, progress, json_out), effort=effort)
             blob = attach(blob, records_for(sources))
             if to_stdout:
-                stream = click.get_binary_stream("stdout")
+                stream = _binary(sys.stdout)
                 stream.write(blob)
                 stream.flush()
             else:
@@ -213,8 +216,6 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
         def go():
             import sys
 
-            import click
-
             _set_threads(threads)
             from vdmcodec.coding.codec import decompress_file_bytes
             from vdmcodec.coding.container import unpack
@@ -229,7 +230,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             if not to_stdout and output.exists() and not output.is_dir():
                 fail(f"{output}: exists and is not a folder")
             if str(archive) == STDIO:
-                blob = click.get_binary_stream("stdin").read()
+                blob = _binary(sys.stdin).read()
             else:
                 try:
                     blob = archive.read_bytes()
@@ -253,7 +254,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             images = decompress_file_bytes(blob, model=model, progress=_show(quiet, progress), device=dev)
             files = restore_files(header, images)
             if to_stdout:
-                stream = click.get_binary_stream("stdout")
+                stream = _binary(sys.stdout)
                 stream.write(files[0].data)
                 stream.flush()
                 return
