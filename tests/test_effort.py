@@ -22,3 +22,24 @@ def test_card_table_wins_and_is_checked():
     for bad in (0, 10, 7.0, True):
         with pytest.raises(ValueError, match="effort"):
             effort_choice(bad, {}, 64)
+
+
+def test_a_callers_T_wins_over_the_cards_effort_table():
+    """The card's coding_efforts sets T when the caller gave none (load_codec without steps);
+    a T the caller chose stands."""
+    import numpy as np
+    import torch
+
+    from tests.helpers import tiny_model_config
+    from vdmcodec.coding import container
+    from vdmcodec.coding.codec import Codec
+    from vdmcodec.diffusion import VDM
+
+    torch.manual_seed(0)
+    model = VDM(tiny_model_config()).eval()
+    info = {"name": "tiny", "sha256": "0" * 64, "card": {"coding_efforts": {"7": 3}}}
+    digits = np.random.default_rng(0).integers(0, 256, (6, 8, 8), dtype=np.uint8)
+    for fixed, T in ((False, 3), (True, 2)):
+        codec = Codec(model, info, steps=2, steps_fixed=fixed, preflight=None)
+        header = container.unpack(codec.compress(list(digits), force_model=True))[0]
+        assert header.steps == T

@@ -166,13 +166,17 @@ class Codec:
     def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
                  tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC,
                  preflight: PreflightConfig | None = PreflightConfig(), fitted_levels: bool = True,
-                 structure_priors: bool = True, channel_corr: bool = True, effort: int = DEFAULT_EFFORT):
+                 structure_priors: bool = True, channel_corr: bool = True, effort: int = DEFAULT_EFFORT,
+                 steps_fixed: bool = True):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
         ChainConfig(steps, grid_bits, arithmetic=arithmetic)  # refuses steps / grid_bits no chain can run, up front
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
         self.effort = check_effort(effort)  # compress's default speed/size dial (effort.py)
+        # ``steps`` is the caller's T, which the effort's T does not override (load_codec
+        # passes False when T came from the card, so that the card's coding_efforts apply)
+        self.steps_fixed = steps_fixed
         self.arithmetic = arithmetic  # what compress runs; decompress runs what the file names
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self.preflight = preflight  # None: every codable image goes through the chain
@@ -252,10 +256,11 @@ class Codec:
     def _compress(self, images, steps, names, progress, classical_only, force_model, effort) -> bytes:
         entries = self._entries(images, names)
         choice = self.effort_choice(effort)
-        T = int(steps or choice.steps or self.steps)
+        asked = steps or (self.steps if self.steps_fixed else None)  # a T the caller chose
+        T = int(asked or choice.steps or self.steps)
         if T < 1:
             raise VdmcodecError(f"steps must be >= 1, got {T}")
-        classical_only = classical_only or (steps is None and choice.steps is None and not force_model)
+        classical_only = classical_only or (asked is None and choice.steps is None and not force_model)
         pix = [e.pixels for e in entries]
         shapes = [p.shape for p in pix]
         best = [classical.encode_best(p, choice.classical) for p in pix]
@@ -736,14 +741,16 @@ def _bar(progress: bool, total: int, desc: str):
 def load_codec(name_or_dir: str | Path | None = None, steps: int | None = None, device: str = "cpu",
                arithmetic: str | None = None, preflight: PreflightConfig | None = PreflightConfig()) -> Codec:
     """A Codec for a shipped model name (default: the default model) or a model directory.
-    ``steps`` is compress's default T and ``arithmetic`` what compress runs (a key of
+    ``steps`` is compress's default T (None: the T the card gives compress's effort, effort.py)
+    and ``arithmetic`` what compress runs (a key of
     coding.chain.ARITHMETIC); either left None comes from the model card (coding_steps,
     coding_arithmetic: chosen by measurement for that model), else DEFAULT_STEPS and
     DEFAULT_ARITHMETIC. Decompress runs whatever a file names. ``preflight``: compress's
     quick estimate that skips the chain on images the model clearly loses (None: off)."""
     model, info = load_model(name_or_dir, device=device)
+    fixed = steps is not None
     steps, arithmetic = coding_defaults(info, steps, arithmetic, device)
-    return Codec(model, info, steps=steps, arithmetic=arithmetic, preflight=preflight)
+    return Codec(model, info, steps=steps, arithmetic=arithmetic, preflight=preflight, steps_fixed=fixed)
 
 
 def coding_defaults(info: dict, steps: int | None = None, arithmetic: str | None = None,
