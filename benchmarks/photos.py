@@ -82,7 +82,7 @@ def report(args, rows: dict, startup: float, codec) -> str:
         "",
         f"Date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC",
         "",
-        f"Machine: {machine()['cpu']} ({cpu_capability()}), {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
+        f"Machine: {machine()['cpu']}, {torch.get_num_threads()} torch threads, torch {torch.__version__}; "
         f"1-minute load average {machine()['load_average_1min']:.2f} at the end (other work may share the CPUs).",
         "",
         f"Model: `{info['name']}` (weights sha256 {info['sha256'][:16]}..., steps {card.get('steps')}), "
