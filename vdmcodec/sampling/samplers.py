@@ -500,19 +500,26 @@ def sample_lms(denoiser, x, sigmas, *, noise=None, callback=None, progress=False
     sigmas (variable-step coefficients; k-diffusion integrates them numerically). Order
     ``order`` (default 4), lower on the first steps."""
     opts = make_options(OrderOptions, options, "lms")
+
+    def update(sig, i, ds):  # times[k] belongs to ds[-1 - k]
+        times = [sig[i - k] for k in range(len(ds))]
+        return sum(_lagrange_integral(times, k, sig[i], sig[i + 1]) * ds[-1 - k] for k in range(len(ds)))
+
+    return _multistep(denoiser, x, sigmas, opts.order, "lms", callback, progress, update)
+
+
+def _multistep(denoiser, x, sigmas, order, name, callback, progress, update):
+    """The loop of the multistep samplers on dx/dsigma = d = (x - x0_hat) / sigma: the last
+    ``order`` derivatives ``ds`` (newest last) and x_next = x + update(sigmas, i, ds); the
+    last step to sigma = 0 is the denoised estimate."""
     x, sig = _prepare(x, sigmas)
     ds: list[torch.Tensor] = []
-    for i in _steps(len(sig) - 1, progress, "lms"):
+    for i in _steps(len(sig) - 1, progress, name):
         sigma, sigma_next = sig[i], sig[i + 1]
         denoised = _denoise(denoiser, x, sigma)
         ds.append((x - denoised) / sigma)
-        ds = ds[-opts.order:]
-        if sigma_next == 0:
-            x = denoised
-        else:
-            cur = len(ds)
-            times = [sig[i - k] for k in range(cur)]                      # times[k] belongs to ds[-1 - k]
-            x = x + sum(_lagrange_integral(times, k, sigma, sigma_next) * ds[-1 - k] for k in range(cur))
+        ds = ds[-order:]
+        x = denoised if sigma_next == 0 else x + update(sig, i, ds)
         _report(callback, i, x, sigma, sigma_next, denoised)
     return x
 
@@ -526,20 +533,11 @@ def sample_ipndm(denoiser, x, sigmas, *, noise=None, callback=None, progress=Fal
     schedules whose steps vary smoothly this is second-order at best (the coefficients do not
     follow the step ratios; ``lms`` does)."""
     opts = make_options(OrderOptions, options, "ipndm")
-    x, sig = _prepare(x, sigmas)
-    ds: list[torch.Tensor] = []
-    for i in _steps(len(sig) - 1, progress, "ipndm"):
-        sigma, sigma_next = sig[i], sig[i + 1]
-        denoised = _denoise(denoiser, x, sigma)
-        ds.append((x - denoised) / sigma)
-        ds = ds[-opts.order:]
-        if sigma_next == 0:
-            x = denoised
-        else:
-            coeffs = _AB[len(ds)]
-            x = x + (sigma_next - sigma) * sum(c * ds[-1 - k] for k, c in enumerate(coeffs))
-        _report(callback, i, x, sigma, sigma_next, denoised)
-    return x
+
+    def update(sig, i, ds):
+        return (sig[i + 1] - sig[i]) * sum(c * ds[-1 - k] for k, c in enumerate(_AB[len(ds)]))
+
+    return _multistep(denoiser, x, sigmas, opts.order, "ipndm", callback, progress, update)
 
 
 def _unipc_update(x, sig_s0, sig_t, m0, history, order, variant, m_t=None):
