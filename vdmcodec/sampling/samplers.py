@@ -31,6 +31,14 @@ Callback = Optional[Callable[[dict], None]]
 
 
 # ---- options ---------------------------------------------------------------------
+def _choice(cls, value, name: str):
+    """``value`` as a member of the enum ``cls``; a SamplingError listing the choices otherwise."""
+    try:
+        return cls(value)
+    except ValueError:
+        raise SamplingError(f"unknown {name} {value!r}; choose one of: {', '.join(v.value for v in cls)}") from None
+
+
 @dataclass(frozen=True)
 class NoOptions:
     """The sampler takes no options."""
@@ -47,11 +55,7 @@ class AncestralOptions:
     variance: ReverseVariance = ReverseVariance.small
 
     def __post_init__(self):
-        try:
-            object.__setattr__(self, "variance", ReverseVariance(self.variance))
-        except ValueError:
-            raise SamplingError(f"unknown variance {self.variance!r}; choose one of: "
-                                f"{', '.join(v.value for v in ReverseVariance)}") from None
+        object.__setattr__(self, "variance", _choice(ReverseVariance, self.variance, "variance"))
 
 
 @dataclass(frozen=True)
@@ -109,11 +113,7 @@ class DPMSDEOptions:
 
     def __post_init__(self):
         EtaNoiseOptions(self.eta, self.s_noise)
-        try:
-            object.__setattr__(self, "solver_type", SDESolverType(self.solver_type))
-        except ValueError:
-            raise SamplingError(f"unknown solver_type {self.solver_type!r}; choose one of: "
-                                f"{', '.join(v.value for v in SDESolverType)}") from None
+        object.__setattr__(self, "solver_type", _choice(SDESolverType, self.solver_type, "solver_type"))
 
 
 @dataclass(frozen=True)
@@ -143,11 +143,7 @@ class UniPCOptions:
     def __post_init__(self):
         if int(self.order) != self.order or not 1 <= self.order <= 3:
             raise SamplingError(f"order must be an integer in 1..3 (got {self.order})")
-        try:
-            object.__setattr__(self, "variant", UniPCVariant(self.variant))
-        except ValueError:
-            raise SamplingError(f"unknown variant {self.variant!r}; choose one of: "
-                                f"{', '.join(v.value for v in UniPCVariant)}") from None
+        object.__setattr__(self, "variant", _choice(UniPCVariant, self.variant, "variant"))
 
 
 # ---- shared bookkeeping -------------------------------------------------------------
