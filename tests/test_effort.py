@@ -12,6 +12,16 @@ def test_default_rule_from_coding_steps():
     assert effort_choice(1, {}, 32).classical.jxl == 3 and effort_choice(1, {}, 32).classical.webp == 0
 
 
+def test_classical_candidates_and_the_plain_photo_estimate_per_level():
+    """Levels up to 7 keep WebP at method 4 at most after a method-2 probe (methods 5-6 cost
+    2-20 times JPEG XL e9's time); 8 and 9 run methods 5 and 6, and the network estimate on
+    every photo whatever the card's calibration."""
+    got = {e: effort_choice(e, {}, 32) for e in range(1, 10)}
+    assert [got[e].classical.webp for e in range(1, 10)] == [0, 1, 2, 3, 4, 4, 4, 5, 6]
+    assert all(got[e].classical.webp_probe == min(2, got[e].classical.webp) for e in got)
+    assert [e for e in got if got[e].probe_plain] == [8, 9]
+
+
 def test_card_table_wins_and_is_checked():
     card = {"coding_efforts": {"5": 24, "7": 32, "9": None}}
     assert effort_choice(5, card, 64).steps == 24 and effort_choice(7, card, 64).steps == 32

@@ -52,6 +52,18 @@ def test_steps_of_a_decoded_jpeg_are_its_quantisation_table():
     assert jpeg_prior.candidates(textured()[..., :1]) == []
 
 
+@pytest.mark.parametrize("quality", [50, 90])
+def test_the_quick_lattice_test_agrees_with_the_full_estimate(quality):
+    """has_lattice looks at every k-th block only: on a decoded JPEG large enough for the
+    subsampling (2,400 blocks, every 5th kept) it still sees the lattice; on the raw image,
+    gray input and a tiny one it sees none."""
+    raw = textured(320, 480, seed=1)
+    jpg = decoded_jpeg(raw, quality)
+    assert jpeg_prior.has_lattice(jpg, blocks=512) and bool(jpeg_prior.candidates(jpg))
+    assert not jpeg_prior.has_lattice(raw, blocks=512) and not jpeg_prior.candidates(raw)
+    assert not jpeg_prior.has_lattice(jpg[..., :1]) and not jpeg_prior.has_lattice(jpg[:7, :7])
+
+
 def test_prior_bytes_round_trip_and_bad_priors():
     (p, *_) = jpeg_prior.candidates(decoded_jpeg(textured(96, 128)))
     assert p.qc == (0,) * 64   # luma only, in mode 4

@@ -123,7 +123,7 @@ def test_between_the_margins_only_decoded_jpegs_run_the_chain(model, monkeypatch
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
     codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9, clean_margin=1e9))
-    monkeypatch.setattr(jpeg_prior, "candidates", lambda pixels: ["a lattice"] if lattice else [])
+    monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: lattice)
     chain_must_not_run(codec, monkeypatch)
     if lattice:
         with pytest.raises(AssertionError, match="the chain ran"):
@@ -137,7 +137,7 @@ def test_a_sure_win_runs_the_chain_without_a_lattice(model, monkeypatch):
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
     codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32))
-    monkeypatch.setattr(jpeg_prior, "candidates", lambda pixels: [])
+    monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: False)
     monkeypatch.setattr(codec, "preflight_estimate", lambda pixels, method="tiled": 1e-6)
     chain_must_not_run(codec, monkeypatch)
     with pytest.raises(AssertionError, match="the chain ran"):
@@ -189,3 +189,71 @@ def test_in_an_archive_only_the_images_given_up_on_skip_the_chain(model, monkeyp
     assert codec.preflight_estimate(gray, "tiled-gray") == pytest.approx(
         3 * codec.preflight_estimate(np.repeat(gray, 3, -1)), rel=1e-9)
 
+
+
+def _calibrated(codec, floor):
+    codec.info = {**codec.info, "card": {**codec.info.get("card", {}), "coding_preflight": {"plain_floor": floor}}}
+    return codec
+
+
+@pytest.mark.parametrize("floor, effort, runs", [(1.03, 7, False), (0.97, 7, True), (1.03, 8, True), (None, 7, True)])
+def test_the_cards_calibration_gives_plain_photos_to_classical_codecs(model, monkeypatch, floor, effort, runs):
+    """A card whose model lost on every validation photo without a JPEG lattice
+    (plain_floor >= 1) sends such photos to the classical codecs before any network pass,
+    below effort 8; a model that won somewhere, effort 8-9, or no calibration: the estimate
+    decides (here a sure win, so the chain runs)."""
+    from vdmcodec.coding import jpeg_prior
+
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32))
+    if floor is not None:
+        _calibrated(codec, floor)
+    monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: False)
+    estimates = []
+    monkeypatch.setattr(codec, "preflight_estimate", lambda pixels, method="tiled": estimates.append(1) or 1e-6)
+    chain_must_not_run(codec, monkeypatch)
+    if runs:
+        with pytest.raises(AssertionError, match="the chain ran"):
+            codec.compress([im], effort=effort)
+        assert estimates
+    else:
+        assert codec.compress([im], effort=effort) == codec.compress([im], classical_only=True)
+        assert not estimates
+
+
+def test_a_decoded_jpeg_gets_the_estimate_whatever_the_calibration(model, monkeypatch):
+    from vdmcodec.coding import jpeg_prior
+
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = _calibrated(codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32)), 1.5)
+    monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: True)
+    monkeypatch.setattr(codec, "preflight_estimate", lambda pixels, method="tiled": 1e-6)
+    chain_must_not_run(codec, monkeypatch)
+    with pytest.raises(AssertionError, match="the chain ran"):
+        codec.compress([im])
+
+
+@pytest.mark.parametrize("bad", [0, -1.0, float("nan"), "1.1", True])
+def test_a_broken_calibration_is_refused(bad):
+    from vdmcodec.errors import ModelError
+    from vdmcodec.coding.preflight import plain_photos_lose
+
+    with pytest.raises(ModelError, match="plain_floor"):
+        plain_photos_lose({"coding_preflight": {"plain_floor": bad}}, PreflightConfig())
+    assert not plain_photos_lose({}, PreflightConfig())
+
+
+def test_a_classical_compress_leaves_torchs_switches_alone(model, monkeypatch):
+    """Precision switches are pinned only once the network runs (their first use imports
+    about a second and a half of torch): an all-classical call never sets them."""
+    from vdmcodec.coding import codec as codec_mod
+
+    calls = []
+    real = codec_mod.pinned
+    monkeypatch.setattr(codec_mod, "pinned", lambda: calls.append(1) or real())
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = _calibrated(codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32)), 1.5)
+    codec.compress([im])
+    assert calls == []
+    codec.compress([im], force_model=True)
+    assert calls == [1]

@@ -34,7 +34,7 @@ import hashlib
 import math
 import os
 import platform
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -49,7 +49,8 @@ from . import classical, jpeg_prior, levels, structure, tiles
 from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
 from .ans import EmptyMessageError, Message
 from .determinism import PRECISION_MODE, pinned
-from .preflight import PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, structure_gains, sure_win
+from .preflight import (PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, plain_photos_lose, structure_gains,
+                        sure_win)
 from .chain import ARITHMETIC, ChainConfig, DiffusionChain, apply_arithmetic
 from .spec import CURRENT as CURRENT_CODER
 from .spec import CoderSpec, coder_spec
@@ -249,11 +250,19 @@ class Codec:
         effort that would not. ``force_model`` keeps the model-coded result even where
         all-classical is smaller (for measurements) and runs the chain on every image the
         model can code, without the preflight; ``classical_only`` skips the model. torch's
-        precision switches are pinned for the call (determinism.pinned) and restored after."""
-        with pinned():
-            return self._compress(images, steps, names, progress, classical_only, force_model, effort)
+        precision switches are pinned (determinism.pinned) from the first network pass to the
+        end of the call and restored after: a call that writes every image classically never
+        touches them (the first switch costs about a second and a half of imports)."""
+        with ExitStack() as stack:
+            pinned_now: list = []
 
-    def _compress(self, images, steps, names, progress, classical_only, force_model, effort) -> bytes:
+            def pin() -> None:
+                if not pinned_now:
+                    pinned_now.append(stack.enter_context(pinned()))
+
+            return self._compress(images, steps, names, progress, classical_only, force_model, effort, pin)
+
+    def _compress(self, images, steps, names, progress, classical_only, force_model, effort, pin) -> bytes:
         entries = self._entries(images, names)
         choice = self.effort_choice(effort)
         asked = steps or (self.steps if self.steps_fixed else None)  # a T the caller chose
@@ -270,9 +279,11 @@ class Codec:
         eligible = [k for k, p in enumerate(pix)
                     if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS and k not in tiled]
         if not (force_model or classical_only):  # images the preflight gives up on stay classical
-            tiled = {k: m for k, m in tiled.items() if not self.preflight_check(pix[k], m, 8 * len(best[k][1]))[1]}
+            tiled = {k: m for k, m in tiled.items()
+                     if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, pin)[1]}
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
+        pin()
         chain = self.chain(T, self.grid_bits)
         structures = {k: self.choose_structure(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
         corr_scales = {k: self.choose_corr_scale(pix[k], chain) for k, m in tiled.items()
@@ -353,20 +364,30 @@ class Codec:
             self._probe = apply_arithmetic(copy.deepcopy(self.model), name)
         return self._probe
 
-    def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int) -> tuple[float | None, bool]:
+    def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int,
+                        probe_plain: bool = True, before_network=lambda: None) -> tuple[float | None, bool]:
         """(the preflight's estimate or None, whether compress gives the model up on this
         image, whose best classical encoding takes ``classical_bits``): given up where even
         the estimate's optimistic reading loses, and, between that and a sure win, on all but
-        decoded JPEGs (preflight.py)."""
+        decoded JPEGs (preflight.py). Without ``probe_plain``, an image without a JPEG lattice
+        is given up before any network pass where the card's calibration says the model lost
+        on every such validation photo (preflight.plain_photos_lose). ``before_network`` is
+        called before the first network pass."""
+        cfg = self.preflight
+        if cfg is None:
+            return None, False
+        lattice = (method == "tiled" and self.structure_priors and self.channels == 3
+                   and not ARITHMETIC[self.arithmetic].portable and jpeg_prior.has_lattice(pixels))
+        if not (lattice or probe_plain) and plain_photos_lose(self.info.get("card", {}), cfg, self.info.get("dir", "model")):
+            return None, True
+        before_network()
         est = self.preflight_estimate(pixels, method)
         if est is None:
             return None, False
-        if hopeless(est, classical_bits, pixels.size, self.preflight):
+        if hopeless(est, classical_bits, pixels.size, cfg):
             return est, True
-        if sure_win(est, classical_bits, pixels.size, self.preflight):
+        if sure_win(est, classical_bits, pixels.size, cfg):
             return est, False
-        lattice = (method == "tiled" and self.structure_priors and self.channels == 3
-                   and not ARITHMETIC[self.arithmetic].portable and bool(jpeg_prior.candidates(pixels)))
         return est, not lattice
 
     def _entries(self, images, names) -> list[ImageEntry]:

@@ -2,7 +2,12 @@
 each level runs.
 
 - classical candidates (classical.ClassicalEffort): JPEG XL at libjxl effort min(9, e + 2),
-  WebP at method min(6, e - 1) after a quick method-min(4, e - 1) probe;
+  WebP at method ``WEBP_METHODS[e]`` after a quick probe at method min(2, that) (levels 1-7
+  stay within about half of JPEG XL e9's time; methods 5 and 6 cost 2-20 times as much and
+  save 1-3% where WebP is written);
+- the network preflight (preflight.py) on photos without a JPEG lattice: at levels 8-9
+  always, at 1-7 only where the card's calibration says the model can win on such photos
+  (``probe_plain``);
 - the chain's T: the model card's ``coding_efforts`` table ({"4": T, ..., "9": T}; a level it
   leaves out or maps to null is classical only) where the card has one, else levels 1-3 are
   classical only, 4-6 run T = coding_steps / 2, 7 (the default) coding_steps, 8 twice and 9
@@ -18,6 +23,8 @@ from .container import MAX_STEPS
 
 DEFAULT_EFFORT = 7
 EFFORTS = range(1, 10)
+WEBP_METHODS = {1: 0, 2: 1, 3: 2, 4: 3, 5: 4, 6: 4, 7: 4, 8: 5, 9: 6}
+PROBE_PLAIN_FROM = 8  # effort levels that run the network preflight on every photo
 
 
 @dataclass(frozen=True)
@@ -25,6 +32,7 @@ class EffortChoice:
     effort: int
     classical: ClassicalEffort
     steps: int | None  # the chain's T; None: every image classical
+    probe_plain: bool = True  # run the network preflight on photos without a JPEG lattice regardless of the card
 
 
 def check_effort(effort: int) -> int:
@@ -37,7 +45,8 @@ def effort_choice(effort: int, card: dict, coding_steps: int, where: str = "mode
     """What ``effort`` runs for a model whose card is ``card`` and whose default T is
     ``coding_steps`` (module docstring)."""
     e = check_effort(effort)
-    classical = ClassicalEffort(jxl=min(9, e + 2), webp=min(6, max(0, e - 1)), webp_probe=min(4, max(0, e - 1)))
+    webp = WEBP_METHODS[e]
+    classical = ClassicalEffort(jxl=min(9, e + 2), webp=webp, webp_probe=min(2, webp))
     table = card.get("coding_efforts")
     if table is not None:
         if not isinstance(table, dict) or not set(table) <= {str(k) for k in EFFORTS}:
@@ -49,4 +58,4 @@ def effort_choice(effort: int, card: dict, coding_steps: int, where: str = "mode
         steps = None
     else:
         steps = min(MAX_STEPS, max(1, coding_steps // 2) if e <= 6 else coding_steps * {7: 1, 8: 2, 9: 4}[e])
-    return EffortChoice(e, classical, steps)
+    return EffortChoice(e, classical, steps, probe_plain=e >= PROBE_PLAIN_FROM)

@@ -23,6 +23,15 @@ file (it lost by 1-10%), so the chain ran minutes for nothing on them; ``clean_m
 1.13 is the largest ratio seen, so that on such photos the chain runs only where it wins
 whatever the estimate's error. Only the encoder's choice depends on it (the file records
 each image's method), so it never touches losslessness.
+
+On photos without a JPEG lattice (jpeg_prior.has_lattice, a few hundredths of a second) the
+network estimate itself costs 1-3 s, as much as JPEG XL e9's whole encode of a small photo.
+The card's calibration (``coding_preflight``, fitted by vdmcodec.training.fit_preflight
+from the photos benchmark) records the least ratio of the model-coded file to the best
+classical one over the validation photos without a lattice; where it is at least
+``plain_floor`` (the model lost on every such photo), compress gives those photos to the
+classical codecs without asking the network, except at effort 8-9 (effort.py). The shipped
+``natural`` card's value: 1.034 (CSet5 butterfly, T = 32; 2026-12-07).
 """
 from __future__ import annotations
 
@@ -44,6 +53,7 @@ class PreflightConfig:
     margin: float = 1.25   # skip when estimate / margin > classical bits per subpixel
     clean_margin: float = 1.13  # without a JPEG lattice, run only when estimate x this < classical
     min_pixels: int = 256 * 256  # smaller images go through the chain without a preflight
+    plain_floor: float = 1.0  # photos without a JPEG lattice skip the estimate where the card's calibration is >= this
     seed: int = 0          # the estimate's noise: fixed, so compress is deterministic
 
     def __post_init__(self):
@@ -51,6 +61,28 @@ class PreflightConfig:
             raise ValueError("preflight crops, crop and draws must be >= 1")
         if not (self.margin >= 1.0 and self.clean_margin >= 1.0):
             raise ValueError(f"preflight margins must be >= 1, got {self.margin}, {self.clean_margin}")
+
+
+def calibrated_floor(card: dict, where: str = "model") -> float | None:
+    """The card's least model-coded / best classical ratio over validation photos without a
+    JPEG lattice (``coding_preflight.plain_floor``), or None where it has none."""
+    cal = card.get("coding_preflight")
+    if cal is None:
+        return None
+    floor = cal.get("plain_floor") if isinstance(cal, dict) else None
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not math.isfinite(floor) or floor <= 0:
+        from ..errors import ModelError
+
+        raise ModelError(f"{where}: card's coding_preflight.plain_floor must be a positive number, got {cal!r}")
+    return float(floor)
+
+
+def plain_photos_lose(card: dict, cfg: PreflightConfig, where: str = "model") -> bool:
+    """Whether the card's calibration says the model lost on every validation photo without a
+    JPEG lattice by at least ``cfg.plain_floor`` (then compress skips the network estimate
+    on such photos at efforts below 8)."""
+    floor = calibrated_floor(card, where)
+    return floor is not None and floor >= cfg.plain_floor
 
 
 def crop_origins(h: int, w: int, n: int, side: int) -> list[tuple[int, int]]:

@@ -12,8 +12,9 @@ says which step they are at. Ship rarely: every shipped file stays in every clon
 Re-shipping over an earlier ship keeps what the run
 cannot know: its image size, coding defaults and the evaluations of earlier runs (a run
 resumed on a fresh machine logs only its own). It keeps the card's fitted level times
-(coding_times, coding_times_more) and channel correlations (coding_corr) only when the weights are the ones they were fitted to: after new weights, run
-fit_levels again.
+(coding_times, coding_times_more), channel correlations (coding_corr) and preflight
+calibration (coding_preflight) only when the weights are the ones they were fitted to: after
+new weights, run fit_levels and fit_preflight again.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ from ..zoo import CARD, WEIGHTS, atomic_write_bytes, file_sha256
 from .warmstart import RAW_DTYPES, RAW_WEIGHTS, raw_weights_from_checkpoint, read_raw_weights
 
 
-KEPT = ("image_size", "coding_steps", "coding_arithmetic")  # card keys a re-ship carries over
+KEPT = ("image_size", "coding_steps", "coding_arithmetic", "coding_efforts")  # card keys a re-ship carries over
 
 
 def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, notes: str | None,
@@ -51,6 +52,9 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
     corr_for = (earlier.get("coding_corr") or {}).get("fit", {}).get("weights_sha256")
     if corr_for and weights.startswith(corr_for):
         card["coding_corr"] = earlier["coding_corr"]
+    preflight_for = (earlier.get("coding_preflight") or {}).get("weights_sha256")
+    if preflight_for and weights.startswith(preflight_for):
+        card["coding_preflight"] = earlier["coding_preflight"]
     if image_size:
         card["image_size"] = image_size
     if coding_steps is not None:
