@@ -59,7 +59,7 @@ import torch
 from ..diffusion import VDM, VOCAB, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
-from .ans import Codec, Message, autoregressive, categorical, permuted, whiten, windowed_gaussian
+from .ans import Message, PushPop, autoregressive, categorical, permuted, whiten, windowed_gaussian
 from .spec import CURRENT, CoderSpec
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
@@ -296,7 +296,7 @@ class DiffusionChain:
         return tuple(float(scale) * float(v) for v in self.corr[i])
 
     # ---- codecs for one level ------------------------------------------------------------
-    def _q_codec(self, i: int, mean: np.ndarray) -> Codec:
+    def _q_codec(self, i: int, mean: np.ndarray) -> PushPop:
         """q(z_i | z_{i-1}) (level 0: q(z_0 | x)), truncated to +-Q_WINDOW_STDS std.
 
         Truncation matters: a pop reads the bits that the previous push left on top of the
@@ -320,7 +320,7 @@ class DiffusionChain:
         s = np.full(mean.size, self.std_p[i] / d) if std is None else np.asarray(std, dtype=np.float64).ravel() / d
         return windowed_gaussian(mean.ravel() / d, s, _window(self.spec.p_window_stds, s))
 
-    def _p_codec_corr(self, i: int, mean: np.ndarray, std: np.ndarray, corr) -> Codec:
+    def _p_codec_corr(self, i: int, mean: np.ndarray, std: np.ndarray, corr) -> PushPop:
         """p(z_i | z_{i+1}) = N(mean, Sigma) per pixel, Sigma = b I + S R S over its three
         channels: b = beta-tilde (std_p[i]^2), S = diag(sqrt(std^2 - b)) the learned extra std
         (iDDPM's interpolation, which is c^2 Var[x | z_{i+1}] for the ideal model) and R the
@@ -342,7 +342,7 @@ class DiffusionChain:
         l21 = (s[1] * s[2] * r12 - l20 * l10) / l11
         l22 = np.sqrt(np.maximum(sd[2] * sd[2] - l20 * l20 - l21 * l21, b))  # >= b when R is PSD
 
-        def codec_of(prev: list) -> Codec:
+        def codec_of(prev: list) -> PushPop:
             if not prev:
                 mu, sig = m[0], l00
             else:
@@ -365,7 +365,7 @@ class DiffusionChain:
             parts = channels.pop(msg)
             return np.stack([p.reshape(shape[0], *shape[2:]) for p in parts], axis=1).ravel()
 
-        return Codec(push, pop)
+        return PushPop(push, pop)
 
     def _x_window(self, z_0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(x | z_0) (VDM's decoder) on a window of pixel values around z_0 / alpha_0: the
