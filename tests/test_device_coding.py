@@ -154,13 +154,13 @@ def test_coding_runs_pinned_and_leaves_no_global_state(tiny_model_dir, arithmeti
     from vdmcodec.coding.chain import DiffusionChain
 
     seen = []
-    original = DiffusionChain._p_mean
+    original = DiffusionChain.p_mean_std
 
     def spy(self, *a, **k):
         seen.append(determinism._switches())
         return original(self, *a, **k)
 
-    monkeypatch.setattr(DiffusionChain, "_p_mean", spy)
+    monkeypatch.setattr(DiffusionChain, "p_mean_std", spy)
     codec = load_codec(tiny_model_dir, steps=2, arithmetic=arithmetic)
     before = determinism._switches()
     blob = _coded(codec, _digits(seed=9))
