@@ -67,7 +67,7 @@ def time_case(model: str, images: list[np.ndarray], steps: int, repeats: int) ->
                 t2 = time.perf_counter()
             if not _same(out, images):
                 raise SystemExit(f"{model}, {a}: the round trip is not exact")
-            for k, v in zip(keys, (t1 - t0, t2 - t1, net_c["seconds"], net_d["seconds"])):
+            for k, v in zip(keys, (t1 - t0, t2 - t1, net_c.seconds, net_d.seconds)):
                 row[a][k].append(v)
             row[a]["bytes"] = len(blob)
     return row

@@ -99,7 +99,7 @@ def network_drift(model_dir: str, images: list[np.ndarray], steps: int = 8, leve
     try:
         for t in (1, 2):
             torch.set_num_threads(t)
-            outs[t] = chain._p_mean(z, i)[0]
+            outs[t] = chain.p_mean_std(z, i)[0]
     finally:
         torch.set_num_threads(before)
     diff = np.abs(outs[1] - outs[2])

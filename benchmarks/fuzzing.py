@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from vdmcodec.coding import container
-from vdmcodec.coding.codec import DecodeLimits, model_digest
+from vdmcodec.coding.archive import DecodeLimits, model_digest
 from vdmcodec.errors import VdmcodecError
 
 from vdmcodec.coding.tilegrid import SEGMENT_METHODS, Band, TileLayout

@@ -32,7 +32,8 @@ import torch
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.bench import _same, image_codecs, tiled_seeds
 from vdmcodec.coding import classical
-from vdmcodec.coding.codec import coded_pixels, load_codec
+from vdmcodec.coding.archive import coded_pixels
+from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.container import MODEL_METHODS, TILED_METHODS, unpack
 from vdmcodec.coding.structure import describe
 from vdmcodec.data import ImageItem, load_items, to_tensor

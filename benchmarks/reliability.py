@@ -31,7 +31,7 @@ import torch
 from benchmarks import crashsafety, determinism, fuzzing, hardening
 from benchmarks.mnist import machine
 from vdmcodec.coding import container
-from vdmcodec.coding.codec import MAX_CHUNK_IMAGES, MAX_CHUNK_SUBPIXELS, DecodeLimits
+from vdmcodec.coding.archive import MAX_CHUNK_IMAGES, MAX_CHUNK_SUBPIXELS, DecodeLimits
 
 SECTIONS = ("fuzz", "truncation", "roundtrip", "determinism", "crash", "resources")
 MNIST_STEPS = 4      # T of the MNIST seed archive (decoding a mutated copy runs its chain)

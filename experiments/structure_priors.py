@@ -29,7 +29,8 @@ from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.coding import container, jpeg_prior, structure
-from vdmcodec.coding.codec import STRUCTURE_PROBE, load_codec
+from vdmcodec.coding.codec import load_codec
+from vdmcodec.coding.planner import STRUCTURE_PROBE
 from vdmcodec.coding.preflight import structure_gains
 
 DATA = Path("../shared/data/natural")

@@ -179,16 +179,16 @@ def test_codec_uses_the_cards_table_and_the_file_says_so(rgb_dir, tmp_path):
 
 
 def test_the_share_is_the_best_estimated_one(rgb_dir, monkeypatch):
-    from vdmcodec.coding import codec as codec_module
+    from vdmcodec.coding import planner
 
     photo = np.random.default_rng(5).integers(0, 256, (36, 40, 3), dtype=np.uint8)
     codec = load_codec(rgb_dir)
     chain = codec.chain(codec.steps, codec.grid_bits)
-    gains = codec_module.corr_scale_gains(chain, photo, [0.5, 1.0])
+    gains = planner.corr_scale_gains(chain, photo, [0.5, 1.0])
     assert len(gains) == 2 and all(math.isfinite(g) for g in gains)
-    assert codec_module.corr_scale_gains(load_codec(rgb_dir).chain(3, 2, corr=None), photo, [1.0]) == [0.0]
+    assert planner.corr_scale_gains(load_codec(rgb_dir).chain(3, 2, corr=None), photo, [1.0]) == [0.0]
     for fake, share in (([-0.1, 0.2, 0.3, 0.1], 3), ([-0.1, -0.2, -0.3, -0.1], 0)):
-        monkeypatch.setattr(codec_module, "corr_scale_gains", lambda chain, pixels, scales, cfg, fake=fake: fake)
+        monkeypatch.setattr(planner, "corr_scale_gains", lambda chain, pixels, scales, cfg, fake=fake: fake)
         assert codec.choose_corr_scale(photo, chain) == share
 
 

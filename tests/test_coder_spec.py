@@ -16,7 +16,8 @@ from tests.helpers import tiny_model_config
 from vdmcodec.coding import container, spec
 from vdmcodec.coding.ans import Message, categorical, uniform, whiten, windowed_gaussian
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
-from vdmcodec.coding.codec import Codec, decode_payload
+from vdmcodec.coding.archive import decode_payload
+from vdmcodec.coding.codec import Codec
 from vdmcodec.diffusion import VDM
 from vdmcodec.errors import FormatError
 

@@ -42,7 +42,8 @@ from vdmcodec.coding.ans import (
     windowed_gaussian,
 )
 from vdmcodec.coding.chain import ARITHMETIC, Q_WINDOW_STDS, ChainConfig, DiffusionChain
-from vdmcodec.coding.codec import Codec, _encode_order, decompress_file_bytes, load_codec
+from vdmcodec.coding.archive import chain_order
+from vdmcodec.coding.codec import Codec, decompress_file_bytes, load_codec
 from vdmcodec.errors import FormatError, ModelError
 from tests.helpers import gaussian_vdm
 
@@ -468,7 +469,7 @@ def test_bfloat16_arithmetic_really_runs_reduced_precision_and_replays_itself(ti
     means = {}
     for a in ("float32-nhwc", "bfloat16-nhwc"):
         chain = DiffusionChain(model, ChainConfig(steps=3, arithmetic=a))
-        first, again = chain._p_mean(z, 2)[0], chain._p_mean(z.copy(), 2)[0]
+        first, again = chain.p_mean_std(z, 2)[0], chain.p_mean_std(z.copy(), 2)[0]
         np.testing.assert_array_equal(first, again)  # the decoder's call gives the encoder's bits
         means[a] = first
     diff = np.abs(means["float32-nhwc"] - means["bfloat16-nhwc"])
@@ -642,7 +643,7 @@ def test_file_size_is_container_plus_seeds_plus_chain_bits(codec):
     msg = Message(init, sealed=True)
     start_bits = msg.num_bits
     chain = codec.chain(header.steps, header.grid_bits)
-    order = _encode_order(header.image_shapes(), methods)
+    order = chain_order(header.image_shapes(), methods)
     for start, size in header.chunks:
         chain.push(msg, np.stack([hwc[k] for k in order[start : start + size]]).transpose(0, 3, 1, 2).copy())
     chain_bits = msg.num_bits - start_bits

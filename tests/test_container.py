@@ -13,7 +13,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from vdmcodec.coding import classical, container
-from vdmcodec.coding.codec import decode_payload, decompress_file_bytes, pixels_digest
+from vdmcodec.coding.archive import decode_payload, pixels_digest
+from vdmcodec.coding.codec import decompress_file_bytes
 from vdmcodec.coding.container import MAX_IMAGES, MAX_SIDE, MAX_STEPS, MAX_THREADS, Header, pack, run_length, unpack
 from vdmcodec.errors import FormatError, ModelError
 

@@ -18,7 +18,8 @@ from tests.helpers import tiny_model_config
 from vdmcodec.coding import container
 from vdmcodec.coding.ans import EmptyMessageError, Message, categorical, quantized_gaussian, uniform, windowed_gaussian
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
-from vdmcodec.coding.codec import Codec, model_digest
+from vdmcodec.coding.archive import model_digest
+from vdmcodec.coding.codec import Codec
 from vdmcodec.coding.tilegrid import Band, Segment, TileLayout
 from vdmcodec.diffusion import VDM
 from vdmcodec.errors import FormatError

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 
 from cli.main import app
 from vdmcodec.coding import determinism
-from vdmcodec.coding.codec import check_device, decompress_file_bytes, load_codec
+from vdmcodec.coding.archive import check_device
+from vdmcodec.coding.codec import decompress_file_bytes, load_codec
 from vdmcodec.coding.container import Header, encode_header, pack, parse_header, unpack
 from vdmcodec.errors import FormatError, RuntimeMismatchError
 
@@ -29,7 +30,7 @@ def _coded(codec, images):
 @pytest.fixture
 def as_if_on_a_gpu(monkeypatch):
     """The codec believes its device has FAKE_GPU's fingerprint (it computes on the CPU)."""
-    monkeypatch.setattr("vdmcodec.coding.codec.device_fingerprint", lambda device, mode: f"{FAKE_GPU}; {mode}")
+    monkeypatch.setattr("vdmcodec.coding.archive.device_fingerprint", lambda device, mode: f"{FAKE_GPU}; {mode}")
 
 
 def _header(**kw) -> Header:
@@ -69,11 +70,11 @@ def test_gpu_file_decodes_on_its_device_and_is_refused_elsewhere(tiny_model_dir,
     assert header.device == f"{FAKE_GPU}; {determinism.PRECISION_MODE}"
     assert all(np.array_equal(a, b) for a, b in zip(codec.decompress(blob), images))
     # on "another GPU" (another fingerprint) and on the CPU: refused before any work
-    monkeypatch.setattr("vdmcodec.coding.codec.device_fingerprint", lambda device, mode: f"Other GPU; {mode}")
+    monkeypatch.setattr("vdmcodec.coding.archive.device_fingerprint", lambda device, mode: f"Other GPU; {mode}")
     with pytest.raises(RuntimeMismatchError, match="this one is Other GPU") as e:
         codec.decompress(blob)
     assert "\n" not in str(e.value) and "portable" in str(e.value)
-    monkeypatch.setattr("vdmcodec.coding.codec.device_fingerprint", lambda device, mode: None)
+    monkeypatch.setattr("vdmcodec.coding.archive.device_fingerprint", lambda device, mode: None)
     with pytest.raises(RuntimeMismatchError, match="coded on a GPU .* decoder runs on the CPU .*--device cuda"):
         codec.decompress(blob)
     # the file-level entry refuses before it loads the model
@@ -88,7 +89,7 @@ def test_cpu_file_is_refused_on_a_gpu(tiny_model_dir, monkeypatch):
     header = unpack(blob)[0]
     assert header.device is None
     check_device(header, torch.device("cpu"))
-    monkeypatch.setattr("vdmcodec.coding.codec.device_fingerprint", lambda device, mode: f"{FAKE_GPU}; {mode}")
+    monkeypatch.setattr("vdmcodec.coding.archive.device_fingerprint", lambda device, mode: f"{FAKE_GPU}; {mode}")
     with pytest.raises(RuntimeMismatchError, match=r"coded on a CPU .*\(use --device cpu"):
         check_device(header, torch.device("cuda", 0))
 
@@ -111,14 +112,14 @@ def test_cli_refuses_a_gpu_file_on_the_cpu_in_one_line(tmp_path, tiny_model_dir,
     for k, im in enumerate(_digits()):
         Image.fromarray(im).save(d / f"{k}.png")
     arc = tmp_path / "a.vdmc"
-    monkeypatch.setattr("vdmcodec.coding.codec.device_fingerprint", lambda device, mode: f"{FAKE_GPU}; {mode}")
+    monkeypatch.setattr("vdmcodec.coding.archive.device_fingerprint", lambda device, mode: f"{FAKE_GPU}; {mode}")
     blob = load_codec(tiny_model_dir, steps=2).compress([np.asarray(Image.open(f)) for f in sorted(d.iterdir())],
                                                         steps=2, force_model=True)
     arc.write_bytes(blob)
     runner = CliRunner()
     res = runner.invoke(app, ["info", str(arc)])
     assert res.exit_code == 0 and "on a GPU: Fake GPU" in res.output
-    monkeypatch.setattr("vdmcodec.coding.codec.device_fingerprint", lambda device, mode: None)
+    monkeypatch.setattr("vdmcodec.coding.archive.device_fingerprint", lambda device, mode: None)
     res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir),
                               "--no-progress"])
     assert res.exit_code != 0
@@ -154,13 +155,13 @@ def test_coding_runs_pinned_and_leaves_no_global_state(tiny_model_dir, arithmeti
     from vdmcodec.coding.chain import DiffusionChain
 
     seen = []
-    original = DiffusionChain._p_mean
+    original = DiffusionChain.p_mean_std
 
     def spy(self, *a, **k):
         seen.append(determinism._switches())
         return original(self, *a, **k)
 
-    monkeypatch.setattr(DiffusionChain, "_p_mean", spy)
+    monkeypatch.setattr(DiffusionChain, "p_mean_std", spy)
     codec = load_codec(tiny_model_dir, steps=2, arithmetic=arithmetic)
     before = determinism._switches()
     blob = _coded(codec, _digits(seed=9))

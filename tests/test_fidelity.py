@@ -395,7 +395,7 @@ def test_write_errors_name_the_target_not_a_temporary_file(tmp_path, monkeypatch
 
 
 def test_no_progress_bar_for_nothing():
-    from vdmcodec.coding.codec import _bar
+    from vdmcodec.coding.archive import _bar
 
     assert _bar(True, 0, "compress") is None
 

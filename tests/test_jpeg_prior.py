@@ -178,10 +178,10 @@ def test_coding_with_a_chroma_prior_is_lossless_and_recorded():
 
 
 def test_portable_coding_does_not_offer_the_jpeg_prior(monkeypatch):
-    import vdmcodec.coding.codec as codec_module
+    from vdmcodec.coding import planner
 
     seen = []
-    monkeypatch.setattr(codec_module, "structure_gains", lambda chain, pixels, priors, cfg: seen.append(priors) or [1.0] * len(priors))
+    monkeypatch.setattr(planner, "structure_gains", lambda chain, pixels, priors, cfg: seen.append(priors) or [1.0] * len(priors))
     im = decoded_jpeg(textured(96, 128))
     assert tiny_rgb_codec(arithmetic="portable").choose_structure(im, tiny_rgb_codec(arithmetic="portable").chain(2, 2)) is None
     codec = tiny_rgb_codec()

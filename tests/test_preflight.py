@@ -164,10 +164,9 @@ def test_force_model_ignores_the_preflight(model):
 def test_in_an_archive_only_the_images_given_up_on_skip_the_chain(model, monkeypatch):
     """In an archive, an image given up on is stored classically (its bytes seed the stack)
     while the others still go through the chain; gray images are estimated as R = G = B."""
-    from vdmcodec.coding import codec as codec_module
-    from vdmcodec.coding import tiles
+    from vdmcodec.coding import planner, tiles
 
-    monkeypatch.setattr(codec_module, "sure_win", lambda *a: True)  # what is not hopeless runs
+    monkeypatch.setattr(planner, "sure_win", lambda *a: True)  # what is not hopeless runs
 
     flat = np.full((40, 48, 3), 77, dtype=np.uint8)
     busy = noise((40, 48, 3), seed=1)

@@ -18,7 +18,8 @@ from PIL import Image
 
 from benchmarks import crashsafety, determinism, fuzzing, hardening
 from vdmcodec.coding import classical, container
-from vdmcodec.coding.codec import MAX_CACHED_CHAINS, MAX_CHUNK_SUBPIXELS, DecodeLimits, load_codec
+from vdmcodec.coding.archive import MAX_CHUNK_SUBPIXELS
+from vdmcodec.coding.codec import MAX_CACHED_CHAINS, DecodeLimits, load_codec
 from vdmcodec.errors import FormatError, LimitError, RuntimeMismatchError, VdmcodecError
 from vdmcodec.files import atomic_write_bytes, write_files
 

@@ -168,11 +168,11 @@ def test_choose_structure_keeps_a_prior_only_where_it_saves(monkeypatch):
     codec = tiny_rgb_codec()
     chain = codec.chain(2, codec.grid_bits)
     im = subsample_chroma(photo(), (1, 2), "replicate", "jfif")
-    import vdmcodec.coding.codec as codec_module
+    from vdmcodec.coding import planner
 
-    monkeypatch.setattr(codec_module, "structure_gains", lambda chain, pixels, priors, cfg: [0.5] * len(priors))
+    monkeypatch.setattr(planner, "structure_gains", lambda chain, pixels, priors, cfg: [0.5] * len(priors))
     assert codec.choose_structure(im, chain).mode == "422"
-    monkeypatch.setattr(codec_module, "structure_gains", lambda chain, pixels, priors, cfg: [-0.1] * len(priors))
+    monkeypatch.setattr(planner, "structure_gains", lambda chain, pixels, priors, cfg: [-0.1] * len(priors))
     assert codec.choose_structure(im, chain) is None
     assert codec.choose_structure(photo(), chain) is None            # no candidate
     assert tiny_rgb_codec(structure_priors=False).choose_structure(im, chain) is None

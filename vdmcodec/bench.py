@@ -157,26 +157,11 @@ def measure_classical(images: Sequence[np.ndarray], progress: bool = False) -> t
 # ---- vdmcodec ----------------------------------------------------------------------------
 @contextmanager
 def network_timer(codec: Codec, steps: int):
-    """Time the network calls (``DiffusionChain._p_mean``) of ``codec``'s chain for T steps,
-    by wrapping that one chain object's method (nothing global is patched). Yields a dict
-    whose "seconds" and "calls" grow while the block runs."""
-    chain = codec.chain(steps, codec.grid_bits)
-    clock = {"seconds": 0.0, "calls": 0}
-    inner = chain._p_mean
-
-    def timed(z_i, i, *rest):
-        t0 = time.perf_counter()
-        try:
-            return inner(z_i, i, *rest)
-        finally:
-            clock["seconds"] += time.perf_counter() - t0
-            clock["calls"] += 1
-
-    chain._p_mean = timed
-    try:
+    """Time the network calls (``DiffusionChain.p_mean_std``) of ``codec``'s chain for T steps
+    (``DiffusionChain.timed``: nothing is patched). Yields a NetworkClock whose ``seconds``
+    and ``calls`` grow while the block runs."""
+    with codec.chain(steps, codec.grid_bits).timed() as clock:
         yield clock
-    finally:
-        del chain._p_mean  # back to the class's method
 
 
 def _same(decoded: Sequence[np.ndarray], images: Sequence[np.ndarray]) -> bool:
@@ -215,8 +200,8 @@ def measure_archive(codec: Codec, images: Sequence[np.ndarray], steps: int | Non
     model_dims = sum(im.size for im, m in zip(images, methods) if m in MODEL_METHODS)
     row = _row("vdmcodec archive (model-coded)", f"T={T}, grid_bits={codec.grid_bits}", len(blob), dims, kind="vdmcodec",
                encode_s=enc_s, container_bytes=len(blob) - len(payload), model_images=n_model,
-               classical_images=len(methods) - n_model, network_encode_s=net_enc["seconds"],
-               network_calls=net_enc["calls"])
+               classical_images=len(methods) - n_model, network_encode_s=net_enc.seconds,
+               network_calls=net_enc.calls)
     if n_model:
         # the payload is the seeds' classical bytes (the initial message) plus what the chain
         # added: that net growth over the model-coded subpixels is the chain's own rate
@@ -235,7 +220,7 @@ def measure_archive(codec: Codec, images: Sequence[np.ndarray], steps: int | Non
             t0 = time.perf_counter()
             decoded = codec.decompress(blob, progress=progress)
             row["decode_s"] = time.perf_counter() - t0
-        row["network_decode_s"] = net_dec["seconds"]
+        row["network_decode_s"] = net_dec.seconds
         row["roundtrip"] = _same(decoded, images)
     else:
         row["roundtrip"] = None
@@ -424,7 +409,7 @@ def format_speed(speed: dict) -> list[str]:
                          f"{speed['decompress_img_s_with_load']:.2f} |")
     lines += ["", "Where the compress time goes:", "",
               "| part | seconds | share |", "|---|---:|---:|",
-              f"| network (`DiffusionChain._p_mean`, {speed['network_calls']} calls) | {speed['network_s']:.1f} | {speed['network_share']:.1%} |",
+              f"| network (`DiffusionChain.p_mean_std`, {speed['network_calls']} calls) | {speed['network_s']:.1f} | {speed['network_share']:.1%} |",
               f"| classical encodings (PNG + WebP of every image, timed as the all-classical archive) | {speed['classical_s']:.1f} | {speed['classical_share']:.1%} |",
               f"| entropy coder and the rest (ANS pushes/pops, latent grids, numpy) | {speed['coder_and_rest_s']:.1f} | {speed['coder_share']:.1%} |"]
     if speed.get("network_decode_s") is not None:

@@ -1,7 +1,7 @@
 """A small craystack-style layer over constriction's ANS stack.
 
 A *message* is the ANS stack (``Message``, wrapping ``constriction.stream.stack.AnsCoder``).
-A *codec* is a push/pop pair: ``push(msg, data)`` puts ``data`` on the stack and
+A *codec* (``PushPop``) is a push/pop pair: ``push(msg, data)`` puts ``data`` on the stack and
 ``pop(msg) -> data`` takes it off again, so ``pop(push(m, x)) == (m, x)``. Leaf codecs wrap
 constriction's vectorised models (one call per array, never a Python loop per symbol);
 combinators build bigger codecs from smaller ones (``serial``, ``bits_back``).
@@ -100,15 +100,15 @@ class Message:
 
 
 @dataclass(frozen=True)
-class Codec:
-    """A push/pop pair over a Message."""
+class PushPop:
+    """A codec: a push/pop pair over a Message."""
 
     push: Callable[[Message, Any], None]
     pop: Callable[[Message], Any]
 
 
 # ---- leaf codecs ------------------------------------------------------------------
-def quantized_gaussian(mean: np.ndarray, std: np.ndarray, lo: int, hi: int) -> Codec:
+def quantized_gaussian(mean: np.ndarray, std: np.ndarray, lo: int, hi: int) -> PushPop:
     """Integer symbols in [lo, hi] under a Gaussian quantised to unit bins (mean and std in
     bin units, float64, one per symbol). constriction's model is leaky: every symbol in
     the range keeps a non-zero probability."""
@@ -127,10 +127,10 @@ def quantized_gaussian(mean: np.ndarray, std: np.ndarray, lo: int, hi: int) -> C
     def pop(msg: Message) -> np.ndarray:
         return msg.pop(model, mean, std)
 
-    return Codec(push, pop)
+    return PushPop(push, pop)
 
 
-def windowed_gaussian(mean: np.ndarray, std: np.ndarray, width: int, escape: bool = True) -> Codec:
+def windowed_gaussian(mean: np.ndarray, std: np.ndarray, width: int, escape: bool = True) -> PushPop:
     """Integers k under N(mean, std^2) quantised to unit bins, coded as the offset from
     round(mean) within [-width, width]; offsets at or beyond +-width escape to 32 raw bits.
 
@@ -181,10 +181,10 @@ def windowed_gaussian(mean: np.ndarray, std: np.ndarray, width: int, escape: boo
             k[esc] = ((words[:, 0] << 16) | words[:, 1]) - (1 << 31)
         return k
 
-    return Codec(push, pop)
+    return PushPop(push, pop)
 
 
-def categorical(probs: np.ndarray) -> Codec:
+def categorical(probs: np.ndarray) -> PushPop:
     """Symbols 0..K-1, one probability row per symbol ([n, K], rows need not sum to 1)."""
     model = _model.Categorical(perfect=False)
     probs = np.ascontiguousarray(probs, dtype=np.float64)
@@ -196,10 +196,10 @@ def categorical(probs: np.ndarray) -> Codec:
     def pop(msg: Message) -> np.ndarray:
         return msg.pop(model, probs)
 
-    return Codec(push, pop)
+    return PushPop(push, pop)
 
 
-def uniform(n_symbols: int, count: int) -> Codec:
+def uniform(n_symbols: int, count: int) -> PushPop:
     """``count`` symbols uniform on {0..n_symbols-1} (e.g. raw bytes with 256)."""
     _check_support(int(n_symbols))
     model = _model.Uniform(int(n_symbols))
@@ -213,7 +213,7 @@ def uniform(n_symbols: int, count: int) -> Codec:
     def pop(msg: Message) -> np.ndarray:
         return _pop_n(msg, model, count)
 
-    return Codec(push, pop)
+    return PushPop(push, pop)
 
 
 MAX_SUPPORT = 1 << 24  # constriction's 24-bit models: every symbol needs a non-zero count
@@ -297,7 +297,7 @@ _UNIFORM16 = _model.Uniform(1 << 16)
 
 
 # ---- combinators --------------------------------------------------------------------
-def permuted(codec: Codec, perm: np.ndarray) -> Codec:
+def permuted(codec: PushPop, perm: np.ndarray) -> PushPop:
     """The same codec over a flat array visited in the order ``perm``."""
     perm = np.asarray(perm)
 
@@ -310,10 +310,10 @@ def permuted(codec: Codec, perm: np.ndarray) -> Codec:
         out[perm] = y
         return out
 
-    return Codec(push, pop)
+    return PushPop(push, pop)
 
 
-def serial(codecs: Sequence[Codec]) -> Codec:
+def serial(codecs: Sequence[PushPop]) -> PushPop:
     """A codec for a sequence: element j with codecs[j]; popped back in the same order."""
 
     def push(msg: Message, xs: Sequence[Any]) -> None:
@@ -323,10 +323,10 @@ def serial(codecs: Sequence[Codec]) -> Codec:
     def pop(msg: Message) -> list:
         return [c.pop(msg) for c in codecs]
 
-    return Codec(push, pop)
+    return PushPop(push, pop)
 
 
-def autoregressive(codec_of: Callable[[list], Codec], n: int) -> Codec:
+def autoregressive(codec_of: Callable[[list], PushPop], n: int) -> PushPop:
     """A codec for a sequence of ``n`` parts where part j's codec depends on the parts before
     it: ``codec_of(xs[:j])``. Push runs j = n-1 .. 0 (the encoder knows every part), so pop
     runs j = 0 .. n-1 and hands each codec the parts it has already decoded."""
@@ -344,10 +344,10 @@ def autoregressive(codec_of: Callable[[list], Codec], n: int) -> Codec:
             xs.append(codec_of(xs).pop(msg))
         return xs
 
-    return Codec(push, pop)
+    return PushPop(push, pop)
 
 
-def bits_back(prior: Codec, likelihood: Callable[[Any], Codec], posterior: Callable[[Any], Codec]) -> Codec:
+def bits_back(prior: PushPop, likelihood: Callable[[Any], PushPop], posterior: Callable[[Any], PushPop]) -> PushPop:
     """BB-ANS (Townsend et al. 2019): push x = pop z from q(z|x), push x with p(x|z), push z
     with p(z); pop mirrors it exactly. Net cost -log p(x,z) + log q(z|x) per item."""
 
@@ -362,4 +362,4 @@ def bits_back(prior: Codec, likelihood: Callable[[Any], Codec], posterior: Calla
         posterior(x).push(msg, z)
         return x
 
-    return Codec(push, pop)
+    return PushPop(push, pop)

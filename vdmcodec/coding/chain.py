@@ -51,6 +51,8 @@ from __future__ import annotations
 import copy
 import math
 import numbers
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -59,7 +61,7 @@ import torch
 from ..diffusion import VDM, VOCAB, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
-from .ans import Codec, Message, autoregressive, categorical, permuted, whiten, windowed_gaussian
+from .ans import Message, PushPop, autoregressive, categorical, permuted, whiten, windowed_gaussian
 from .spec import CURRENT, CoderSpec
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
@@ -150,6 +152,14 @@ def check_spec(spec: CoderSpec) -> CoderSpec:
     return spec
 
 
+@dataclass
+class NetworkClock:
+    """The time (seconds) and calls of ``DiffusionChain.p_mean_std`` inside a ``timed`` block."""
+
+    seconds: float = 0.0
+    calls: int = 0
+
+
 class DiffusionChain:
     """The T-step chain for one model: per-level grids and the push/pop of a batch."""
 
@@ -191,6 +201,7 @@ class DiffusionChain:
         # the network's time conditioning at each level, shared by the segments coded at it
         # (bit-identical to recomputing it: networks.ConditioningCache)
         self._conditioning = ConditioningCache()
+        self._clock: NetworkClock | None = None  # counts p_mean_std inside a ``timed`` block
         self.alpha = np.sqrt(sigmoid(-g))
         self.sigma = np.sqrt(sigmoid(g))
         # q(z_i | z_{i-1}) = N(a_q z_{i-1}, std_q^2); level 0: q(z_0 | x) = N(alpha_0 x, sigma_0^2)
@@ -235,15 +246,35 @@ class DiffusionChain:
         return -worst
 
     # ---- the network -----------------------------------------------------------------
-    @torch.no_grad()
-    def _p_mean(self, z_i: np.ndarray, i: int, structure=None,
-                origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray | None]:
+    def p_mean_std(self, z_i: np.ndarray, i: int, structure=None,
+                   origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
         and beta), else None (std_p). ``structure``: a structure prior (structure.py: block
         differences; jpeg_prior.py: luma and chroma DCT coefficients) whose posterior means replace the
         network's prediction for the batch, whose pixel (0, 0) sits at image coordinates
-        ``origin``."""
+        ``origin``. Inside a ``timed`` block, its time and calls are counted."""
+        if self._clock is None:
+            return self._p_mean_std(z_i, i, structure, origin)
+        t0 = time.perf_counter()
+        try:
+            return self._p_mean_std(z_i, i, structure, origin)
+        finally:
+            self._clock.seconds += time.perf_counter() - t0
+            self._clock.calls += 1
+
+    @contextmanager
+    def timed(self):
+        """Count the time and calls of ``p_mean_std`` (the network's share of coding) while
+        the block runs: yields a NetworkClock that grows; the chain counts nothing after."""
+        outer, self._clock = self._clock, NetworkClock()
+        try:
+            yield self._clock
+        finally:
+            self._clock = outer
+
+    @torch.no_grad()
+    def _p_mean_std(self, z_i: np.ndarray, i: int, structure, origin: tuple[int, int]):
         if self.portable:
             eps_hat, v = self._exact_eps_and_v(z_i, i)
         else:
@@ -296,7 +327,7 @@ class DiffusionChain:
         return tuple(float(scale) * float(v) for v in self.corr[i])
 
     # ---- codecs for one level ------------------------------------------------------------
-    def _q_codec(self, i: int, mean: np.ndarray) -> Codec:
+    def _q_codec(self, i: int, mean: np.ndarray) -> PushPop:
         """q(z_i | z_{i-1}) (level 0: q(z_0 | x)), truncated to +-Q_WINDOW_STDS std.
 
         Truncation matters: a pop reads the bits that the previous push left on top of the
@@ -320,7 +351,7 @@ class DiffusionChain:
         s = np.full(mean.size, self.std_p[i] / d) if std is None else np.asarray(std, dtype=np.float64).ravel() / d
         return windowed_gaussian(mean.ravel() / d, s, _window(self.spec.p_window_stds, s))
 
-    def _p_codec_corr(self, i: int, mean: np.ndarray, std: np.ndarray, corr) -> Codec:
+    def _p_codec_corr(self, i: int, mean: np.ndarray, std: np.ndarray, corr) -> PushPop:
         """p(z_i | z_{i+1}) = N(mean, Sigma) per pixel, Sigma = b I + S R S over its three
         channels: b = beta-tilde (std_p[i]^2), S = diag(sqrt(std^2 - b)) the learned extra std
         (iDDPM's interpolation, which is c^2 Var[x | z_{i+1}] for the ideal model) and R the
@@ -342,7 +373,7 @@ class DiffusionChain:
         l21 = (s[1] * s[2] * r12 - l20 * l10) / l11
         l22 = np.sqrt(np.maximum(sd[2] * sd[2] - l20 * l20 - l21 * l21, b))  # >= b when R is PSD
 
-        def codec_of(prev: list) -> Codec:
+        def codec_of(prev: list) -> PushPop:
             if not prev:
                 mu, sig = m[0], l00
             else:
@@ -365,7 +396,7 @@ class DiffusionChain:
             parts = channels.pop(msg)
             return np.stack([p.reshape(shape[0], *shape[2:]) for p in parts], axis=1).ravel()
 
-        return Codec(push, pop)
+        return PushPop(push, pop)
 
     def _x_window(self, z_0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """p(x | z_0) (VDM's decoder) on a window of pixel values around z_0 / alpha_0: the
@@ -413,7 +444,7 @@ class DiffusionChain:
     def push(self, msg: Message, x: np.ndarray, progress=None, structure=None,
              origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> None:
         """Encode a batch x (uint8 [B, C, H, W]) onto the stack (``structure``, ``origin``: see
-        ``_p_mean``; ``corr_scale``: see ``_corr``; the decoder must pass the same)."""
+        ``p_mean_std``; ``corr_scale``: see ``_corr``; the decoder must pass the same)."""
         T = self.cfg.steps
         x_s = scale_pixels(torch.from_numpy(x)).double().numpy()
         self._whiten(msg, 0, x.size)
@@ -425,7 +456,7 @@ class DiffusionChain:
             self._whiten(msg, i, x.size)
             k = self._q_codec(i, self.a_q[i] * z_prev).pop(msg)
             z = (k * self.delta[i]).reshape(x.shape)
-            self._p_codec(i - 1, *self._p_mean(z, i, structure, origin), self._corr(i, structure, corr_scale)).push(msg, k_prev)
+            self._p_codec(i - 1, *self.p_mean_std(z, i, structure, origin), self._corr(i, structure, corr_scale)).push(msg, k_prev)
             z_prev, k_prev = z, k
             if progress is not None:
                 progress(1)
@@ -438,7 +469,7 @@ class DiffusionChain:
         k = self._p_codec(T, np.zeros(shape)).pop(msg)
         z = (k * self.delta[T]).reshape(shape)
         for i in range(T, 0, -1):
-            k_prev = self._p_codec(i - 1, *self._p_mean(z, i, structure, origin), self._corr(i, structure, corr_scale)).pop(msg)
+            k_prev = self._p_codec(i - 1, *self.p_mean_std(z, i, structure, origin), self._corr(i, structure, corr_scale)).pop(msg)
             z_prev = (k_prev * self.delta[i - 1]).reshape(shape)
             self._q_codec(i, self.a_q[i] * z_prev).push(msg, k)
             self._whiten(msg, i, z_prev.size)

@@ -148,7 +148,7 @@ def _probe_levels(chain, pixels: np.ndarray, cfg: PreflightConfig):
         i = int(i)
         eps = rng.standard_normal(x.shape)
         z = chain.alpha[i] * x + chain.sigma[i] * eps
-        mean, std = chain._p_mean(z, i)
+        mean, std = chain.p_mean_std(z, i)
         yield origins, x, i, eps, z, mean, std, T / draws
 
 

@@ -1,0 +1,163 @@
+"""The encoder's decisions: which images the model codes, how, and with which priors.
+
+Compress (codec.py) asks, in this order:
+1. which images the chain can code: those of the model's channel count, whole (in chunks)
+   where both sides fit a tile (``Planner.chunk_eligible``), in tiles where a side is longer
+   (``Planner.tiled_methods``, tiles.py), and, with an RGB model, every grayscale image in
+   tiles as R = G = B ("tiled-gray");
+2. which tiled images the preflight gives up on (``Planner.preflight_check``, preflight.py):
+   they stay classical, without a chain run;
+3. per tiled RGB image, a structure prior (``Planner.choose_structure``: structure.py,
+   jpeg_prior.py) or else a share of the model card's channel correlations
+   (``choose_corr_scale``), each where an estimate on crops (STRUCTURE_PROBE) says it saves
+   bits;
+4. which images are seeds, whose classical bytes start the stack, and the chain order of the
+   rest (``plan_seeds``), from an estimate of the initial bits the first chunk needs.
+The file records every choice (archive.py): the decoder replays them and decides nothing.
+The estimates only steer these choices, never a decoded bit, so they may run a faster
+arithmetic than the chain (``probe_network``).
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from . import jpeg_prior, structure, tiles
+from .archive import MAX_CHUNK_SUBPIXELS, chain_order, coded_pixels
+from .chain import ARITHMETIC, DiffusionChain, apply_arithmetic
+from .container import CORR_SCALE_STEPS, MODEL_METHODS
+from .preflight import (PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, plain_photos_lose, structure_gains,
+                        sure_win)
+
+# crops on which compress estimates what a chroma-structure prior saves (preflight.structure_gains)
+STRUCTURE_PROBE = PreflightConfig(crops=4, crop=64, draws=32)
+
+
+@dataclass(frozen=True)
+class Planner:
+    """The decisions that depend on the model and compress's settings (the codec's)."""
+
+    channels: int      # the model's image channels
+    tile: int          # images with a longer side are coded in tiles (tiles.py)
+    arithmetic: str    # what compress runs (a key of chain.ARITHMETIC)
+    preflight: PreflightConfig | None = None  # None: every codable image goes through the chain
+    structure_priors: bool = True  # try structure priors on tiled RGB images
+    card: dict = field(default_factory=dict)  # the model card (its coding_preflight calibration)
+    where: str = "model"  # the model's directory, for messages about its card
+
+    def tiled_methods(self, pix) -> dict[int, str]:
+        """{image: method} of the images coded in tiles: those of the model's channel count
+        with a side longer than a tile, and (RGB models) every grayscale image, as R = G = B."""
+        out = {k: "tiled" for k, p in enumerate(pix) if p.shape[-1] == self.channels and tiles.needs_tiling(p.shape, self.tile)}
+        if self.channels == 3:
+            out.update({k: "tiled-gray" for k, p in enumerate(pix) if p.shape[-1] == 1})
+        return out
+
+    def chunk_eligible(self, pix, tiled: dict[int, str]) -> list[int]:
+        """The images the chain can code whole, in chunks: the model's channel count, within
+        a chunk's memory bound, not ``tiled``."""
+        return [k for k, p in enumerate(pix)
+                if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS and k not in tiled]
+
+    def preflight_estimate(self, pixels: np.ndarray, method: str, network: Callable) -> float | None:
+        """The preflight's estimate of the model's bits per subpixel on one image (uint8
+        [H, W, C]) coded as ``method`` ("tiled" or "tiled-gray": bits per gray subpixel),
+        or None where compress runs no preflight (switched off, or a small image);
+        ``network()``: the network to estimate with (``probe_network``), asked for only then."""
+        cfg = self.preflight
+        if cfg is None or pixels.shape[0] * pixels.shape[1] < cfg.min_pixels:
+            return None
+        coded = coded_pixels(pixels, method)
+        return estimate_bpd(network(), coded, cfg) * coded.shape[-1] / pixels.shape[-1]
+
+    def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int, estimate: Callable,
+                        probe_plain: bool = True, before_network=lambda: None) -> tuple[float | None, bool]:
+        """(the preflight's estimate or None, whether compress gives the model up on this
+        image, whose best classical encoding takes ``classical_bits``): given up where even
+        the estimate's optimistic reading loses, and, between that and a sure win, on all but
+        decoded JPEGs (preflight.py). Without ``probe_plain``, an image without a JPEG lattice
+        is given up before any network pass where the card's calibration says the model lost
+        on every such validation photo (preflight.plain_photos_lose). ``estimate(pixels,
+        method)``: ``preflight_estimate`` on a network; ``before_network`` is called before
+        the first network pass."""
+        cfg = self.preflight
+        if cfg is None:
+            return None, False
+        lattice = (method == "tiled" and self.structure_priors and self.channels == 3
+                   and not ARITHMETIC[self.arithmetic].portable and jpeg_prior.has_lattice(pixels))
+        if not (lattice or probe_plain) and plain_photos_lose(self.card, cfg, self.where):
+            return None, True
+        before_network()
+        est = estimate(pixels, method)
+        if est is None:
+            return None, False
+        if hopeless(est, classical_bits, pixels.size, cfg):
+            return est, True
+        if sure_win(est, classical_bits, pixels.size, cfg):
+            return est, False
+        return est, not lattice
+
+    def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain):
+        """The structure prior ``chain`` codes a tiled RGB image with (structure.py: chroma
+        subsampling; jpeg_prior.py: decoded JPEGs, float arithmetics only): of the candidates
+        measured on the image, the one with the largest saving estimated on crops
+        (STRUCTURE_PROBE), if that beats the prior's header bytes; else None."""
+        if not self.structure_priors or self.channels != 3:
+            return None
+        priors = structure.candidates(pixels)
+        if not ARITHMETIC[chain.cfg.arithmetic].portable:  # its DCT is a float matrix product
+            priors += jpeg_prior.candidates(pixels)
+        if not priors:
+            return None
+        gains = structure_gains(chain, pixels, priors, STRUCTURE_PROBE)
+        k = int(np.argmax(gains))
+        return priors[k] if gains[k] * pixels.size > 8 * len(priors[k].to_bytes()) else None
+
+
+def choose_corr_scale(pixels: np.ndarray, chain: DiffusionChain) -> int:
+    """The share (in 1/CORR_SCALE_STEPS) of ``chain``'s channel correlations a tiled RGB
+    image without a structure prior is coded with: the one with the largest saving
+    estimated on crops (preflight.corr_scale_gains, STRUCTURE_PROBE), 0 where none saves."""
+    if chain.corr is None:
+        return 0
+    shares = list(range(1, CORR_SCALE_STEPS + 1))
+    gains = corr_scale_gains(chain, pixels, [k / CORR_SCALE_STEPS for k in shares], STRUCTURE_PROBE)
+    k = int(np.argmax(gains))
+    return shares[k] if gains[k] > 0 else 0
+
+
+def probe_network(model, arithmetic: str):
+    """A copy of the network as compress's ``arithmetic`` runs it (bfloat16 autocast on NHWC
+    where the card chose that), for the encoder's estimates: they only steer the encoder's
+    choices, never a decoded bit, so they may run a fast arithmetic (float32 NHWC for
+    portable)."""
+    name = "float32-nhwc" if ARITHMETIC[arithmetic].portable else arithmetic
+    return apply_arithmetic(copy.deepcopy(model), name)
+
+
+def plan_seeds(shapes, best, eligible, per_dim: float, tiled: dict | None = None):
+    """Which images are classical seeds (their bytes start the stack) and the chain order of
+    the rest: first the images the model cannot code, then eligible images in input order
+    until the first chunk's estimated initial bits are covered. None if they never are.
+    ``tiled`` ({image: "tiled" | "tiled-gray"}) images are coded after the chunks (tiles.py)
+    and seed nothing here."""
+    eligible_set, tiled = set(eligible), tiled or {}
+    methods = ["vdm" if k in eligible_set else tiled[k] if k in tiled else best[k][0] for k in range(len(shapes))]
+    order = chain_order(shapes, methods)
+    need = per_dim * math.prod(shapes[order[0]]) + 64
+    have = 8 * sum(len(best[k][1]) for k in range(len(shapes)) if methods[k] not in MODEL_METHODS)
+    for k in eligible:
+        if have >= need:
+            break
+        methods[k] = best[k][0]
+        have += 8 * len(best[k][1])
+        order = [j for j in order if j != k]
+        if order:
+            need = per_dim * math.prod(shapes[order[0]]) + 64
+    if not order or have < need:
+        return None
+    return methods, order
