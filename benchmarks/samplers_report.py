@@ -142,9 +142,9 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
         f"Command: `{cells[runs[-1]]['command'] if runs else meta['command']}` (resumable: each run adds the cells it finishes to "
         "[`samplers_cells.json`](samplers_cells.json)); runs so far: "
         + ", ".join(r[len('run/'):] for r in runs) + f". Report written {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.", "",
-        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs shared with two training runs, "
-        f"1 torch thread, `nice -n 10`, torch {m['torch']}; 1-minute load average {m['load_average_1min']:.2f} at the "
-        "start of the last run.", "",
+        f"Machine: {m['cpu']}, {m['cpu_count']} CPUs (shared: other jobs may have run beside it), "
+        f"1 torch thread, torch {m['torch']}; 1-minute load average {m['load_average_1min']:.2f} at the "
+        "start of the last run. Errors and sample statistics do not depend on the load; times do.", "",
         f"Model: shipped `{meta['model']['name']}`, weights sha256 `{meta['model']['sha256']}`.", "",
         "## Status", "",
         f"- Sample-quality cells at full size (>= 5000 samples): {', '.join(full) or 'none yet'}.",
