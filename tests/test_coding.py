@@ -32,13 +32,16 @@ from vdmcodec.coding.ans import (
     _mask16,
     EmptyMessageError,
     Message,
+    bit_swap,
     bits_back,
     categorical,
+    counted,
     permuted,
     quantized_gaussian,
     serial,
     uniform,
     whiten,
+    whitened,
     windowed_gaussian,
 )
 from vdmcodec.coding.chain import ARITHMETIC, Q_WINDOW_STDS, ChainConfig, DiffusionChain
@@ -210,6 +213,78 @@ def test_bits_back_law(seed, n, K, M, sealed):
     q = rng.random((M, K)) + 0.01
     x = rng.integers(0, M, n)
     assert_law(toy_bits_back(pz, lik, q, n), x, random_words(rng, 16 + n), sealed)
+
+
+def toy_chain(rng: np.random.Generator, sizes: list[int], n: int):
+    """A discrete Markov chain y_0 -> ... -> y_L (y_j on sizes[j] values, n items each): a
+    random top prior, random p(y_j | y_{j+1}) and q(y_{j+1} | y_j) tables, whitened pops.
+    Returns (bit_swap codec, tables) with tables[j] = (q_j [S_j, S_{j+1}], p_j [S_{j+1}, S_j])."""
+    tables = [(rng.random((a, b)) + 0.01, rng.random((b, a)) + 0.01) for a, b in zip(sizes, sizes[1:])]
+    levels = [((lambda y, q=q, j=j: whitened(categorical(q[np.asarray(y)]), 3, key=j)),
+               (lambda y, p=p: categorical(p[np.asarray(y)]))) for j, (q, p) in enumerate(tables)]
+    top = categorical(np.tile(rng.random(sizes[-1]) + 0.01, (n, 1)))
+    return bit_swap(top, levels), tables, top
+
+
+@LAWS
+@given(seed=seeds, n=st.integers(1, 60), depth=st.integers(1, 5), sealed=st.booleans())
+def test_bit_swap_law(seed, n, depth, sealed):
+    """Bit-Swap over a chain of any depth, with whitened posteriors: a bijection on messages."""
+    rng = np.random.default_rng(seed)
+    sizes = [int(v) for v in rng.integers(2, 9, depth + 1)]
+    codec, _, _ = toy_chain(rng, sizes, n)
+    assert_law(codec, rng.integers(0, sizes[0], n), random_words(rng, 32 + 4 * n * depth), sealed)
+
+
+@LAWS
+@given(seed=seeds, n=st.integers(1, 60), K=st.integers(2, 8), M=st.integers(2, 12))
+def test_one_level_bit_swap_is_bits_back(seed, n, K, M):
+    """bit_swap with one level is bits_back: the same stack, word for word."""
+    rng = np.random.default_rng(seed)
+    pz, lik = toy_model(rng, K, M)
+    q = rng.random((M, K)) + 0.01
+    x = rng.integers(0, M, n)
+    words = random_words(rng, 16 + n)
+    a, b = Message(words), Message(words)
+    toy_bits_back(pz, lik, q, n).push(a, x)
+    prior = categorical(np.tile(pz, (n, 1)))
+    bit_swap(prior, [(lambda x: categorical(q[np.asarray(x)]), lambda z: categorical(lik[np.asarray(z)]))]).push(b, x)
+    np.testing.assert_array_equal(a.words(), b.words())
+
+
+@LAWS
+@given(seed=seeds, n=st.integers(1, 60), sealed=st.booleans())
+def test_counted_and_whitened_keep_the_law(seed, n, sealed):
+    rng = np.random.default_rng(seed)
+    ticks = []
+    codec = counted(whitened(categorical(rng.random((n, 5)) + 0.01), 2, key=7), ticks.append)
+    assert_law(codec, rng.integers(0, 5, n), random_words(rng, 8 + n), sealed)
+    assert ticks == [1, 1]
+
+
+@RATES
+@given(seed=seeds, depth=st.integers(1, 3))
+def test_bit_swap_with_exact_posteriors_costs_minus_log_p_x(seed, depth):
+    """Bit-Swap's net rate: with each q(y_{j+1} | y_j) the exact posterior of a chain whose
+    joint is p(y_L) prod p(y_j | y_{j+1}), the push costs sum -log2 p(x)."""
+    rng = np.random.default_rng(seed)
+    sizes = [int(v) for v in rng.integers(2, 7, depth + 1)]
+    top = rng.random(sizes[-1]) + 0.05
+    top /= top.sum()
+    ps = [rng.random((b, a)) + 0.05 for a, b in zip(sizes, sizes[1:])]  # p(y_j | y_{j+1}) rows over y_j
+    ps = [p / p.sum(axis=1, keepdims=True) for p in ps]
+    marg = [None] * (depth + 1)  # marginals p(y_j)
+    marg[depth] = top
+    for j in range(depth - 1, -1, -1):
+        marg[j] = marg[j + 1] @ ps[j]
+    # exact posterior p(y_{j+1} | y_j) = p(y_{j+1}) p(y_j | y_{j+1}) / p(y_j): the joint is Markov
+    qs = [(marg[j + 1][:, None] * ps[j]).T / marg[j][:, None] for j in range(depth)]
+    levels = [((lambda y, q=q: categorical(q[np.asarray(y)])), (lambda y, p=p: categorical(p[np.asarray(y)])))
+              for q, p in zip(qs, ps)]
+    x = rng.choice(sizes[0], size=N_RATE, p=marg[0])
+    codec = bit_swap(categorical(np.tile(top, (N_RATE, 1))), levels)
+    bits = push_bits(codec, x, random_words(rng, 64 + depth * N_RATE // 4))
+    assert_rate(bits, -np.log2(marg[0][x]).sum())
 
 
 @LAWS

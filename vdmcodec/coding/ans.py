@@ -4,7 +4,8 @@ A *message* is the ANS stack (``Message``, wrapping ``constriction.stream.stack.
 A *codec* (``PushPop``) is a push/pop pair: ``push(msg, data)`` puts ``data`` on the stack and
 ``pop(msg) -> data`` takes it off again, so ``pop(push(m, x)) == (m, x)``. Leaf codecs wrap
 constriction's vectorised models (one call per array, never a Python loop per symbol);
-combinators build bigger codecs from smaller ones (``serial``, ``bits_back``).
+combinators build bigger codecs from smaller ones (``serial``, ``permuted``, ``whitened``,
+``bits_back``, ``bit_swap``; the diffusion chain is ``bit_swap`` over its levels, chain.py).
 
 Popping past the end of the stack would return degenerate symbols without consuming bits
 (constriction 0.5 decodes from zero bits once its state runs dry, and does not report it),
@@ -361,5 +362,64 @@ def bits_back(prior: PushPop, likelihood: Callable[[Any], PushPop], posterior: C
         x = likelihood(z).pop(msg)
         posterior(x).push(msg, z)
         return x
+
+    return PushPop(push, pop)
+
+
+def counted(codec: PushPop, tick: Callable[[int], Any]) -> PushPop:
+    """``codec`` that calls ``tick(1)`` after each push and each pop (progress bars)."""
+
+    def push(msg: Message, x: Any) -> None:
+        codec.push(msg, x)
+        tick(1)
+
+    def pop(msg: Message) -> Any:
+        x = codec.pop(msg)
+        tick(1)
+        return x
+
+    return PushPop(push, pop)
+
+
+def whitened(codec: PushPop, n: int, key: int) -> PushPop:
+    """``codec`` with the top ``n`` digits of the stack masked (``whiten``) before each pop
+    and after each push: the posterior pops of a bits-back chain read masked bits."""
+
+    def push(msg: Message, x: Any) -> None:
+        codec.push(msg, x)
+        whiten(msg, n, key)
+
+    def pop(msg: Message) -> Any:
+        whiten(msg, n, key)
+        return codec.pop(msg)
+
+    return PushPop(push, pop)
+
+
+def bit_swap(top: PushPop, levels: Sequence[tuple[Callable[[Any], PushPop], Callable[[Any], PushPop]]]) -> PushPop:
+    """Bit-Swap (Kingma, Abbeel & Ho 2019) over a Markov chain y_0 = x, y_1, ..., y_L:
+    ``levels[j] = (posterior, likelihood)`` with ``posterior(y_j)`` the codec of y_{j+1}
+    given y_j (q) and ``likelihood(y_{j+1})`` the codec of y_j given y_{j+1} (p); ``top``
+    codes y_L. It is ``bits_back`` nested L deep (the prior of level j's bits-back is the
+    chain above it), run as a loop: push pops y_{j+1} from q and pushes y_j with p, level by
+    level upwards, then y_L with ``top``; pop mirrors it downwards. The stack's deficit is
+    the largest running balance of one level's pop over the pushes before it, not the sum
+    over levels (the point of Bit-Swap); net cost -log p(x, y_1..L) + log q(y_1..L | x)."""
+
+    def push(msg: Message, x: Any) -> None:
+        y = x
+        for posterior, likelihood in levels:
+            y_next = posterior(y).pop(msg)
+            likelihood(y_next).push(msg, y)
+            y = y_next
+        top.push(msg, y)
+
+    def pop(msg: Message) -> Any:
+        y = top.pop(msg)
+        for posterior, likelihood in reversed(levels):
+            y_prev = likelihood(y).pop(msg)
+            posterior(y_prev).push(msg, y)
+            y = y_prev
+        return y
 
     return PushPop(push, pop)

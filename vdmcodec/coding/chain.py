@@ -28,7 +28,7 @@ Finer grids do not approach the ELBO here: they cost more (+1.7% at 6, +5% at 8)
 and every extra grid bit costs two more initial bits per dimension (the first two pops
 happen before any push returns bits). Why fine grids lose is not settled; the rate of
 popping from a stack whose top was just written by the level below is the suspect (see
-``_whiten``). At 2 bits the rate is within the measurement noise of the ELBO.
+``ans.whitened``). At 2 bits the rate is within the measurement noise of the ELBO.
 
 Channel correlations (``ChainConfig.channel_corr``): with learned variances, p(z_{i-1} | z_i)
 can be a Gaussian per pixel whose extra variance (beyond beta-tilde) is correlated across the
@@ -61,7 +61,8 @@ import torch
 from ..diffusion import VDM, VOCAB, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
-from .ans import Message, PushPop, autoregressive, categorical, permuted, whiten, windowed_gaussian
+from .ans import (Message, PushPop, autoregressive, bit_swap, categorical, counted, permuted, whitened,
+                  windowed_gaussian)
 from .spec import CURRENT, CoderSpec
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
@@ -308,12 +309,14 @@ class DiffusionChain:
         eps_hat = out[:, :C].numpy()
         return eps_hat, (exact.tanh(out[:, C:]).numpy() if model.learned_variance else None)
 
-    def _whiten(self, msg: Message, i: int, n: int) -> None:
-        """Mask the bits the next posterior pop will read (see ans.whiten)."""
-        if self.cfg.whiten:
-            ratio = np.float64(self.std_q[i] / self.delta[i])
-            h_q = (float(self._log(ratio)) / exact.LN2 if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
-            whiten(msg, math.ceil(n * h_q / self.spec.whiten_digit_bits) + self.spec.whiten_extra_digits, key=i)
+    def _whiten_digits(self, i: int, n: int) -> int:
+        """How many 16-bit digits of the stack a posterior pop at level i over ``n`` latents
+        reads, with a margin (see ans.whiten); 0 with whitening off."""
+        if not self.cfg.whiten:
+            return 0
+        ratio = np.float64(self.std_q[i] / self.delta[i])
+        h_q = (float(self._log(ratio)) / exact.LN2 if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
+        return math.ceil(n * h_q / self.spec.whiten_digit_bits) + self.spec.whiten_extra_digits
 
     def _corr(self, i: int, structure=None, scale: float = 1.0):
         """The channel correlations for p(z_{i-1} | z_i) (the network runs at level i) times
@@ -419,68 +422,75 @@ class DiffusionChain:
             return lo, p / exact.det_sum(torch.from_numpy(p)).numpy()[:, None]
         return lo, p / p.sum(axis=1, keepdims=True)
 
-    def _push_x(self, msg: Message, x: np.ndarray, z_0: np.ndarray) -> None:
-        xf, zf = x.ravel().astype(np.int64), z_0.ravel()
-        rows = self.spec.max_categorical_symbols
-        starts = list(range(0, xf.size, rows))
-        for s in reversed(starts):  # push in reverse so that pops run forward
-            e = s + rows
-            lo, probs = self._x_window(zf[s:e])
-            sym = xf[s:e] - lo
-            if sym.min() < 0 or sym.max() >= self.x_width:  # cannot happen with a truncated q: loud if it does
-                raise RuntimeError("a pixel lies outside p(x | z_0)'s window")
-            categorical(probs).push(msg, sym.astype(np.int32))
-
-    def _pop_x(self, msg: Message, z_0: np.ndarray) -> np.ndarray:
+    def _x_codec(self, z_0: np.ndarray) -> PushPop:
+        """p(x | z_0) over the pixels of a batch, in rows of at most the spec's categorical
+        symbols (pushed last row first, so that pops run forward)."""
         zf = z_0.ravel()
-        parts = []
         rows = self.spec.max_categorical_symbols
-        for s in range(0, zf.size, rows):
-            lo, probs = self._x_window(zf[s : s + rows])
-            parts.append(categorical(probs).pop(msg) + lo)
-        return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
+        starts = list(range(0, zf.size, rows))
+
+        def push(msg: Message, x: np.ndarray) -> None:
+            xf = x.ravel().astype(np.int64)
+            for s in reversed(starts):
+                e = s + rows
+                lo, probs = self._x_window(zf[s:e])
+                sym = xf[s:e] - lo
+                if sym.min() < 0 or sym.max() >= self.x_width:  # cannot happen with a truncated q: loud if it does
+                    raise RuntimeError("a pixel lies outside p(x | z_0)'s window")
+                categorical(probs).push(msg, sym.astype(np.int32))
+
+        def pop(msg: Message) -> np.ndarray:
+            parts = []
+            for s in starts:
+                lo, probs = self._x_window(zf[s : s + rows])
+                parts.append(categorical(probs).pop(msg) + lo)
+            return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
+
+        return PushPop(push, pop)
 
     # ---- the chain -----------------------------------------------------------------------
+    def codec(self, shape: tuple[int, int, int, int], progress=None, structure=None,
+              origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> PushPop:
+        """The codec of a batch x (uint8 [B, C, H, W] of ``shape``): ``ans.bit_swap`` over the
+        levels x -> z_0 -> z_1 -> ... -> z_T, latents as integer grid indices k_i (z_i = k_i
+        delta_i). Level 0: q(z_0 | x) and p(x | z_0); level i >= 1: q(z_i | z_{i-1}) and
+        p(z_{i-1} | z_i) from the network at z_i (``structure``, ``origin``: see
+        ``p_mean_std``; ``corr_scale``: see ``_corr``); z_T with the prior N(0, I). Every
+        posterior pop reads whitened bits. ``progress(1)`` after each network level."""
+        n = math.prod(shape)
+
+        def z(i: int, k: np.ndarray) -> np.ndarray:
+            return (k * self.delta[i]).reshape(shape)
+
+        def posterior(i: int):
+            def q(y: np.ndarray) -> PushPop:
+                mean = self.alpha[0] * scale_pixels(torch.from_numpy(y)).double().numpy() if i == 0 else self.a_q[i] * z(i - 1, y)
+                return whitened(self._q_codec(i, mean), self._whiten_digits(i, n), key=i)
+            return q
+
+        def likelihood(i: int):
+            if i == 0:
+                return lambda k: self._x_codec(z(0, k))
+
+            def p(k: np.ndarray) -> PushPop:
+                codec = self._p_codec(i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
+                                      self._corr(i, structure, corr_scale))
+                return codec if progress is None else counted(codec, progress)
+            return p
+
+        levels = [(posterior(i), likelihood(i)) for i in range(self.cfg.steps + 1)]
+        return bit_swap(self._p_codec(self.cfg.steps, np.zeros(shape)), levels)
+
     def push(self, msg: Message, x: np.ndarray, progress=None, structure=None,
              origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> None:
-        """Encode a batch x (uint8 [B, C, H, W]) onto the stack (``structure``, ``origin``: see
-        ``p_mean_std``; ``corr_scale``: see ``_corr``; the decoder must pass the same)."""
-        T = self.cfg.steps
-        x_s = scale_pixels(torch.from_numpy(x)).double().numpy()
-        self._whiten(msg, 0, x.size)
-        k = self._q_codec(0, self.alpha[0] * x_s).pop(msg)
-        z_prev = (k * self.delta[0]).reshape(x.shape)
-        k_prev = k
-        self._push_x(msg, x, z_prev)
-        for i in range(1, T + 1):
-            self._whiten(msg, i, x.size)
-            k = self._q_codec(i, self.a_q[i] * z_prev).pop(msg)
-            z = (k * self.delta[i]).reshape(x.shape)
-            self._p_codec(i - 1, *self.p_mean_std(z, i, structure, origin), self._corr(i, structure, corr_scale)).push(msg, k_prev)
-            z_prev, k_prev = z, k
-            if progress is not None:
-                progress(1)
-        self._p_codec(T, np.zeros(x.shape)).push(msg, k_prev)
+        """Encode a batch x (uint8 [B, C, H, W]) onto the stack (``codec``; the decoder must
+        pass the same ``structure``, ``origin`` and ``corr_scale``)."""
+        self.codec(x.shape, progress, structure, origin, corr_scale).push(msg, x)
 
     def pop(self, msg: Message, shape: tuple[int, int, int, int], progress=None,
             structure=None, origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> np.ndarray:
         """Decode a batch of the given shape [B, C, H, W] from the stack."""
-        T = self.cfg.steps
-        k = self._p_codec(T, np.zeros(shape)).pop(msg)
-        z = (k * self.delta[T]).reshape(shape)
-        for i in range(T, 0, -1):
-            k_prev = self._p_codec(i - 1, *self.p_mean_std(z, i, structure, origin), self._corr(i, structure, corr_scale)).pop(msg)
-            z_prev = (k_prev * self.delta[i - 1]).reshape(shape)
-            self._q_codec(i, self.a_q[i] * z_prev).push(msg, k)
-            self._whiten(msg, i, z_prev.size)
-            z, k = z_prev, k_prev
-            if progress is not None:
-                progress(1)
-        x = self._pop_x(msg, z)
-        x_s = scale_pixels(torch.from_numpy(x)).double().numpy()
-        self._q_codec(0, self.alpha[0] * x_s).push(msg, k)
-        self._whiten(msg, 0, x.size)
-        return x
+        return self.codec(shape, progress, structure, origin, corr_scale).pop(msg)
 
 
 def far_order(n: int) -> np.ndarray:
