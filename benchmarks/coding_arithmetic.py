@@ -32,7 +32,7 @@ from PIL import Image
 from benchmarks.ablation import start
 from benchmarks.mnist import resolve_data
 from vdmcodec.bench import _same, network_timer
-from vdmcodec.coding.chain import ARITHMETIC
+from vdmcodec.coding.arithmetic import ARITHMETIC
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.data import load_array
 from vdmcodec.hardware import native_bf16

@@ -12,7 +12,7 @@ from cli.device import device_option
 
 def _note_slow_arithmetic(blob: bytes) -> None:
     """A file coded in bfloat16 must be decoded in bfloat16; say so where that is slow."""
-    from vdmcodec.coding.chain import ARITHMETIC
+    from vdmcodec.coding.arithmetic import ARITHMETIC
     from vdmcodec.coding.container import unpack
     from vdmcodec.hardware import native_bf16
 
@@ -124,7 +124,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             import sys
 
             _set_threads(threads)
-            from vdmcodec.coding.chain import ARITHMETIC
+            from vdmcodec.coding.arithmetic import ARITHMETIC
             from vdmcodec.coding.codec import load_codec
             from vdmcodec.coding.envelope import attach
             from vdmcodec.coding.preflight import PreflightConfig

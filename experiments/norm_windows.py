@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding.chain import ARITHMETIC, apply_arithmetic
+from vdmcodec.coding.arithmetic import ARITHMETIC, apply_arithmetic
 from vdmcodec.coding.codec import coding_defaults
 from vdmcodec.diffusion import scale_pixels
 from vdmcodec.zoo import load_model

@@ -44,7 +44,7 @@ from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.coding import levels
-from vdmcodec.coding.chain import ARITHMETIC, apply_arithmetic
+from vdmcodec.coding.arithmetic import ARITHMETIC, apply_arithmetic
 from vdmcodec.coding.codec import coding_defaults
 from vdmcodec.diffusion import kl_step, scale_pixels
 from vdmcodec.hardware import native_bf16

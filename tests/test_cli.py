@@ -62,7 +62,7 @@ def test_eval_json_on_folder(tmp_path, tiny_model_dir):
 
 
 def test_models_lists_shipped():
-    from vdmcodec.coding.chain import ARITHMETIC
+    from vdmcodec.coding.arithmetic import ARITHMETIC
 
     res = runner.invoke(app, ["models", "--json"])
     assert res.exit_code == 0

@@ -44,7 +44,8 @@ from vdmcodec.coding.ans import (
     whitened,
     windowed_gaussian,
 )
-from vdmcodec.coding.chain import ARITHMETIC, Q_WINDOW_STDS, ChainConfig, DiffusionChain
+from vdmcodec.coding.arithmetic import ARITHMETIC
+from vdmcodec.coding.chain import Q_WINDOW_STDS, ChainConfig, DiffusionChain
 from vdmcodec.coding.archive import chain_order
 from vdmcodec.coding.codec import Codec, decompress_file_bytes, load_codec
 from vdmcodec.errors import FormatError, ModelError

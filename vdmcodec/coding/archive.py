@@ -40,7 +40,8 @@ from ..errors import FormatError, LimitError, ModelError, RuntimeMismatchError
 from ..hardware import cpu_capability, device_fingerprint
 from . import classical, levels, tiles
 from .ans import EmptyMessageError, Message
-from .chain import ARITHMETIC, DiffusionChain
+from .arithmetic import ARITHMETIC
+from .chain import DiffusionChain
 from .container import (CORR_SCALE_STEPS, HASH_BYTES, MAX_IMAGES, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS,
                         MODEL_METHODS, TILED_METHODS, Header, coded_shape)
 from .determinism import PRECISION_MODE, pinned

@@ -42,8 +42,8 @@ record of the file's version, so retuning one is a new format version, never an 
 Determinism: the coder's parameters are float64 numpy computed from (a) the schedule in
 float64 and (b) the network's output (float32, or bfloat16 autocast's, cast to float32) on
 the float32 latent; the decoder feeds the network bit-identical inputs in the same batch
-shapes, memory format and precision (the container's dtype byte names them: ARITHMETIC
-below). The portable arithmetic computes (a) and (b) with exact.py instead, from the
+shapes, memory format and precision (the container's dtype byte names them: arithmetic.py).
+The portable arithmetic computes (a) and (b) with exact.py instead, from the
 float64 latent, which gives the same bits on any CPU and thread count.
 """
 from __future__ import annotations
@@ -63,6 +63,7 @@ from ..networks import ConditioningCache
 from . import exact, levels
 from .ans import (Message, PushPop, autoregressive, bit_swap, categorical, counted, permuted, whitened,
                   windowed_gaussian)
+from .arithmetic import ARITHMETIC
 from .spec import CURRENT, CoderSpec
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
@@ -76,42 +77,6 @@ MIN_GRID_BITS, MAX_GRID_BITS = 1, 16  # the container's range for grid_bits
 IMPLEMENTED_RULES = {"escape_digit_bits": 16, "whiten_digit_bits": 16, "whiten_mask": "splitmix64-low16",
                      "delta_rule": "min-std", "posterior_order": "far", "gaussian_model": "leaky-quantized-gaussian-24",
                      "categorical_model": "leaky-categorical-24", "raw_byte_model": "uniform-256"}
-
-
-@dataclass(frozen=True)
-class Arithmetic:
-    """How the chain runs the network: the activations' memory format and, if any, the
-    reduced precision of autocast (the latent goes in as float32 and the outputs come back
-    as float32 either way)."""
-
-    memory_format: torch.memory_format
-    autocast: torch.dtype | None = None
-    portable: bool = False  # exact.py: the same bits on every CPU, SIMD level and thread count
-
-
-# The network arithmetics a chain can run, by the name the container records (its dtype
-# byte): float32 on NCHW activations, on channels_last (NHWC) ones, which oneDNN runs
-# faster on photo-sized inputs, or bfloat16 autocast on NHWC (faster again where the CPU has
-# bf16 instructions; the models are trained under the same autocast). Measured in
-# benchmarks/results/coding_arithmetic.md. Each replays itself exactly on one machine; they
-# differ in the last bits, so a file decodes with the arithmetic it names.
-ARITHMETIC = {"float32": Arithmetic(torch.contiguous_format),
-              "float32-nhwc": Arithmetic(torch.channels_last),
-              "bfloat16-nhwc": Arithmetic(torch.channels_last, torch.bfloat16),
-              "portable": Arithmetic(torch.contiguous_format, portable=True)}
-
-
-def apply_arithmetic(model: VDM, name: str) -> VDM:
-    """Put ``model`` (in place, eval mode) in a non-portable arithmetic of ARITHMETIC: its
-    autocast dtype and activations' memory format. For measurements that should see the
-    network as the chain runs it."""
-    arith = ARITHMETIC[name]
-    if arith.portable:
-        raise ValueError("the portable arithmetic runs exact.py, not the model")
-    model.eval()
-    model.amp_dtype = arith.autocast
-    model.net = model.net.to(memory_format=arith.memory_format)
-    return model
 
 
 @dataclass(frozen=True)

@@ -34,7 +34,8 @@ from . import classical, levels, tiles
 from .archive import (DecodeLimits, check_device, check_limits, decode_payload, device_record, model_digest,
                       pixels_digest, push_chunks, push_tiled, seed_message)
 from .ans import EmptyMessageError
-from .chain import ARITHMETIC, ChainConfig, DiffusionChain
+from .arithmetic import ARITHMETIC
+from .chain import ChainConfig, DiffusionChain
 from .container import DTYPES, MAX_STEPS, MODEL_METHODS, Header, pack, run_length, unpack
 from .determinism import pinned
 from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
@@ -315,7 +316,7 @@ def load_codec(name_or_dir: str | Path | None = None, steps: int | None = None, 
     """A Codec for a shipped model name (default: the default model) or a model directory.
     ``steps`` is compress's default T (None: the T the card gives compress's effort, effort.py)
     and ``arithmetic`` what compress runs (a key of
-    coding.chain.ARITHMETIC); either left None comes from the model card (coding_steps,
+    coding.arithmetic.ARITHMETIC); either left None comes from the model card (coding_steps,
     coding_arithmetic: chosen by measurement for that model), else DEFAULT_STEPS and
     DEFAULT_ARITHMETIC. Decompress runs whatever a file names. ``preflight``: compress's
     quick estimate that skips the chain on images the model clearly loses (None: off)."""

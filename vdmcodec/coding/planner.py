@@ -28,7 +28,8 @@ import numpy as np
 
 from . import jpeg_prior, structure, tiles
 from .archive import MAX_CHUNK_SUBPIXELS, chain_order, coded_pixels
-from .chain import ARITHMETIC, DiffusionChain, apply_arithmetic
+from .arithmetic import ARITHMETIC, apply_arithmetic
+from .chain import DiffusionChain
 from .container import CORR_SCALE_STEPS, MODEL_METHODS
 from .preflight import (PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, plain_photos_lose, structure_gains,
                         sure_win)
@@ -43,7 +44,7 @@ class Planner:
 
     channels: int      # the model's image channels
     tile: int          # images with a longer side are coded in tiles (tiles.py)
-    arithmetic: str    # what compress runs (a key of chain.ARITHMETIC)
+    arithmetic: str    # what compress runs (a key of arithmetic.ARITHMETIC)
     preflight: PreflightConfig | None = None  # None: every codable image goes through the chain
     structure_priors: bool = True  # try structure priors on tiled RGB images
     card: dict = field(default_factory=dict)  # the model card (its coding_preflight calibration)

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..coding.chain import apply_arithmetic
+from ..coding.arithmetic import apply_arithmetic
 from ..coding.codec import coding_defaults
 from ..coding.levels import corr_table, fit, measure
 from ..data import PatchSampler

@@ -62,7 +62,7 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
             raise ValueError(f"coding_steps must be >= 1, got {coding_steps}")
         card["coding_steps"] = coding_steps
     if coding_arithmetic is not None:
-        from ..coding.chain import ARITHMETIC
+        from ..coding.arithmetic import ARITHMETIC
 
         if coding_arithmetic not in ARITHMETIC:
             raise ValueError(f"coding_arithmetic must be one of {', '.join(ARITHMETIC)}, got {coding_arithmetic!r}")
