@@ -59,9 +59,8 @@ def score(model, crops: np.ndarray, T: int, t_samples: int, seed: int) -> tuple[
     return float(cont.float().mean()), float(disc.float().mean())
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(prog="python -m experiments.compare_photos", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", required=True, help="comma-separated shipped names or model directories; the first is the reference")
+def add_crop_options(ap: argparse.ArgumentParser, out: Path) -> None:
+    """The options of a per-photo crop measurement: photos, crops, T, draws, threads, output."""
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--sets", default="CSet14,CSet5")
     ap.add_argument("--crops", type=int, default=24)
@@ -70,7 +69,13 @@ def main(argv=None):
     ap.add_argument("--t-samples", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("experiments/results/compare_photos.md"))
+    ap.add_argument("--out", type=Path, default=out)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="python -m experiments.compare_photos", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", required=True, help="comma-separated shipped names or model directories; the first is the reference")
+    add_crop_options(ap, Path("experiments/results/compare_photos.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     models = [(name, *load_model(name)) for name in args.models.split(",")]

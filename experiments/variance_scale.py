@@ -22,13 +22,12 @@ import numpy as np
 import torch
 
 from benchmarks.mnist import machine, resolve_data
-from experiments.compare_photos import grid_crops, group
+from experiments.compare_photos import add_crop_options, grid_crops, group
 from vdmcodec.data import load_items
 from vdmcodec.diffusion import log_variance_ratio, scale_pixels
 from vdmcodec.likelihood import nats_to_bpd
 from vdmcodec.zoo import load_model
 
-DATA = Path("../shared/data/natural")
 SCALES = np.exp(np.linspace(-0.5, 0.5, 21))  # s^2, 1 included
 BANDS = 4
 
@@ -69,15 +68,7 @@ def kl_table(model, crops: np.ndarray, T: int, t_samples: int, seed: int) -> tup
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m experiments.variance_scale", description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="natural")
-    ap.add_argument("--data", type=Path, default=DATA)
-    ap.add_argument("--sets", default="CSet14,CSet5")
-    ap.add_argument("--crops", type=int, default=24)
-    ap.add_argument("--crop", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=32)
-    ap.add_argument("--t-samples", type=int, default=8)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", type=Path, default=Path("experiments/results/variance_scale.md"))
+    add_crop_options(ap, Path("experiments/results/variance_scale.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     model, info = load_model(args.model)
