@@ -113,7 +113,7 @@ def train(
         res = trainer.fit(steps)
         if trainer.dist.main:
             typer.echo(json.dumps({"step": res["step"], "out": str(out), "card": trainer.card()}))
-        trainer.dist.close()
+        trainer.close()
 
     run_guarded(go)
 

@@ -142,7 +142,7 @@ def _ddp_worker(rank: int, world: int, port: int, cfg: dict, data: str, val: str
     Path(out, f"rank{rank}.json").write_text(json.dumps({
         "device": str(tr.device), "validates": tr.val_images is not None,
         "generator": tr.generator.get_state().tolist()[:64]}))
-    tr.dist.close()
+    tr.close()
 
 
 def _ddp(tmp_path, cfg, out, steps, resume=False):

@@ -20,6 +20,7 @@ Output directory layout:
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import json
 import math
@@ -452,6 +453,15 @@ class Trainer:
         self.save()
         self.dist.barrier()
         return {"step": self.step, "wall_seconds": time.time() - wall0, **last}
+
+    def close(self) -> None:
+        """End the run's part in the process group; every rank calls it. The DDP wrapper is
+        released first: its reducer holds the process group and its last collectives, and a
+        gloo group destroyed only at interpreter exit can abort the process (SIGABRT)."""
+        self.ddp = self.model
+        gc.collect()
+        self.dist.barrier()
+        self.dist.close()
 
     @staticmethod
     def _clock() -> tuple[float, float]:
