@@ -86,7 +86,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                                    "codecs' efforts and the diffusion steps T (the model card's table; 7: its "
                                    "default T). --steps overrides T."),
         arithmetic: Optional[str] = typer.Option(None, help="The network's arithmetic: float32, float32-nhwc, "
-                                                 "bfloat16-nhwc or portable (default: the model card's). Float files "
+                                                 "bfloat16-nhwc, bfloat16 or portable (default: the model card's). Float files "
                                                  "decode only on a CPU of the encoder's SIMD level; portable ones on "
                                                  "any CPU at any thread count, several times slower. The decoder "
                                                  "follows the file."),

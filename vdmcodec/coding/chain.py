@@ -63,7 +63,7 @@ from ..networks import ConditioningCache
 from . import exact, levels
 from .ans import (Message, PushPop, autoregressive, bit_swap, categorical, counted, permuted, whitened,
                   windowed_gaussian)
-from .arithmetic import ARITHMETIC
+from .arithmetic import ARITHMETIC, run_network
 from .spec import CURRENT, CoderSpec
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
@@ -247,7 +247,7 @@ class DiffusionChain:
             device = next(self.network.parameters()).device
             z32 = torch.from_numpy(z_i.astype(np.float32)).to(device).contiguous(memory_format=self._memory_format)
             gam = self.gamma_f32[i].expand(z32.shape[0]).to(device)
-            eps_hat, v = self.network.eps_and_v(z32, gam, self._conditioning)
+            eps_hat, v = run_network(self.network, z32, gam, self.arithmetic, self._conditioning)
             eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
             v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
         if structure is not None:
