@@ -79,8 +79,8 @@ def correlated_level(R, seed=0, shape=(4, 3, 32, 32)):
     chain = DiffusionChain(model, ChainConfig(4, channel_corr=TABLE))
     i = 2
     rng = np.random.default_rng(seed)
-    b = chain.std_p[i] ** 2
-    std = np.sqrt(b + (rng.uniform(1, 3, shape) * chain.std_p[i]) ** 2)  # extra variance 1-9 x b
+    b = chain.grid.std_p[i] ** 2
+    std = np.sqrt(b + (rng.uniform(1, 3, shape) * chain.grid.std_p[i]) ** 2)  # extra variance 1-9 x b
     mean = rng.normal(size=shape)
     s = np.sqrt(std**2 - b)
     R = np.asarray(R)
@@ -88,7 +88,7 @@ def correlated_level(R, seed=0, shape=(4, 3, 32, 32)):
     n = rng.normal(size=shape)
     extra = np.einsum("ij,bjhw->bihw", L, n) * s
     z = mean + extra + math.sqrt(b) * rng.normal(size=shape)
-    k = np.rint(z / chain.delta[i]).astype(np.int64).ravel()
+    k = np.rint(z / chain.grid.delta[i]).astype(np.int64).ravel()
     return chain, i, mean, std, k
 
 
@@ -108,7 +108,7 @@ def test_correlated_p_codes_correlated_latents_in_fewer_bits():
     factorised = coded_bits(chain, i, mean, std, k, None)
     correlated = coded_bits(chain, i, mean, std, k, (0.8, 0.6, 0.75))
     # the joint Gaussian saves -1/2 log2 det(corr(Sigma)) per pixel (in expectation)
-    b = chain.std_p[i] ** 2
+    b = chain.grid.std_p[i] ** 2
     s = np.sqrt(std**2 - b).transpose(0, 2, 3, 1).reshape(-1, 3)
     sd = std.transpose(0, 2, 3, 1).reshape(-1, 3)
     corr = s[:, :, None] * np.asarray(R)[None] * s[:, None, :] / (sd[:, :, None] * sd[:, None, :])

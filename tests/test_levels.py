@@ -128,8 +128,8 @@ def test_codec_codes_at_the_cards_times_and_the_file_says_so(fitted_dir, tiny_mo
 def test_chain_with_uniform_times_written_out_is_the_uniform_chain(tiny_model_dir):
     codec = load_codec(tiny_model_dir, steps=4)
     a, b = codec.chain(4, 2, times=None), codec.chain(4, 2, times=levels.uniform_times(4))
-    np.testing.assert_array_equal(a.gamma, b.gamma)
-    np.testing.assert_array_equal(a.std_p, b.std_p)
+    np.testing.assert_array_equal(a.grid.gamma, b.grid.gamma)
+    np.testing.assert_array_equal(a.grid.std_p, b.grid.std_p)
 
 
 def test_bad_card_times_are_a_model_error(fitted_dir):

@@ -46,7 +46,7 @@ from .spec import CURRENT as CURRENT_CODER
 from .spec import CoderSpec
 
 DEFAULT_STEPS = 128
-DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
+DEFAULT_GRID_BITS = 2  # measured: see coding/grid.py
 DEFAULT_ARITHMETIC = "float32-nhwc"  # measured: benchmarks/results/coding_arithmetic.md
 INIT_MARGINS = (1.1, 1.5, 3.0)  # safety factors on the estimated initial bits, tried in turn
 MAX_CACHED_CHAINS = 4           # per-(steps, grid_bits) chains a Codec keeps

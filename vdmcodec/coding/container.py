@@ -48,7 +48,7 @@ METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray", "jxl")  # "jxl": version
 MODEL_METHODS = ("vdm", "tiled", "tiled-gray")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
 # coded in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
 TILED_METHODS = ("tiled", "tiled-gray")
-DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc", "portable")  # the network arithmetic (coding/chain.py: ARITHMETIC)
+DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc", "portable")  # the network arithmetic (coding/arithmetic.py: ARITHMETIC)
 DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
 
 _F_MODEL, _F_NAME_LIST, _F_NAME_SEQ, _F_SQUEEZE, _F_SQUEEZE_ALL, _F_TILED = 1, 2, 4, 8, 64, 128
