@@ -50,12 +50,7 @@ from .ans import (Message, PushPop, autoregressive, bit_swap, categorical, count
                   windowed_gaussian)
 from .arithmetic import ARITHMETIC
 from .grid import LOG2_SQRT_2PI_E, MAX_GRID_BITS, MIN_GRID_BITS, LevelGrid, elementwise, level_gamma
-from .spec import CURRENT, CoderSpec
-
-# the rules of a CoderSpec this build implements (ans.py, tiles.py and this module)
-IMPLEMENTED_RULES = {"escape_digit_bits": 16, "whiten_digit_bits": 16, "whiten_mask": "splitmix64-low16",
-                     "delta_rule": "min-std", "posterior_order": "far", "gaussian_model": "leaky-quantized-gaussian-24",
-                     "categorical_model": "leaky-categorical-24", "raw_byte_model": "uniform-256"}
+from .spec import CURRENT, CoderSpec, check_spec
 
 
 @dataclass(frozen=True)
@@ -83,18 +78,6 @@ class ChainConfig:
 
 def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def check_spec(spec: CoderSpec) -> CoderSpec:
-    """Refuse a coder record that names a rule this build does not implement, or whose
-    numbers no coder can run."""
-    for name, value in IMPLEMENTED_RULES.items():
-        if getattr(spec, name) != value:
-            raise ValueError(f"coder {name} = {getattr(spec, name)!r} is not implemented by this build (it has {value!r})")
-    if not (0 < spec.q_window_stds <= spec.x_window_stds and 0 < spec.p_window_stds and spec.max_categorical_symbols >= 1
-            and spec.whiten_extra_digits >= 0):
-        raise ValueError(f"coder constants out of range: {spec}")
-    return spec
 
 
 @dataclass
