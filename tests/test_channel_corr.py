@@ -1,4 +1,4 @@
-"""Channel-correlated p(z_{i-1} | z_i) (chain._p_codec_corr, levels.py's correlation table):
+"""Channel-correlated p(z_{i-1} | z_i) (level_codecs.p_codec_corr, levels.py's correlation table):
 the autoregressive combinator, the table, the rate, the card, the container and the codec."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from vdmcodec.coding import container, levels
 from vdmcodec.coding.ans import Message, autoregressive, uniform
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.codec import load_codec
+from vdmcodec.coding.level_codecs import p_codec
 from vdmcodec.diffusion import VDM
 from vdmcodec.errors import FormatError, ModelError
 from vdmcodec.training import fit_levels
@@ -95,10 +96,10 @@ def correlated_level(R, seed=0, shape=(4, 3, 32, 32)):
 def coded_bits(chain, i, mean, std, k, corr):
     msg = Message(np.ones(64, dtype=np.uint32))
     start = msg.num_bits
-    codec = chain._p_codec(i, mean, std, corr)
+    codec = p_codec(chain.grid, chain.spec, i, mean, std, corr)
     codec.push(msg, k)
     bits = msg.num_bits - start
-    np.testing.assert_array_equal(chain._p_codec(i, mean, std, corr).pop(msg), k)
+    np.testing.assert_array_equal(p_codec(chain.grid, chain.spec, i, mean, std, corr).pop(msg), k)
     return bits
 
 

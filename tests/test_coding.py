@@ -48,6 +48,7 @@ from vdmcodec.coding.arithmetic import ARITHMETIC
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.archive import chain_order
 from vdmcodec.coding.codec import Codec, decompress_file_bytes, load_codec
+from vdmcodec.coding.level_codecs import x_window
 from vdmcodec.errors import FormatError, ModelError
 from tests.helpers import gaussian_vdm
 
@@ -501,7 +502,7 @@ def test_x_window_holds_every_pixel_q_can_produce_and_p_s_mass(g0):
     reach = chain.spec.q_window_stds * chain.grid.sigma[0] + 2 * chain.grid.delta[0]  # q's window, in latent units
     z_0 = np.concatenate([mean - reach, mean + reach, mean + rng.uniform(-reach, reach, x.size)])
     x = np.tile(x, 3)
-    lo, probs = chain._x_window(z_0)
+    lo, probs = x_window(chain.grid, chain.fn, z_0)
     assert probs.shape == (z_0.size, chain.grid.x_width) and np.all((lo >= 0) & (lo + chain.grid.x_width <= 256))
     assert np.all((x >= lo) & (x < lo + chain.grid.x_width))
     if g0 >= -3.0:

@@ -17,7 +17,7 @@ holds the measurement behind the default grid_bits = 2).
 
 Channel correlations (``ChainConfig.channel_corr``): with learned variances, p(z_{i-1} | z_i)
 can be a Gaussian per pixel whose extra variance (beyond beta-tilde) is correlated across the
-three colour channels, as the network's error is (``_p_codec_corr``; the correlations come from
+three colour channels, as the network's error is (``level_codecs.p_codec_corr``; the correlations come from
 the model card, levels.py). Coded as channel 0, then 1 given 0, then 2 given 0 and 1.
 
 The coder's constants (the windows, p(x | z_0)'s rows per call, the whitening digits, the
@@ -43,13 +43,13 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..diffusion import VDM, VOCAB, scale_pixels
+from ..diffusion import VDM, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
-from .ans import (Message, PushPop, autoregressive, bit_swap, categorical, counted, permuted, whitened,
-                  windowed_gaussian)
+from .ans import Message, PushPop, bit_swap, counted, whitened
 from .arithmetic import ARITHMETIC
 from .grid import LOG2_SQRT_2PI_E, MAX_GRID_BITS, MIN_GRID_BITS, LevelGrid, elementwise, level_gamma
+from .level_codecs import p_codec, q_codec, x_codec
 from .spec import CURRENT, CoderSpec, check_spec
 
 
@@ -206,125 +206,6 @@ class DiffusionChain:
             return None
         return tuple(float(scale) * float(v) for v in self.corr[i])
 
-    # ---- codecs for one level ------------------------------------------------------------
-    def _q_codec(self, i: int, mean: np.ndarray) -> PushPop:
-        """q(z_i | z_{i-1}) (level 0: q(z_0 | x)), truncated to +-spec.q_window_stds std.
-
-        Truncation matters: a pop reads the bits that the previous push left on top of the
-        stack, so when the model is miscalibrated an extreme push becomes an extreme pop one
-        level up, and with constriction's leaky floor (or escapes) such pops land anywhere
-        and feed back along the chain (measured on an early MNIST model, T=20: +120% over
-        the ELBO with a +-16 std window and escapes, +16% truncated at 6 std; with
-        independent random pops the same grid costs the ELBO)."""
-        d, s = self.grid.delta[i], self.grid.std_q[i] / self.grid.delta[i]
-        perm = far_order(mean.size)
-        base = windowed_gaussian(mean.ravel()[perm] / d, np.full(mean.size, s), math.ceil(self.spec.q_window_stds * s),
-                                 escape=False)
-        return permuted(base, perm)
-
-    def _p_codec(self, i: int, mean: np.ndarray, std: np.ndarray | None = None, corr=None):
-        """p(z_i | z_{i+1}) with the schedule's std_p[i], or a learned std per element; with
-        ``corr`` (r_01, r_02, r_12) and three channels, correlated across them (``_p_codec_corr``)."""
-        d = self.grid.delta[i]
-        if corr is not None and std is not None and mean.ndim == 4 and mean.shape[1] == 3:
-            return self._p_codec_corr(i, mean, std, corr)
-        s = np.full(mean.size, self.grid.std_p[i] / d) if std is None else np.asarray(std, dtype=np.float64).ravel() / d
-        return windowed_gaussian(mean.ravel() / d, s, _window(self.spec.p_window_stds, s))
-
-    def _p_codec_corr(self, i: int, mean: np.ndarray, std: np.ndarray, corr) -> PushPop:
-        """p(z_i | z_{i+1}) = N(mean, Sigma) per pixel, Sigma = b I + S R S over its three
-        channels: b = beta-tilde (std_p[i]^2), S = diag(sqrt(std^2 - b)) the learned extra std
-        (iDDPM's interpolation, which is c^2 Var[x | z_{i+1}] for the ideal model) and R the
-        channel correlation ``corr`` of the network's error at this level. The joint Gaussian
-        is coded as channel 0, then 1 given 0, then 2 given 0 and 1 (Cholesky factor L of
-        Sigma; each conditional on the grid like the factorised p), so the decoder knows the
-        channels a conditional mean needs before it pops the next. Only IEEE operations and
-        sqrt: the same bits in every arithmetic."""
-        d, shape = self.grid.delta[i], mean.shape
-        b = self.grid.std_p[i] * self.grid.std_p[i]
-        m = [mean[:, c] for c in range(3)]
-        sd = [std[:, c] for c in range(3)]
-        s = [np.sqrt(np.maximum(v * v - b, 0.0)) for v in sd]
-        r01, r02, r12 = (float(v) for v in corr)
-        l00 = sd[0]
-        l10 = s[0] * s[1] * r01 / l00
-        l11 = np.sqrt(np.maximum(sd[1] * sd[1] - l10 * l10, b))  # >= b exactly when |r_01| <= 1
-        l20 = s[0] * s[2] * r02 / l00
-        l21 = (s[1] * s[2] * r12 - l20 * l10) / l11
-        l22 = np.sqrt(np.maximum(sd[2] * sd[2] - l20 * l20 - l21 * l21, b))  # >= b when R is PSD
-
-        def codec_of(prev: list) -> PushPop:
-            if not prev:
-                mu, sig = m[0], l00
-            else:
-                u0 = (prev[0].reshape(m[0].shape) * d - m[0]) / l00
-                if len(prev) == 1:
-                    mu, sig = m[1] + l10 * u0, l11
-                else:
-                    u1 = (prev[1].reshape(m[1].shape) * d - (m[1] + l10 * u0)) / l11
-                    mu, sig = m[2] + l20 * u0 + l21 * u1, l22
-            w = sig.ravel() / d
-            return windowed_gaussian(mu.ravel() / d, w, _window(self.spec.p_window_stds, w))
-
-        channels = autoregressive(codec_of, 3)
-
-        def push(msg: Message, k: np.ndarray) -> None:
-            k = np.asarray(k, dtype=np.int64).reshape(shape)
-            channels.push(msg, [k[:, c].ravel() for c in range(3)])
-
-        def pop(msg: Message) -> np.ndarray:
-            parts = channels.pop(msg)
-            return np.stack([p.reshape(shape[0], *shape[2:]) for p in parts], axis=1).ravel()
-
-        return PushPop(push, pop)
-
-    def _x_window(self, z_0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """p(x | z_0) (VDM's decoder) on a window of pixel values around z_0 / alpha_0: the
-        window's first value per element ([n] int) and its probability rows ([n, W], float64).
-
-        sigma_0 is a small fraction of a pixel step, so nearly all of p's mass sits on one or
-        two values; the window (grid.x_half each side of the value nearest to z_0 / alpha_0,
-        shifted inside 0..255 at the ends) holds every x that q(z_0 | x), truncated at
-        spec.q_window_stds, can have produced, and p's mass beyond spec.x_window_stds std. Rows over
-        the whole range cost 256 float64 per subpixel, most of a photo's non-network time."""
-        W = self.grid.x_width
-        z = z_0.reshape(-1)
-        right = np.clip(np.searchsorted(self.grid.x_means, z), 1, VOCAB - 1)  # x_means[right - 1] <= z < x_means[right]
-        nearest = right - (z - self.grid.x_means[right - 1] < self.grid.x_means[right] - z)
-        lo = np.clip(nearest - self.grid.x_half, 0, VOCAB - W)
-        logits = -0.5 * ((z[:, None] - self.grid.x_means[lo[:, None] + np.arange(W)[None]]) / self.grid.sigma[0]) ** 2
-        logits -= logits.max(axis=1, keepdims=True)
-        p = self.fn.exp(logits)
-        if self.portable:  # numpy's sum order depends on the SIMD width
-            return lo, p / exact.det_sum(torch.from_numpy(p)).numpy()[:, None]
-        return lo, p / p.sum(axis=1, keepdims=True)
-
-    def _x_codec(self, z_0: np.ndarray) -> PushPop:
-        """p(x | z_0) over the pixels of a batch, in rows of at most the spec's categorical
-        symbols (pushed last row first, so that pops run forward)."""
-        zf = z_0.ravel()
-        rows = self.spec.max_categorical_symbols
-        starts = list(range(0, zf.size, rows))
-
-        def push(msg: Message, x: np.ndarray) -> None:
-            xf = x.ravel().astype(np.int64)
-            for s in reversed(starts):
-                e = s + rows
-                lo, probs = self._x_window(zf[s:e])
-                sym = xf[s:e] - lo
-                if sym.min() < 0 or sym.max() >= self.grid.x_width:  # cannot happen with a truncated q: loud if it does
-                    raise RuntimeError("a pixel lies outside p(x | z_0)'s window")
-                categorical(probs).push(msg, sym.astype(np.int32))
-
-        def pop(msg: Message) -> np.ndarray:
-            parts = []
-            for s in starts:
-                lo, probs = self._x_window(zf[s : s + rows])
-                parts.append(categorical(probs).pop(msg) + lo)
-            return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
-
-        return PushPop(push, pop)
-
     # ---- the chain -----------------------------------------------------------------------
     def codec(self, shape: tuple[int, int, int, int], progress=None, structure=None,
               origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> PushPop:
@@ -342,21 +223,21 @@ class DiffusionChain:
         def posterior(i: int):
             def q(y: np.ndarray) -> PushPop:
                 mean = self.grid.alpha[0] * scale_pixels(torch.from_numpy(y)).double().numpy() if i == 0 else self.grid.a_q[i] * z(i - 1, y)
-                return whitened(self._q_codec(i, mean), self._whiten_digits(i, n), key=i)
+                return whitened(q_codec(self.grid, self.spec, i, mean), self._whiten_digits(i, n), key=i)
             return q
 
         def likelihood(i: int):
             if i == 0:
-                return lambda k: self._x_codec(z(0, k))
+                return lambda k: x_codec(self.grid, self.spec, self.fn, z(0, k))
 
             def p(k: np.ndarray) -> PushPop:
-                codec = self._p_codec(i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
-                                      self._corr(i, structure, corr_scale))
+                codec = p_codec(self.grid, self.spec, i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
+                                self._corr(i, structure, corr_scale))
                 return codec if progress is None else counted(codec, progress)
             return p
 
         levels = [(posterior(i), likelihood(i)) for i in range(self.cfg.steps + 1)]
-        return bit_swap(self._p_codec(self.cfg.steps, np.zeros(shape)), levels)
+        return bit_swap(p_codec(self.grid, self.spec, self.cfg.steps, np.zeros(shape)), levels)
 
     def push(self, msg: Message, x: np.ndarray, progress=None, structure=None,
              origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> None:
@@ -368,23 +249,4 @@ class DiffusionChain:
             structure=None, origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> np.ndarray:
         """Decode a batch of the given shape [B, C, H, W] from the stack."""
         return self.codec(shape, progress, structure, origin, corr_scale).pop(msg)
-
-
-def far_order(n: int) -> np.ndarray:
-    """Visit order for posterior pops: start half-way through the batch. A pop reads the
-    bits of the push just before it, element by element from the start, so this pairs each
-    popped latent with a pushed one from half a batch away (another image when B >= 2)."""
-    return np.roll(np.arange(n), -(n // 2))
-
-
-def _window(stds: float, s: np.ndarray) -> int:
-    """p's window half-width in bins: ``stds`` times the widest std. A std that is not a
-    positive finite number (a network's NaN on a damaged file's latents) is refused here,
-    before constriction sees it."""
-    if not s.size:
-        return 1
-    widest = float(s.max())
-    if not (math.isfinite(widest) and float(s.min()) > 0):
-        raise ValueError("p's std is not a positive finite number")
-    return math.ceil(stds * widest)
 

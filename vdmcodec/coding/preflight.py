@@ -186,7 +186,7 @@ def corr_scale_gains(chain, pixels: np.ndarray, scales, cfg: PreflightConfig = P
     """For each share ``scale`` of ``chain``'s channel correlations (chain._corr), the
     estimated saving in bits per subpixel of ``pixels`` (uint8 [H, W, 3]) over a factorised
     p: the chain's per-level KL between q(z_{i-1} | z_i, x) = N(mean_q, b I) and p = N(mean,
-    b I + S (scale R) S) per pixel (S: the learned extra std; chain._p_codec_corr), on the
+    b I + S (scale R) S) per pixel (S: the learned extra std; level_codecs.p_codec_corr), on the
     crops and stratified levels of ``cfg`` (as ``structure_gains``), with the factorised p at
     the same draws (a paired difference). The table is an average over training crops; a
     photo's own correlations run from about none to more than it (measured: the best share
