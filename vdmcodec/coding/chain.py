@@ -56,7 +56,7 @@ from .spec import CURRENT, CoderSpec, check_spec
 @dataclass(frozen=True)
 class ChainConfig:
     steps: int = 100    # T
-    grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (see above)
+    grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (grid.py)
     whiten: bool = True  # mask the stack top before each posterior pop
     arithmetic: str = "float32"  # a key of ARITHMETIC
     times: tuple[float, ...] | None = None  # level times t_0..t_T (levels.py); None: t_i = i / T
@@ -96,14 +96,14 @@ class DiffusionChain:
         self.arithmetic = ARITHMETIC[cfg.arithmetic]
         self._memory_format = self.arithmetic.memory_format
         self.portable = self.arithmetic.portable
-        self.fn = elementwise(self.portable)  # exp, expm1, log of this arithmetic
+        self.fn = elementwise(self.portable)  # exp, expm1, log in this arithmetic (grid.py)
         if self.portable:
             self.network = None
             self._exact_net = exact.network_for(model, next(model.parameters()).device)
         elif self._memory_format == torch.contiguous_format and model.amp_dtype == self.arithmetic.autocast:
             self.network = model
         else:
-            # the network in that layout and precision (a copy, so other users of the model keep theirs)
+            # the network in that layout and precision: a copy, so that other users of the model keep theirs
             self.network = copy.deepcopy(model).to(memory_format=self._memory_format)
             self.network.amp_dtype = self.arithmetic.autocast
         self.grid = LevelGrid.of(level_gamma(model.gamma, cfg.steps, cfg.times, self.portable), cfg.grid_bits,
