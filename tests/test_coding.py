@@ -709,8 +709,8 @@ def test_file_size_is_container_plus_seeds_plus_chain_bits(codec):
     blob = codec.compress(images, force_model=True)
     header, payload = container.unpack(blob)
     hbytes = container.encode_header(header)
-    assert blob[5 : 5 + len(container._varint(len(hbytes)))] == container._varint(len(hbytes))
-    assert len(blob) == OVERHEAD + len(container._varint(len(hbytes))) + len(hbytes) + len(payload)
+    assert blob[5 : 5 + len(container.encode_varint(len(hbytes)))] == container.encode_varint(len(hbytes))
+    assert len(blob) == OVERHEAD + len(container.encode_varint(len(hbytes))) + len(hbytes) + len(payload)
 
     methods = header.image_methods()
     hwc = [im if im.ndim == 3 else im[..., None] for im in images]

@@ -145,7 +145,7 @@ def test_version_3_headers_still_parse():
                          shapes=[[4, 4, 1, 1]], names={"sequence": ["", 5, ".png"]}, methods=[["vdm", 1]],
                          classical_sizes=[], chunks=[[0, 1]], init_pad=0, pixels_hash="11" * 8)
     v4 = container.encode_header(h)
-    cut = 1 + len(container._str("m", 255)) + 8 + 1 + 2 + 1 + len(container._str("2.x", 255))
+    cut = 1 + len(container.encode_str("m", 255)) + 8 + 1 + 2 + 1 + len(container.encode_str("2.x", 255))
     assert v4[cut] == 0  # the level-times kind byte: uniform
     v3 = v4[:cut] + v4[cut + 1:]
     assert container.parse_header(v3, version=3) == h

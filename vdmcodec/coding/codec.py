@@ -16,7 +16,7 @@ A SHA-256 of all pixels is stored and verified on decode.
 ``Codec`` ties the pieces together: inputs.py brings the images to one form, planner.py
 makes the encoder's decisions, archive.py pushes and pops the archive's layout on the ANS
 stack (and holds what a decoder checks: thread count, device, ``DecodeLimits``), and
-container.py writes and reads the header built here.
+container/ writes and reads the header built here.
 """
 from __future__ import annotations
 
