@@ -162,19 +162,19 @@ class DiffusionChain:
             eps_hat, v = self.network.eps_and_v(z32, gam, self._conditioning)
             eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
             v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
+        grid, fn = self.grid, self.fn
         if structure is not None:
-            eps_hat = structure.adjust_eps(eps_hat, z_i, float(self.grid.alpha[i]), float(self.grid.sigma[i]), origin,
-                                           self.fn.exp, self.fn.log)
-        g_t, g_s = self.grid.gamma[i], self.grid.gamma[i - 1]
-        expm1, log = ((lambda v: float(self.fn.expm1(v)), lambda v: float(self.fn.log(v))) if self.portable
+            eps_hat = structure.adjust_eps(eps_hat, z_i, float(grid.alpha[i]), float(grid.sigma[i]), origin, fn.exp, fn.log)
+        g_t, g_s = grid.gamma[i], grid.gamma[i - 1]
+        expm1, log = ((lambda v: float(fn.expm1(v)), lambda v: float(fn.log(v))) if self.portable
                       else (math.expm1, math.log))  # (the float arithmetics' files were written with libm's)
         c = -expm1(g_s - g_t)
-        mean = self.grid.alpha[i - 1] / self.grid.alpha[i] * (z_i - c * self.grid.sigma[i] * eps_hat)
+        mean = grid.alpha[i - 1] / grid.alpha[i] * (z_i - c * grid.sigma[i] * eps_hat)
         if v is None:
             return mean, None
         frac = (v + 1.0) / 2.0
-        log_ratio = 2.0 * (log(self.grid.sigma[i]) - log(self.grid.sigma[i - 1]))  # log beta / beta-tilde
-        return mean, self.grid.std_p[i - 1] * self.fn.exp(0.5 * frac * log_ratio)
+        log_ratio = 2.0 * (log(grid.sigma[i]) - log(grid.sigma[i - 1]))  # log beta / beta-tilde
+        return mean, grid.std_p[i - 1] * fn.exp(0.5 * frac * log_ratio)
 
     def _exact_eps_and_v(self, z_i: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """VDM.eps_and_v in portable arithmetic, on the float64 latent itself."""
@@ -215,29 +215,29 @@ class DiffusionChain:
         p(z_{i-1} | z_i) from the network at z_i (``structure``, ``origin``: see
         ``p_mean_std``; ``corr_scale``: see ``_corr``); z_T with the prior N(0, I). Every
         posterior pop reads whitened bits. ``progress(1)`` after each network level."""
-        n = math.prod(shape)
+        n, grid, spec = math.prod(shape), self.grid, self.spec
 
         def z(i: int, k: np.ndarray) -> np.ndarray:
-            return (k * self.grid.delta[i]).reshape(shape)
+            return (k * grid.delta[i]).reshape(shape)
 
         def posterior(i: int):
             def q(y: np.ndarray) -> PushPop:
-                mean = self.grid.alpha[0] * scale_pixels(torch.from_numpy(y)).double().numpy() if i == 0 else self.grid.a_q[i] * z(i - 1, y)
-                return whitened(q_codec(self.grid, self.spec, i, mean), self._whiten_digits(i, n), key=i)
+                mean = grid.alpha[0] * scale_pixels(torch.from_numpy(y)).double().numpy() if i == 0 else grid.a_q[i] * z(i - 1, y)
+                return whitened(q_codec(grid, spec, i, mean), self._whiten_digits(i, n), key=i)
             return q
 
         def likelihood(i: int):
             if i == 0:
-                return lambda k: x_codec(self.grid, self.spec, self.fn, z(0, k))
+                return lambda k: x_codec(grid, spec, self.fn, z(0, k))
 
             def p(k: np.ndarray) -> PushPop:
-                codec = p_codec(self.grid, self.spec, i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
+                codec = p_codec(grid, spec, i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
                                 self._corr(i, structure, corr_scale))
                 return codec if progress is None else counted(codec, progress)
             return p
 
         levels = [(posterior(i), likelihood(i)) for i in range(self.cfg.steps + 1)]
-        return bit_swap(p_codec(self.grid, self.spec, self.cfg.steps, np.zeros(shape)), levels)
+        return bit_swap(p_codec(grid, spec, self.cfg.steps, np.zeros(shape)), levels)
 
     def push(self, msg: Message, x: np.ndarray, progress=None, structure=None,
              origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> None:
