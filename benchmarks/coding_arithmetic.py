@@ -1,6 +1,6 @@
 """Which network arithmetic the codec should run: float32 on NCHW activations, on
 channels_last (NHWC) ones, bfloat16 autocast on NHWC, or the portable arithmetic (exact sums
-in float64, the same bits on every CPU: coding/exact.py) (coding/chain.py: ARITHMETIC), timed
+in float64, the same bits on every CPU: coding/exact.py) (coding/arithmetic.py: ARITHMETIC), timed
 end to end, with what each costs in file size.
 
 python -m benchmarks.coding_arithmetic [--steps 16] [--repeats 2] [--threads 1]

@@ -93,7 +93,7 @@ def network_drift(model_dir: str, images: list[np.ndarray], steps: int = 8, leve
     i = level if level is not None else steps // 2
     x = np.stack([im if im.ndim == 3 else im[..., None] for im in images]).transpose(0, 3, 1, 2)
     rng = np.random.default_rng(0)
-    z = chain.alpha[i] * scale_pixels(torch.from_numpy(x)).double().numpy() + chain.sigma[i] * rng.standard_normal(x.shape)
+    z = chain.grid.alpha[i] * scale_pixels(torch.from_numpy(x)).double().numpy() + chain.grid.sigma[i] * rng.standard_normal(x.shape)
     before = torch.get_num_threads()
     outs = {}
     try:
@@ -104,7 +104,7 @@ def network_drift(model_dir: str, images: list[np.ndarray], steps: int = 8, leve
         torch.set_num_threads(before)
     diff = np.abs(outs[1] - outs[2])
     return {"batch": list(x.shape), "level": i, "values": int(diff.size), "differing": int((diff > 0).sum()),
-            "max_abs_diff": float(diff.max()), "grid_step": float(chain.delta[i - 1])}
+            "max_abs_diff": float(diff.max()), "grid_step": float(chain.grid.delta[i - 1])}
 
 
 # ---- the child processes -------------------------------------------------------------------------

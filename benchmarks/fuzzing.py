@@ -79,7 +79,7 @@ class Outcome:
 def _header_span(blob: bytes) -> tuple[int, int]:
     """(start, end) of the header bytes of a framed archive (0, 0 when it does not parse)."""
     try:
-        r = container._Reader(blob)
+        r = container.Reader(blob)
         r.pos = 5
         hlen = r.varint("header length", container.MAX_HEADER_BYTES)
         return r.pos, min(r.pos + hlen, len(blob))
@@ -123,7 +123,7 @@ def _byte_edit(rng: random.Random, b: bytearray, lo: int, hi: int, other: bytes)
     elif op == "extend":
         b.extend(_rand_bytes(rng, rng.randint(1, 32)))
     elif op == "varint":
-        b[p : p + rng.randint(0, 2)] = container._varint(rng.choice(INTERESTING_INTS))
+        b[p : p + rng.randint(0, 2)] = container.encode_varint(rng.choice(INTERESTING_INTS))
     else:  # splice: this file's start, another's end
         q = rng.randrange(len(other)) if other else 0
         b[p:] = other[q:]
@@ -435,7 +435,7 @@ OVERLONG_VARINT = b"\xff" * 10 + b"\x01"  # 11 bytes: past the 64 bits a varint 
 
 def _frame_raw(version: int, header: bytes, payload: bytes, hlen: int | None = None) -> bytes:
     """A frame with any version byte and header length, under a correct CRC-32."""
-    body = container.MAGIC + bytes([version]) + container._varint(len(header) if hlen is None else hlen) + header + payload
+    body = container.MAGIC + bytes([version]) + container.encode_varint(len(header) if hlen is None else hlen) + header + payload
     return fix_crc(body + b"\0\0\0\0")
 
 
@@ -462,10 +462,10 @@ def field_forgeries(seed: Seed) -> list[FuzzInput]:
     for f in header_fields(seed.blob):
         old = hb[f.start : f.end]
         if f.limit is not None:
-            v0 = container._Reader(old).varint(f.what, 1 << 64)
+            v0 = container.Reader(old).varint(f.what, 1 << 64)
             values = sorted({v for v in (0, 1, 2, v0 - 1, v0 + 1, f.limit - 1, f.limit, f.limit + 1, *EXTREME_INTS)
                              if 0 <= v < 1 << 64 and v != v0})
-            reps = [(str(v), container._varint(v)) for v in values] + [("overlong", OVERLONG_VARINT)]
+            reps = [(str(v), container.encode_varint(v)) for v in values] + [("overlong", OVERLONG_VARINT)]
         elif len(old) == 1:
             reps = [(f"0x{v:02x}", bytes([v])) for v in sorted({*EXTREME_BYTES, (old[0] + 1) % 256, (old[0] - 1) % 256})
                     if v != old[0]]

@@ -8,7 +8,7 @@ The chain runs the network once per level over every segment, so a 768x512 photo
 passes of the network over 768x512 (plus seeds): the time is network passes x the cost of
 one pass (py-spy on a running chain: 97% in the network). Three measurements:
 
-1. One pass over SIZE in each arithmetic this CPU runs natively (coding/chain.py: ARITHMETIC;
+1. One pass over SIZE in each arithmetic this CPU runs natively (coding/arithmetic.py: ARITHMETIC;
    bfloat16 only with native bfloat16): its floating-point operations
    (torch.utils.flop_counter), seconds (median of REPEATS after a warm-up), the rate that
    makes, and the operators' shares of one pass in the model card's arithmetic (profiler).

@@ -14,6 +14,7 @@ python -m experiments.start_bits [--images 100] [--steps 128] [--threads 1]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import shlex
@@ -36,7 +37,9 @@ MNIST = Path("../shared/data/mnist/mnist9k-images-idx3-ubyte.gz")
 def level0_bins(std_q0_over: float):
     """A chain patcher: level 0's bin = std_q[0] / ``std_q0_over`` (None: the shipped rule)."""
     def patch(chain):
-        chain.delta[0] = chain.std_q[0] / std_q0_over
+        delta = chain.grid.delta.copy()
+        delta[0] = chain.grid.std_q[0] / std_q0_over
+        chain.grid = dataclasses.replace(chain.grid, delta=delta)
         return chain
     return patch
 

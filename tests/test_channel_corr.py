@@ -1,4 +1,4 @@
-"""Channel-correlated p(z_{i-1} | z_i) (chain._p_codec_corr, levels.py's correlation table):
+"""Channel-correlated p(z_{i-1} | z_i) (level_codecs.p_codec_corr, levels.py's correlation table):
 the autoregressive combinator, the table, the rate, the card, the container and the codec."""
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from vdmcodec.coding import container, levels
 from vdmcodec.coding.ans import Message, autoregressive, uniform
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.codec import load_codec
+from vdmcodec.coding.level_codecs import p_codec
 from vdmcodec.diffusion import VDM
 from vdmcodec.errors import FormatError, ModelError
 from vdmcodec.training import fit_levels
@@ -79,8 +80,8 @@ def correlated_level(R, seed=0, shape=(4, 3, 32, 32)):
     chain = DiffusionChain(model, ChainConfig(4, channel_corr=TABLE))
     i = 2
     rng = np.random.default_rng(seed)
-    b = chain.std_p[i] ** 2
-    std = np.sqrt(b + (rng.uniform(1, 3, shape) * chain.std_p[i]) ** 2)  # extra variance 1-9 x b
+    b = chain.grid.std_p[i] ** 2
+    std = np.sqrt(b + (rng.uniform(1, 3, shape) * chain.grid.std_p[i]) ** 2)  # extra variance 1-9 x b
     mean = rng.normal(size=shape)
     s = np.sqrt(std**2 - b)
     R = np.asarray(R)
@@ -88,17 +89,17 @@ def correlated_level(R, seed=0, shape=(4, 3, 32, 32)):
     n = rng.normal(size=shape)
     extra = np.einsum("ij,bjhw->bihw", L, n) * s
     z = mean + extra + math.sqrt(b) * rng.normal(size=shape)
-    k = np.rint(z / chain.delta[i]).astype(np.int64).ravel()
+    k = np.rint(z / chain.grid.delta[i]).astype(np.int64).ravel()
     return chain, i, mean, std, k
 
 
 def coded_bits(chain, i, mean, std, k, corr):
     msg = Message(np.ones(64, dtype=np.uint32))
     start = msg.num_bits
-    codec = chain._p_codec(i, mean, std, corr)
+    codec = p_codec(chain.grid, chain.spec, i, mean, std, corr)
     codec.push(msg, k)
     bits = msg.num_bits - start
-    np.testing.assert_array_equal(chain._p_codec(i, mean, std, corr).pop(msg), k)
+    np.testing.assert_array_equal(p_codec(chain.grid, chain.spec, i, mean, std, corr).pop(msg), k)
     return bits
 
 
@@ -108,7 +109,7 @@ def test_correlated_p_codes_correlated_latents_in_fewer_bits():
     factorised = coded_bits(chain, i, mean, std, k, None)
     correlated = coded_bits(chain, i, mean, std, k, (0.8, 0.6, 0.75))
     # the joint Gaussian saves -1/2 log2 det(corr(Sigma)) per pixel (in expectation)
-    b = chain.std_p[i] ** 2
+    b = chain.grid.std_p[i] ** 2
     s = np.sqrt(std**2 - b).transpose(0, 2, 3, 1).reshape(-1, 3)
     sd = std.transpose(0, 2, 3, 1).reshape(-1, 3)
     corr = s[:, :, None] * np.asarray(R)[None] * s[:, None, :] / (sd[:, :, None] * sd[:, None, :])

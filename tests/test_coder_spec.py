@@ -96,7 +96,7 @@ def test_the_chain_writes_the_pinned_bits():
     init = np.random.default_rng(6).integers(1, 2**32, 256, dtype=np.uint64).astype(np.uint32)
     msg = Message(init, sealed=True)
     chain.push(msg, x)
-    assert (chain.x_half, chain.x_width) == (4, 9)
+    assert (chain.grid.x_half, chain.grid.x_width) == (4, 9)
     assert _sha(msg.words()) == GOLDEN_CHAIN_WORDS
     np.testing.assert_array_equal(chain.pop(Message(msg.words()), x.shape), x)
 

@@ -45,9 +45,10 @@ from vdmcodec.coding.ans import (
     windowed_gaussian,
 )
 from vdmcodec.coding.arithmetic import ARITHMETIC
-from vdmcodec.coding.chain import Q_WINDOW_STDS, ChainConfig, DiffusionChain
+from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.archive import chain_order
 from vdmcodec.coding.codec import Codec, decompress_file_bytes, load_codec
+from vdmcodec.coding.level_codecs import x_window
 from vdmcodec.errors import FormatError, ModelError
 from tests.helpers import gaussian_vdm
 
@@ -497,20 +498,20 @@ def test_x_window_holds_every_pixel_q_can_produce_and_p_s_mass(g0):
     chain = DiffusionChain(gaussian_vdm(0.0, 0.5, g0=g0), ChainConfig(steps=8, grid_bits=2))
     rng = np.random.default_rng(0)
     x = np.concatenate([np.arange(256), rng.integers(0, 256, 1000)])
-    mean = chain.alpha[0] * (2.0 * (x + 0.5) / 256 - 1.0)
-    reach = Q_WINDOW_STDS * chain.sigma[0] + 2 * chain.delta[0]  # q's window, in latent units
+    mean = chain.grid.alpha[0] * (2.0 * (x + 0.5) / 256 - 1.0)
+    reach = chain.spec.q_window_stds * chain.grid.sigma[0] + 2 * chain.grid.delta[0]  # q's window, in latent units
     z_0 = np.concatenate([mean - reach, mean + reach, mean + rng.uniform(-reach, reach, x.size)])
     x = np.tile(x, 3)
-    lo, probs = chain._x_window(z_0)
-    assert probs.shape == (z_0.size, chain.x_width) and np.all((lo >= 0) & (lo + chain.x_width <= 256))
-    assert np.all((x >= lo) & (x < lo + chain.x_width))
+    lo, probs = x_window(chain.grid, chain.fn, z_0)
+    assert probs.shape == (z_0.size, chain.grid.x_width) and np.all((lo >= 0) & (lo + chain.grid.x_width <= 256))
+    assert np.all((x >= lo) & (x < lo + chain.grid.x_width))
     if g0 >= -3.0:
-        assert chain.x_width == 256
-    vals = chain.alpha[0] * (2.0 * (np.arange(256) + 0.5) / 256 - 1.0)
-    full = -0.5 * ((z_0[:, None] - vals[None]) / chain.sigma[0]) ** 2
+        assert chain.grid.x_width == 256
+    vals = chain.grid.alpha[0] * (2.0 * (np.arange(256) + 0.5) / 256 - 1.0)
+    full = -0.5 * ((z_0[:, None] - vals[None]) / chain.grid.sigma[0]) ** 2
     full = np.exp(full - full.max(axis=1, keepdims=True))
     full /= full.sum(axis=1, keepdims=True)
-    inside = np.take_along_axis(full, lo[:, None] + np.arange(chain.x_width)[None], axis=1)
+    inside = np.take_along_axis(full, lo[:, None] + np.arange(chain.grid.x_width)[None], axis=1)
     assert 1.0 - inside.sum(axis=1).min() < 1e-15
     np.testing.assert_allclose(probs, inside / inside.sum(axis=1, keepdims=True), rtol=1e-9, atol=1e-300)
 
@@ -737,8 +738,8 @@ def test_file_size_is_container_plus_seeds_plus_chain_bits(codec):
     blob = codec.compress(images, force_model=True)
     header, payload = container.unpack(blob)
     hbytes = container.encode_header(header)
-    assert blob[5 : 5 + len(container._varint(len(hbytes)))] == container._varint(len(hbytes))
-    assert len(blob) == OVERHEAD + len(container._varint(len(hbytes))) + len(hbytes) + len(payload)
+    assert blob[5 : 5 + len(container.encode_varint(len(hbytes)))] == container.encode_varint(len(hbytes))
+    assert len(blob) == OVERHEAD + len(container.encode_varint(len(hbytes))) + len(hbytes) + len(payload)
 
     methods = header.image_methods()
     hwc = [im if im.ndim == 3 else im[..., None] for im in images]

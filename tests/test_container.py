@@ -143,10 +143,10 @@ def test_length_fields_are_bounded():
     hb = container.encode_header(header())
     for hlen in (len(hb) + 1, len(hb) + 100, container.MAX_HEADER_BYTES + 1, 2**63, 2**70):
         with pytest.raises(FormatError):
-            unpack(reframe(container._varint(hlen) + hb))
+            unpack(reframe(container.encode_varint(hlen) + hb))
     for hlen in (0, 1, len(hb) - 1):  # a header cut short, the rest read as payload
         with pytest.raises(FormatError):
-            unpack(reframe(container._varint(hlen) + hb))
+            unpack(reframe(container.encode_varint(hlen) + hb))
     with pytest.raises(FormatError, match="varint"):
         unpack(reframe(b"\xff" * 12 + hb))
 

@@ -20,6 +20,7 @@ from vdmcodec.coding.ans import EmptyMessageError, Message, categorical, quantiz
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.archive import model_digest
 from vdmcodec.coding.codec import Codec
+from vdmcodec.coding.level_codecs import p_codec
 from vdmcodec.coding.tilegrid import Band, Segment, TileLayout
 from vdmcodec.diffusion import VDM
 from vdmcodec.errors import FormatError
@@ -146,7 +147,7 @@ def test_a_nan_std_from_the_network_is_refused(tiny_vdm_learned):
     std = np.full(mean.shape, 0.1)
     std[0, 0, 1, 1] = np.nan
     with pytest.raises(ValueError, match="std"):
-        chain._p_codec(0, mean, std)
+        p_codec(chain.grid, chain.spec, 0, mean, std)
 
 
 @pytest.fixture(scope="module")

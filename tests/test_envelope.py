@@ -104,11 +104,11 @@ def test_forged_records_are_refused(forge):
         packed = zlib.compress(bytes(1000))
         data = envelope.encode([replace(p, metadata=())])
         data = data[:3] + bytes([data[3] | 32]) + data[4:]  # set the metadata flag (byte 3)
-        data += b"\x01" + b"\x00" + b"\x01" + container._varint(1 << 27) + container._varint(len(packed)) + packed
+        data += b"\x01" + b"\x00" + b"\x01" + container.encode_varint(1 << 27) + container.encode_varint(len(packed)) + packed
     elif forge == "bad_deflate":
         data = envelope.encode([replace(p, metadata=())])
         data = data[:3] + bytes([data[3] | 32]) + data[4:]
-        data += b"\x01" + b"\x00" + b"\x01" + container._varint(10) + container._varint(4) + b"junk"
+        data += b"\x01" + b"\x00" + b"\x01" + container.encode_varint(10) + container.encode_varint(4) + b"junk"
     elif forge == "flags":
         data = bytearray(envelope.encode([p]))
         data[3] |= 128
@@ -128,7 +128,7 @@ def test_version_8_without_records_is_refused():
     _, _, blob, records = _archive()
     header, payload = unpack(blob)
     hb = container.encode_header(header)
-    body = container.MAGIC + bytes([8]) + container._varint(len(hb)) + hb + b"\x00" + payload
+    body = container.MAGIC + bytes([8]) + container.encode_varint(len(hb)) + hb + b"\x00" + payload
     with pytest.raises(FormatError, match="without image records"):
         unpack(body + zlib.crc32(body).to_bytes(4, "little"))
 

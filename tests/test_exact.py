@@ -179,7 +179,7 @@ def test_group_norm_matches_torch_on_large_groups():
 
 
 def test_written_out_constants():
-    from vdmcodec.coding.chain import LOG2_SQRT_2PI_E
+    from vdmcodec.coding.grid import LOG2_SQRT_2PI_E
 
     assert LOG2_SQRT_2PI_E == pytest.approx(0.5 * math.log2(2 * math.pi * math.e), rel=1e-15)
     assert E.LN2 == pytest.approx(math.log(2), rel=1e-16) and E.LN2_HI + E.LN2_LO == pytest.approx(math.log(2), rel=1e-16)

@@ -128,8 +128,8 @@ def test_codec_codes_at_the_cards_times_and_the_file_says_so(fitted_dir, tiny_mo
 def test_chain_with_uniform_times_written_out_is_the_uniform_chain(tiny_model_dir):
     codec = load_codec(tiny_model_dir, steps=4)
     a, b = codec.chain(4, 2, times=None), codec.chain(4, 2, times=levels.uniform_times(4))
-    np.testing.assert_array_equal(a.gamma, b.gamma)
-    np.testing.assert_array_equal(a.std_p, b.std_p)
+    np.testing.assert_array_equal(a.grid.gamma, b.grid.gamma)
+    np.testing.assert_array_equal(a.grid.std_p, b.grid.std_p)
 
 
 def test_bad_card_times_are_a_model_error(fitted_dir):
@@ -145,7 +145,7 @@ def test_version_3_headers_still_parse():
                          shapes=[[4, 4, 1, 1]], names={"sequence": ["", 5, ".png"]}, methods=[["vdm", 1]],
                          classical_sizes=[], chunks=[[0, 1]], init_pad=0, pixels_hash="11" * 8)
     v4 = container.encode_header(h)
-    cut = 1 + len(container._str("m", 255)) + 8 + 1 + 2 + 1 + len(container._str("2.x", 255))
+    cut = 1 + len(container.encode_str("m", 255)) + 8 + 1 + 2 + 1 + len(container.encode_str("2.x", 255))
     assert v4[cut] == 0  # the level-times kind byte: uniform
     v3 = v4[:cut] + v4[cut + 1:]
     assert container.parse_header(v3, version=3) == h

@@ -322,7 +322,7 @@ def test_chain_codes_with_learned_variances(tmp_path):
     chain = DiffusionChain(model, ChainConfig(steps=3, grid_bits=6))
     z = np.random.default_rng(0).normal(size=(2, 1, 4, 4))
     mean, std = chain.p_mean_std(z, 2)
-    g = torch.tensor(chain.gamma, dtype=torch.float32)
+    g = torch.tensor(chain.grid.gamma, dtype=torch.float32)
     with torch.no_grad():
         m_ref, s_ref = model.p_mean_std(torch.from_numpy(z).float(), g[2].expand(2), g[1].expand(2))
     assert np.allclose(std, s_ref.numpy(), rtol=1e-4) and np.allclose(mean, m_ref.numpy(), atol=1e-4)

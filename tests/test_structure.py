@@ -161,7 +161,7 @@ def test_a_forged_structure_prior_is_refused_or_caught(structured):
         container.parse_header(bytes(hb))
     gray = replace(h, shapes=[[20, 26, 1, 1]], methods=[["tiled-gray", 1]])
     with pytest.raises(FormatError, match="structure"):
-        container._validate(container.parse_header(container.encode_header(gray)))
+        container.validate(container.parse_header(container.encode_header(gray)))
 
 
 def test_choose_structure_keeps_a_prior_only_where_it_saves(monkeypatch):

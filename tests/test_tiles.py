@@ -217,12 +217,12 @@ LAYOUT = TileLayout((Band(1, (Segment(2, "webp", 300), Segment(1, "vdm"), Segmen
 
 def test_layout_record_round_trip_and_geometry():
     data = encode_layout(LAYOUT)
-    r = container._Reader(data)
+    r = container.Reader(data)
     assert parse_layout(r, container.MAX_SIDE) == LAYOUT and r.pos == len(data)
     jxl = TileLayout((Band(1, (Segment(2, "jxl", 77), Segment(3, "vdm"))),))
-    assert parse_layout(container._Reader(encode_layout(jxl)), container.MAX_SIDE) == jxl
+    assert parse_layout(container.Reader(encode_layout(jxl)), container.MAX_SIDE) == jxl
     with pytest.raises(FormatError, match="unknown segment method 3"):  # format version 6 knew no JPEG XL
-        parse_layout(container._Reader(encode_layout(jxl)), container.MAX_SIDE, jxl=False)
+        parse_layout(container.Reader(encode_layout(jxl)), container.MAX_SIDE, jxl=False)
     assert grid(29, 37, 8) == (4, 5)
     assert check_layout(LAYOUT, (29, 37, 3), 8) is None
     got = [(r.y0, r.y1, r.x0, r.x1, r.method) for r in rects(LAYOUT, 29, 37, 8)]

@@ -11,28 +11,13 @@ and decoding runs the mirror image. The net length is -log p(x, z_{0:T}) + log q
 whose expectation is the T-step negative ELBO; only the first pop needs bits that the
 chain has not pushed itself (Bit-Swap), so one level's worth of "initial bits" suffices.
 
-Discretisation: z_i lives on the grid delta_i * Z with delta_i = 2^-grid_bits *
-min(std of q(z_i | z_{i-1}), std of p(z_i | z_{i+1})). Both distributions that touch z_i (the
-posterior it is popped from and the model it is pushed with) use that same grid, so the
-log delta_i terms cancel. Each grid depends on the schedule only, never on the data.
-
-The grid is coarse by default (grid_bits = 2, bins of a quarter std). Measured with the
-shipped MNIST model (step 9.5k), T = 128, validation images 8000-8047, one coding run
-each, against a discrete ELBO of 1.196-1.199 bpd (three noise seeds):
-
-    grid_bits      0      1      2      3      4      6      8
-    rate (bpd)   1.2032 1.1973 1.1956 1.1939 1.2007 1.2185 1.2585
-    initial bits   6.0    8.0   10.0   12.0   14.0   18.0   22.0   (per dimension)
-
-Finer grids do not approach the ELBO here: they cost more (+1.7% at 6, +5% at 8),
-and every extra grid bit costs two more initial bits per dimension (the first two pops
-happen before any push returns bits). Why fine grids lose is not settled; the rate of
-popping from a stack whose top was just written by the level below is the suspect (see
-``ans.whitened``). At 2 bits the rate is within the measurement noise of the ELBO.
+The latents are integers on per-level grids, z_i = k_i delta_i; those grids and the
+level's alpha, sigma and standard deviations are ``grid.LevelGrid`` (grid.py, which also
+holds the measurement behind the default grid_bits = 2).
 
 Channel correlations (``ChainConfig.channel_corr``): with learned variances, p(z_{i-1} | z_i)
 can be a Gaussian per pixel whose extra variance (beyond beta-tilde) is correlated across the
-three colour channels, as the network's error is (``_p_codec_corr``; the correlations come from
+three colour channels, as the network's error is (``level_codecs.p_codec_corr``; the correlations come from
 the model card, levels.py). Coded as channel 0, then 1 given 0, then 2 given 0 and 1.
 
 The coder's constants (the windows, p(x | z_0)'s rows per call, the whitening digits, the
@@ -40,7 +25,7 @@ grid rule) are those of a format version (spec.py; ``ChainConfig.spec``): a deco
 record of the file's version, so retuning one is a new format version, never an edit.
 
 Determinism: the coder's parameters are float64 numpy computed from (a) the schedule in
-float64 and (b) the network's output (float32, or bfloat16 autocast's, cast to float32) on
+float64 (grid.py) and (b) the network's output (float32, or bfloat16 autocast's, cast to float32) on
 the float32 latent; the decoder feeds the network bit-identical inputs in the same batch
 shapes, memory format and precision (the container's dtype byte names them: arithmetic.py).
 The portable arithmetic computes (a) and (b) with exact.py instead, from the
@@ -58,31 +43,20 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..diffusion import VDM, VOCAB, scale_pixels
+from ..diffusion import VDM, scale_pixels
 from ..networks import ConditioningCache
 from . import exact, levels
-from .ans import (Message, PushPop, autoregressive, bit_swap, categorical, counted, permuted, whitened,
-                  windowed_gaussian)
+from .ans import Message, PushPop, bit_swap, counted, whitened
 from .arithmetic import ARITHMETIC, run_network
-from .spec import CURRENT, CoderSpec
-
-LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
-# The coder's constants are per format version (spec.py); these names are the current ones.
-MAX_CATEGORICAL_SYMBOLS = CURRENT.max_categorical_symbols  # probability rows per constriction call (memory bound)
-WINDOW_STDS = CURRENT.p_window_stds  # p's coded window: +-16 std around its mean (then escape to raw bits)
-Q_WINDOW_STDS = CURRENT.q_window_stds  # q's support: truncated at +-6 std (mass outside: 2e-9)
-X_WINDOW_STDS = CURRENT.x_window_stds  # p(x | z_0)'s window holds at least +-12 std of its mass (outside: 2e-32)
-MIN_GRID_BITS, MAX_GRID_BITS = 1, 16  # the container's range for grid_bits
-# the rules of a CoderSpec this build implements (ans.py, tiles.py and this module)
-IMPLEMENTED_RULES = {"escape_digit_bits": 16, "whiten_digit_bits": 16, "whiten_mask": "splitmix64-low16",
-                     "delta_rule": "min-std", "posterior_order": "far", "gaussian_model": "leaky-quantized-gaussian-24",
-                     "categorical_model": "leaky-categorical-24", "raw_byte_model": "uniform-256"}
+from .grid import LOG2_SQRT_2PI_E, MAX_GRID_BITS, MIN_GRID_BITS, LevelGrid, elementwise, level_gamma
+from .level_codecs import p_codec, q_codec, x_codec
+from .spec import CURRENT, CoderSpec, check_spec
 
 
 @dataclass(frozen=True)
 class ChainConfig:
     steps: int = 100    # T
-    grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (see above)
+    grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (grid.py)
     whiten: bool = True  # mask the stack top before each posterior pop
     arithmetic: str = "float32"  # a key of ARITHMETIC
     times: tuple[float, ...] | None = None  # level times t_0..t_T (levels.py); None: t_i = i / T
@@ -106,18 +80,6 @@ def _is_int(v) -> bool:
     return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
-def check_spec(spec: CoderSpec) -> CoderSpec:
-    """Refuse a coder record that names a rule this build does not implement, or whose
-    numbers no coder can run."""
-    for name, value in IMPLEMENTED_RULES.items():
-        if getattr(spec, name) != value:
-            raise ValueError(f"coder {name} = {getattr(spec, name)!r} is not implemented by this build (it has {value!r})")
-    if not (0 < spec.q_window_stds <= spec.x_window_stds and 0 < spec.p_window_stds and spec.max_categorical_symbols >= 1
-            and spec.whiten_extra_digits >= 0):
-        raise ValueError(f"coder constants out of range: {spec}")
-    return spec
-
-
 @dataclass
 class NetworkClock:
     """The time (seconds) and calls of ``DiffusionChain.p_mean_std`` inside a ``timed`` block."""
@@ -134,32 +96,19 @@ class DiffusionChain:
         self.arithmetic = ARITHMETIC[cfg.arithmetic]
         self._memory_format = self.arithmetic.memory_format
         self.portable = self.arithmetic.portable
-        # elementwise functions: numpy's / libm's, or (portable) exact.py's, which give the
-        # same bits everywhere
-        self._exp, self._expm1, self._log, sigmoid = ((_np_of(exact.exp), _np_of(exact.expm1), _np_of(exact.log),
-                                                       _np_of(exact.sigmoid)) if self.portable
-                                                      else (np.exp, np.expm1, np.log, _sigmoid))
-        T = cfg.steps
-        if cfg.times is None:
-            t = torch.arange(T + 1, dtype=torch.float64) / T
-        else:
-            t = torch.tensor(levels.check_times(cfg.times, T), dtype=torch.float64)
+        self.fn = elementwise(self.portable)  # exp, expm1, log in this arithmetic (grid.py)
         if self.portable:
             self.network = None
             self._exact_net = exact.network_for(model, next(model.parameters()).device)
-            g = exact.schedule_gamma(model.gamma, t).numpy()
+        elif self._memory_format == torch.contiguous_format and model.amp_dtype == self.arithmetic.autocast:
+            self.network = model
         else:
-            # the network in that layout and precision (a copy unless the model already runs
-            # them, so other users of the model keep theirs)
-            if self._memory_format == torch.contiguous_format and model.amp_dtype == self.arithmetic.autocast:
-                self.network = model
-            else:
-                self.network = copy.deepcopy(model).to(memory_format=self._memory_format)
-                self.network.amp_dtype = self.arithmetic.autocast
-            sched = copy.deepcopy(model.gamma).to("cpu").double()
-            with torch.no_grad():
-                g = sched(t).numpy()
-        self.gamma = g
+            # the network in that layout and precision: a copy, so that other users of the model keep theirs
+            self.network = copy.deepcopy(model).to(memory_format=self._memory_format)
+            self.network.amp_dtype = self.arithmetic.autocast
+        self.grid = LevelGrid.of(level_gamma(model.gamma, cfg.steps, cfg.times, self.portable), cfg.grid_bits,
+                                 self.spec, self.fn)
+        g = self.grid.gamma
         # per level i: the correlations of p(z_{i-1} | z_i)'s extra variance between channels
         self.corr = (None if cfg.channel_corr is None
                      else np.array([levels.corr_at(cfg.channel_corr, float(v)) for v in g]))
@@ -168,48 +117,11 @@ class DiffusionChain:
         # (bit-identical to recomputing it: networks.ConditioningCache)
         self._conditioning = ConditioningCache()
         self._clock: NetworkClock | None = None  # counts p_mean_std inside a ``timed`` block
-        self.alpha = np.sqrt(sigmoid(-g))
-        self.sigma = np.sqrt(sigmoid(g))
-        # q(z_i | z_{i-1}) = N(a_q z_{i-1}, std_q^2); level 0: q(z_0 | x) = N(alpha_0 x, sigma_0^2)
-        self.a_q = np.ones(T + 1)
-        self.a_q[1:] = self.alpha[1:] / self.alpha[:-1]
-        self.std_q = np.empty(T + 1)
-        self.std_q[0] = self.sigma[0]
-        self.std_q[1:] = self.sigma[1:] * np.sqrt(-self._expm1(g[:-1] - g[1:]))
-        # p(z_i | z_{i+1}) std (VDM eq. 29); level T: the prior N(0, 1)
-        self.std_p = np.empty(T + 1)
-        self.std_p[:T] = self.sigma[:T] * np.sqrt(-self._expm1(g[:T] - g[1:]))
-        self.std_p[T] = 1.0
-        if not (np.all(self.std_q > 0) and np.all(self.std_p > 0)):
-            raise ValueError("the schedule is not strictly increasing on this T: a step has zero variance")
-        self.delta = 2.0 ** (-cfg.grid_bits) * np.minimum(self.std_q, self.std_p)
-        # p(x | z_0)'s window (_x_window): z_0 lies within (Q_WINDOW_STDS sigma_0 + 2 delta_0) of
-        # alpha_0 x, so x lies within twice that of the value nearest to z_0 / alpha_0
-        self.x_means = self.alpha[0] * scale_pixels(torch.arange(VOCAB)).double().numpy()  # alpha_0 x, increasing
-        step = float(np.diff(self.x_means).min())  # alpha_0 times the spacing of the scaled pixel values
-        reach = max(2.0 * (self.spec.q_window_stds * self.sigma[0] + 2.0 * self.delta[0]),
-                    self.spec.x_window_stds * self.sigma[0])
-        self.x_half = min(VOCAB - 1, math.ceil(reach / step) + 1)
-        self.x_width = min(VOCAB, 2 * self.x_half + 1)
-        # latent symbols are int32 (escapes code them raw): |z| up to 64 must fit
-        if (64.0 / self.delta).max() >= 2**31 - 1:
-            raise ValueError("latent grid too fine for 32-bit symbols; lower grid_bits")
 
-    # ---- rate bookkeeping ---------------------------------------------------------------
     def initial_bits_per_dim(self) -> float:
-        """Upper estimate of the stack deficit of one batch, per dimension: the running
-        balance of (entropies of pushes) - (entropies of pops) along the encoder's order,
-        taking its lowest point (the bits a chain needs before it starts)."""
-        h_q = np.log2(self.std_q / self.delta) + LOG2_SQRT_2PI_E
-        h_p = np.log2(self.std_p / self.delta) + LOG2_SQRT_2PI_E
-        balance, worst = 0.0, 0.0
-        balance -= h_q[0]
-        worst = min(worst, balance)
-        for i in range(1, self.cfg.steps + 1):
-            balance -= h_q[i]
-            worst = min(worst, balance)
-            balance += h_p[i - 1]
-        return -worst
+        """The bits per dimension one batch needs on the stack before it starts
+        (``LevelGrid.initial_bits_per_dim``)."""
+        return self.grid.initial_bits_per_dim()
 
     # ---- the network -----------------------------------------------------------------
     def p_mean_std(self, z_i: np.ndarray, i: int, structure=None,
@@ -250,24 +162,24 @@ class DiffusionChain:
             eps_hat, v = run_network(self.network, z32, gam, self.arithmetic, self._conditioning)
             eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
             v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
+        grid, fn = self.grid, self.fn
         if structure is not None:
-            eps_hat = structure.adjust_eps(eps_hat, z_i, float(self.alpha[i]), float(self.sigma[i]), origin,
-                                           self._exp, self._log)
-        g_t, g_s = self.gamma[i], self.gamma[i - 1]
-        expm1, log = ((lambda v: float(self._expm1(v)), lambda v: float(self._log(v))) if self.portable
+            eps_hat = structure.adjust_eps(eps_hat, z_i, float(grid.alpha[i]), float(grid.sigma[i]), origin, fn.exp, fn.log)
+        g_t, g_s = grid.gamma[i], grid.gamma[i - 1]
+        expm1, log = ((lambda v: float(fn.expm1(v)), lambda v: float(fn.log(v))) if self.portable
                       else (math.expm1, math.log))  # (the float arithmetics' files were written with libm's)
         c = -expm1(g_s - g_t)
-        mean = self.alpha[i - 1] / self.alpha[i] * (z_i - c * self.sigma[i] * eps_hat)
+        mean = grid.alpha[i - 1] / grid.alpha[i] * (z_i - c * grid.sigma[i] * eps_hat)
         if v is None:
             return mean, None
         frac = (v + 1.0) / 2.0
-        log_ratio = 2.0 * (log(self.sigma[i]) - log(self.sigma[i - 1]))  # log beta / beta-tilde
-        return mean, self.std_p[i - 1] * self._exp(0.5 * frac * log_ratio)
+        log_ratio = 2.0 * (log(grid.sigma[i]) - log(grid.sigma[i - 1]))  # log beta / beta-tilde
+        return mean, grid.std_p[i - 1] * fn.exp(0.5 * frac * log_ratio)
 
     def _exact_eps_and_v(self, z_i: np.ndarray, i: int) -> tuple[np.ndarray, np.ndarray | None]:
         """VDM.eps_and_v in portable arithmetic, on the float64 latent itself."""
         model = self.model
-        t_norm = (torch.tensor(self.gamma[i], dtype=torch.float64) - model.cfg.cond_gamma_min) / (
+        t_norm = (torch.tensor(self.grid.gamma[i], dtype=torch.float64) - model.cfg.cond_gamma_min) / (
             model.cfg.cond_gamma_max - model.cfg.cond_gamma_min)
         out = self._exact_net(torch.from_numpy(np.ascontiguousarray(z_i)), t_norm.expand(z_i.shape[0]))
         C = z_i.shape[1]
@@ -279,8 +191,8 @@ class DiffusionChain:
         reads, with a margin (see ans.whiten); 0 with whitening off."""
         if not self.cfg.whiten:
             return 0
-        ratio = np.float64(self.std_q[i] / self.delta[i])
-        h_q = (float(self._log(ratio)) / exact.LN2 if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
+        ratio = np.float64(self.grid.std_q[i] / self.grid.delta[i])
+        h_q = (float(self.fn.log(ratio)) / exact.LN2 if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
         return math.ceil(n * h_q / self.spec.whiten_digit_bits) + self.spec.whiten_extra_digits
 
     def _corr(self, i: int, structure=None, scale: float = 1.0):
@@ -294,125 +206,6 @@ class DiffusionChain:
             return None
         return tuple(float(scale) * float(v) for v in self.corr[i])
 
-    # ---- codecs for one level ------------------------------------------------------------
-    def _q_codec(self, i: int, mean: np.ndarray) -> PushPop:
-        """q(z_i | z_{i-1}) (level 0: q(z_0 | x)), truncated to +-Q_WINDOW_STDS std.
-
-        Truncation matters: a pop reads the bits that the previous push left on top of the
-        stack, so when the model is miscalibrated an extreme push becomes an extreme pop one
-        level up, and with constriction's leaky floor (or escapes) such pops land anywhere
-        and feed back along the chain (measured on an early MNIST model, T=20: +120% over
-        the ELBO with a +-16 std window and escapes, +16% truncated at 6 std; with
-        independent random pops the same grid costs the ELBO)."""
-        d, s = self.delta[i], self.std_q[i] / self.delta[i]
-        perm = far_order(mean.size)
-        base = windowed_gaussian(mean.ravel()[perm] / d, np.full(mean.size, s), math.ceil(self.spec.q_window_stds * s),
-                                 escape=False)
-        return permuted(base, perm)
-
-    def _p_codec(self, i: int, mean: np.ndarray, std: np.ndarray | None = None, corr=None):
-        """p(z_i | z_{i+1}) with the schedule's std_p[i], or a learned std per element; with
-        ``corr`` (r_01, r_02, r_12) and three channels, correlated across them (``_p_codec_corr``)."""
-        d = self.delta[i]
-        if corr is not None and std is not None and mean.ndim == 4 and mean.shape[1] == 3:
-            return self._p_codec_corr(i, mean, std, corr)
-        s = np.full(mean.size, self.std_p[i] / d) if std is None else np.asarray(std, dtype=np.float64).ravel() / d
-        return windowed_gaussian(mean.ravel() / d, s, _window(self.spec.p_window_stds, s))
-
-    def _p_codec_corr(self, i: int, mean: np.ndarray, std: np.ndarray, corr) -> PushPop:
-        """p(z_i | z_{i+1}) = N(mean, Sigma) per pixel, Sigma = b I + S R S over its three
-        channels: b = beta-tilde (std_p[i]^2), S = diag(sqrt(std^2 - b)) the learned extra std
-        (iDDPM's interpolation, which is c^2 Var[x | z_{i+1}] for the ideal model) and R the
-        channel correlation ``corr`` of the network's error at this level. The joint Gaussian
-        is coded as channel 0, then 1 given 0, then 2 given 0 and 1 (Cholesky factor L of
-        Sigma; each conditional on the grid like the factorised p), so the decoder knows the
-        channels a conditional mean needs before it pops the next. Only IEEE operations and
-        sqrt: the same bits in every arithmetic."""
-        d, shape = self.delta[i], mean.shape
-        b = self.std_p[i] * self.std_p[i]
-        m = [mean[:, c] for c in range(3)]
-        sd = [std[:, c] for c in range(3)]
-        s = [np.sqrt(np.maximum(v * v - b, 0.0)) for v in sd]
-        r01, r02, r12 = (float(v) for v in corr)
-        l00 = sd[0]
-        l10 = s[0] * s[1] * r01 / l00
-        l11 = np.sqrt(np.maximum(sd[1] * sd[1] - l10 * l10, b))  # >= b exactly when |r_01| <= 1
-        l20 = s[0] * s[2] * r02 / l00
-        l21 = (s[1] * s[2] * r12 - l20 * l10) / l11
-        l22 = np.sqrt(np.maximum(sd[2] * sd[2] - l20 * l20 - l21 * l21, b))  # >= b when R is PSD
-
-        def codec_of(prev: list) -> PushPop:
-            if not prev:
-                mu, sig = m[0], l00
-            else:
-                u0 = (prev[0].reshape(m[0].shape) * d - m[0]) / l00
-                if len(prev) == 1:
-                    mu, sig = m[1] + l10 * u0, l11
-                else:
-                    u1 = (prev[1].reshape(m[1].shape) * d - (m[1] + l10 * u0)) / l11
-                    mu, sig = m[2] + l20 * u0 + l21 * u1, l22
-            w = sig.ravel() / d
-            return windowed_gaussian(mu.ravel() / d, w, _window(self.spec.p_window_stds, w))
-
-        channels = autoregressive(codec_of, 3)
-
-        def push(msg: Message, k: np.ndarray) -> None:
-            k = np.asarray(k, dtype=np.int64).reshape(shape)
-            channels.push(msg, [k[:, c].ravel() for c in range(3)])
-
-        def pop(msg: Message) -> np.ndarray:
-            parts = channels.pop(msg)
-            return np.stack([p.reshape(shape[0], *shape[2:]) for p in parts], axis=1).ravel()
-
-        return PushPop(push, pop)
-
-    def _x_window(self, z_0: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """p(x | z_0) (VDM's decoder) on a window of pixel values around z_0 / alpha_0: the
-        window's first value per element ([n] int) and its probability rows ([n, W], float64).
-
-        sigma_0 is a small fraction of a pixel step, so nearly all of p's mass sits on one or
-        two values; the window (self.x_half each side of the value nearest to z_0 / alpha_0,
-        shifted inside 0..255 at the ends) holds every x that q(z_0 | x), truncated at
-        Q_WINDOW_STDS, can have produced, and p's mass beyond X_WINDOW_STDS std. Rows over
-        the whole range cost 256 float64 per subpixel, most of a photo's non-network time."""
-        W = self.x_width
-        z = z_0.reshape(-1)
-        right = np.clip(np.searchsorted(self.x_means, z), 1, VOCAB - 1)  # x_means[right - 1] <= z < x_means[right]
-        nearest = right - (z - self.x_means[right - 1] < self.x_means[right] - z)
-        lo = np.clip(nearest - self.x_half, 0, VOCAB - W)
-        logits = -0.5 * ((z[:, None] - self.x_means[lo[:, None] + np.arange(W)[None]]) / self.sigma[0]) ** 2
-        logits -= logits.max(axis=1, keepdims=True)
-        p = self._exp(logits)
-        if self.portable:  # numpy's sum order depends on the SIMD width
-            return lo, p / exact.det_sum(torch.from_numpy(p)).numpy()[:, None]
-        return lo, p / p.sum(axis=1, keepdims=True)
-
-    def _x_codec(self, z_0: np.ndarray) -> PushPop:
-        """p(x | z_0) over the pixels of a batch, in rows of at most the spec's categorical
-        symbols (pushed last row first, so that pops run forward)."""
-        zf = z_0.ravel()
-        rows = self.spec.max_categorical_symbols
-        starts = list(range(0, zf.size, rows))
-
-        def push(msg: Message, x: np.ndarray) -> None:
-            xf = x.ravel().astype(np.int64)
-            for s in reversed(starts):
-                e = s + rows
-                lo, probs = self._x_window(zf[s:e])
-                sym = xf[s:e] - lo
-                if sym.min() < 0 or sym.max() >= self.x_width:  # cannot happen with a truncated q: loud if it does
-                    raise RuntimeError("a pixel lies outside p(x | z_0)'s window")
-                categorical(probs).push(msg, sym.astype(np.int32))
-
-        def pop(msg: Message) -> np.ndarray:
-            parts = []
-            for s in starts:
-                lo, probs = self._x_window(zf[s : s + rows])
-                parts.append(categorical(probs).pop(msg) + lo)
-            return np.concatenate(parts).reshape(z_0.shape).astype(np.uint8)
-
-        return PushPop(push, pop)
-
     # ---- the chain -----------------------------------------------------------------------
     def codec(self, shape: tuple[int, int, int, int], progress=None, structure=None,
               origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> PushPop:
@@ -422,29 +215,29 @@ class DiffusionChain:
         p(z_{i-1} | z_i) from the network at z_i (``structure``, ``origin``: see
         ``p_mean_std``; ``corr_scale``: see ``_corr``); z_T with the prior N(0, I). Every
         posterior pop reads whitened bits. ``progress(1)`` after each network level."""
-        n = math.prod(shape)
+        n, grid, spec = math.prod(shape), self.grid, self.spec
 
         def z(i: int, k: np.ndarray) -> np.ndarray:
-            return (k * self.delta[i]).reshape(shape)
+            return (k * grid.delta[i]).reshape(shape)
 
         def posterior(i: int):
             def q(y: np.ndarray) -> PushPop:
-                mean = self.alpha[0] * scale_pixels(torch.from_numpy(y)).double().numpy() if i == 0 else self.a_q[i] * z(i - 1, y)
-                return whitened(self._q_codec(i, mean), self._whiten_digits(i, n), key=i)
+                mean = grid.alpha[0] * scale_pixels(torch.from_numpy(y)).double().numpy() if i == 0 else grid.a_q[i] * z(i - 1, y)
+                return whitened(q_codec(grid, spec, i, mean), self._whiten_digits(i, n), key=i)
             return q
 
         def likelihood(i: int):
             if i == 0:
-                return lambda k: self._x_codec(z(0, k))
+                return lambda k: x_codec(grid, spec, self.fn, z(0, k))
 
             def p(k: np.ndarray) -> PushPop:
-                codec = self._p_codec(i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
-                                      self._corr(i, structure, corr_scale))
+                codec = p_codec(grid, spec, i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
+                                self._corr(i, structure, corr_scale))
                 return codec if progress is None else counted(codec, progress)
             return p
 
         levels = [(posterior(i), likelihood(i)) for i in range(self.cfg.steps + 1)]
-        return bit_swap(self._p_codec(self.cfg.steps, np.zeros(shape)), levels)
+        return bit_swap(p_codec(grid, spec, self.cfg.steps, np.zeros(shape)), levels)
 
     def push(self, msg: Message, x: np.ndarray, progress=None, structure=None,
              origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> None:
@@ -457,33 +250,3 @@ class DiffusionChain:
         """Decode a batch of the given shape [B, C, H, W] from the stack."""
         return self.codec(shape, progress, structure, origin, corr_scale).pop(msg)
 
-
-def far_order(n: int) -> np.ndarray:
-    """Visit order for posterior pops: start half-way through the batch. A pop reads the
-    bits of the push just before it, element by element from the start, so this pairs each
-    popped latent with a pushed one from half a batch away (another image when B >= 2)."""
-    return np.roll(np.arange(n), -(n // 2))
-
-
-def _window(stds: float, s: np.ndarray) -> int:
-    """p's window half-width in bins: ``stds`` times the widest std. A std that is not a
-    positive finite number (a network's NaN on a damaged file's latents) is refused here,
-    before constriction sees it."""
-    if not s.size:
-        return 1
-    widest = float(s.max())
-    if not (math.isfinite(widest) and float(s.min()) > 0):
-        raise ValueError("p's std is not a positive finite number")
-    return math.ceil(stds * widest)
-
-
-def _np_of(f):
-    """A float64 numpy version of an exact.py function (scalars and arrays)."""
-    def g(x):
-        arr = np.asarray(x, dtype=np.float64)
-        return f(torch.from_numpy(np.ascontiguousarray(arr.reshape(-1)))).numpy().reshape(arr.shape)
-    return g
-
-
-def _sigmoid(v: np.ndarray) -> np.ndarray:
-    return 0.5 * (1.0 + np.tanh(0.5 * v))

@@ -16,7 +16,7 @@ A SHA-256 of all pixels is stored and verified on decode.
 ``Codec`` ties the pieces together: inputs.py brings the images to one form, planner.py
 makes the encoder's decisions, archive.py pushes and pops the archive's layout on the ANS
 stack (and holds what a decoder checks: thread count, device, ``DecodeLimits``), and
-container.py writes and reads the header built here.
+container/ writes and reads the header built here.
 """
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ from .spec import CURRENT as CURRENT_CODER
 from .spec import CoderSpec
 
 DEFAULT_STEPS = 128
-DEFAULT_GRID_BITS = 2  # measured: see coding/chain.py
+DEFAULT_GRID_BITS = 2  # measured: see coding/grid.py
 DEFAULT_ARITHMETIC = "float32-nhwc"  # measured: benchmarks/results/coding_arithmetic.md
 INIT_MARGINS = (1.1, 1.5, 3.0)  # safety factors on the estimated initial bits, tried in turn
 MAX_CACHED_CHAINS = 4           # per-(steps, grid_bits) chains a Codec keeps
@@ -74,7 +74,7 @@ class Codec:
         self.tile = tiles.check_tile(tile)  # images with a longer side are coded in tiles (tiles.py)
         self.preflight = preflight  # None: every codable image goes through the chain
         self.fitted_levels = fitted_levels  # compress at the card's coding_times where it lists them for T
-        self.channel_corr = channel_corr  # compress with the card's coding_corr where it lists one (chain._p_codec_corr)
+        self.channel_corr = channel_corr  # compress with the card's coding_corr where it lists one (level_codecs.p_codec_corr)
         # try structure priors (structure.py, jpeg_prior.py) on tiled RGB images; keep one
         # where an estimate on crops says it saves bits
         self.structure_priors = structure_priors

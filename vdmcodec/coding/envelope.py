@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import FormatError
 from . import classical
-from .container import MAX_NAME_BYTES, _Reader, _str, _varint, pack, unpack
+from .container import MAX_NAME_BYTES, Reader, encode_str, encode_varint, pack, unpack
 
 # mode -> (colour channels the codec codes, channels of each extra plane per frame)
 MODES = {
@@ -89,15 +89,15 @@ def _metadata_bytes(m: Metadata) -> bytes:
     out = bytearray([kind]) + (m.chunk if m.kind == "png" else b"")
     packed = zlib.compress(m.data, 9)
     if len(packed) + 8 < len(m.data):
-        out += bytes([1]) + _varint(len(m.data)) + _varint(len(packed)) + packed
+        out += bytes([1]) + encode_varint(len(m.data)) + encode_varint(len(packed)) + packed
     else:
-        out += bytes([0]) + _varint(len(m.data)) + m.data
+        out += bytes([0]) + encode_varint(len(m.data)) + m.data
     return bytes(out)
 
 
 def encode(records: list[Record]) -> bytes:
     """The record section's bytes (records in image order, not overlapping)."""
-    out, end = bytearray(_varint(len(records))), 0
+    out, end = bytearray(encode_varint(len(records))), 0
     for r in records:
         if r.start < end:
             raise ValueError("image records overlap or are out of order")
@@ -105,19 +105,19 @@ def encode(records: list[Record]) -> bytes:
         flags = ((_F_SOURCE if r.source else 0) | (_F_ANIMATED if a else 0)
                  | (_F_DEFAULT_IMAGE if a and a.default_image else 0) | (_F_PALETTE if r.palette else 0)
                  | (_F_TRANSPARENCY if r.transparency else 0) | (_F_METADATA if r.metadata else 0))
-        out += _varint(r.start - end) + bytes([MODE_CODES.index(r.mode), flags]) + _varint(r.frames)
+        out += encode_varint(r.start - end) + bytes([MODE_CODES.index(r.mode), flags]) + encode_varint(r.frames)
         if r.source:
-            out += _str(r.source, MAX_NAME_BYTES)
+            out += encode_str(r.source, MAX_NAME_BYTES)
         if a:
-            out += _varint(a.plays) + b"".join(_varint(n) + _varint(d) for n, d in a.delays)
+            out += encode_varint(a.plays) + b"".join(encode_varint(n) + encode_varint(d) for n, d in a.delays)
         if r.palette:
-            out += _varint(len(r.palette) // 3) + r.palette
+            out += encode_varint(len(r.palette) // 3) + r.palette
         if r.transparency:
-            out += _varint(len(r.transparency)) + r.transparency
+            out += encode_varint(len(r.transparency)) + r.transparency
         for p in r.planes:
-            out += bytes([classical.CLASSICAL_METHODS.index(p.method)]) + _varint(len(p.data)) + p.data
+            out += bytes([classical.CLASSICAL_METHODS.index(p.method)]) + encode_varint(len(p.data)) + p.data
         if r.metadata:
-            out += _varint(len(r.metadata)) + b"".join(_metadata_bytes(m) for m in r.metadata)
+            out += encode_varint(len(r.metadata)) + b"".join(_metadata_bytes(m) for m in r.metadata)
         end = r.stop
     return bytes(out)
 
@@ -134,7 +134,7 @@ def attach(blob: bytes, records: list[Record]) -> bytes:
 
 
 # ---- reading --------------------------------------------------------------------------
-class _RecordReader(_Reader):
+class _RecordReader(Reader):
     def bad(self, what: str):
         raise FormatError(f"invalid image record: {what}")
 

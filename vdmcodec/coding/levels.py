@@ -101,7 +101,7 @@ def card_times(card: dict, steps: int, where: str = "model") -> tuple[float, ...
 # The network's error eps - eps_hat(z_t) is correlated between the colour channels of a pixel
 # (most of it is luminance structure the network has not resolved yet), strongly at high noise
 # and hardly at all near t = 0. p(z_s | z_t)'s learned variance is per element; the chain can
-# correlate it across channels (chain._p_codec_corr) with R(gamma) measured on training crops
+# correlate it across channels (level_codecs.p_codec_corr) with R(gamma) measured on training crops
 # (``measure``). The mean residual of p is (eps - eps_hat) times a scalar per step, so R
 # depends on the level the network runs at, not on the step: one table serves every T.
 # A card lists it as ``coding_corr`` {"table": [[gamma, r01, r02, r12], ...], "fit": {...}}.

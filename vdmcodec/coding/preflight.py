@@ -142,12 +142,12 @@ def _probe_levels(chain, pixels: np.ndarray, cfg: PreflightConfig):
     origins, crops = preflight_crops(pixels, cfg)
     x = scale_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()).double().numpy()
     rng = np.random.default_rng(cfg.seed)
-    T = chain.cfg.steps
+    T, grid = chain.cfg.steps, chain.grid
     draws = min(T, cfg.draws)
     for i in (np.arange(draws) * T // draws + rng.integers(0, T // draws) + 1 if draws < T else range(1, T + 1)):
         i = int(i)
         eps = rng.standard_normal(x.shape)
-        z = chain.alpha[i] * x + chain.sigma[i] * eps
+        z = grid.alpha[i] * x + grid.sigma[i] * eps
         mean, std = chain.p_mean_std(z, i)
         yield origins, x, i, eps, z, mean, std, T / draws
 
@@ -166,17 +166,17 @@ def structure_gains(chain, pixels: np.ndarray, priors: list, cfg: PreflightConfi
     stds make errors cost more where the network is sure."""
     if not priors:
         return []
-    saved = np.zeros(len(priors))
+    saved, grid = np.zeros(len(priors)), chain.grid
     for origins, x, i, eps, z, mean, std, per_draw in _probe_levels(chain, pixels, cfg):
-        std = chain.std_p[i - 1] if std is None else std
+        std = grid.std_p[i - 1] if std is None else std
         # mean_q - mean_p = scale * (eps_hat - eps): recover eps_hat from the mean
-        scale = chain.alpha[i - 1] / chain.alpha[i] * -math.expm1(chain.gamma[i - 1] - chain.gamma[i]) * chain.sigma[i]
-        eps_hat = (chain.alpha[i - 1] / chain.alpha[i] * z - mean) / scale
+        scale = grid.alpha[i - 1] / grid.alpha[i] * -math.expm1(grid.gamma[i - 1] - grid.gamma[i]) * grid.sigma[i]
+        eps_hat = (grid.alpha[i - 1] / grid.alpha[i] * z - mean) / scale
         weight = np.broadcast_to(scale**2 / (2.0 * np.square(std)), x.shape)
         base = weight * np.square(eps_hat - eps)
         for n, (y0, x0) in enumerate(origins):
             for j, prior in enumerate(priors):
-                adj = prior.adjust_eps(eps_hat[n : n + 1], z[n : n + 1], float(chain.alpha[i]), float(chain.sigma[i]), (y0, x0))
+                adj = prior.adjust_eps(eps_hat[n : n + 1], z[n : n + 1], float(grid.alpha[i]), float(grid.sigma[i]), (y0, x0))
                 saved[j] += per_draw * float((base[n] - weight[n] * np.square(adj[0] - eps[n])).sum())
     return [float(nats_to_bpd(s / len(origins), x[0].size)) for s in saved]
 
@@ -186,21 +186,21 @@ def corr_scale_gains(chain, pixels: np.ndarray, scales, cfg: PreflightConfig = P
     """For each share ``scale`` of ``chain``'s channel correlations (chain._corr), the
     estimated saving in bits per subpixel of ``pixels`` (uint8 [H, W, 3]) over a factorised
     p: the chain's per-level KL between q(z_{i-1} | z_i, x) = N(mean_q, b I) and p = N(mean,
-    b I + S (scale R) S) per pixel (S: the learned extra std; chain._p_codec_corr), on the
+    b I + S (scale R) S) per pixel (S: the learned extra std; level_codecs.p_codec_corr), on the
     crops and stratified levels of ``cfg`` (as ``structure_gains``), with the factorised p at
     the same draws (a paired difference). The table is an average over training crops; a
     photo's own correlations run from about none to more than it (measured: the best share
     on validation crops ranged over 0 to 1)."""
     if chain.corr is None or not scales:
         return [0.0] * len(scales)
-    saved = np.zeros(len(scales))
+    saved, grid = np.zeros(len(scales)), chain.grid
     for origins, x, i, eps, z, mean, std, per_draw in _probe_levels(chain, pixels, cfg):
         if std is None:
             return [0.0] * len(scales)
-        c = -math.expm1(chain.gamma[i - 1] - chain.gamma[i])
-        r = (chain.alpha[i - 1] / chain.alpha[i] * (z - c * chain.sigma[i] * eps) - mean).transpose(0, 2, 3, 1)
+        c = -math.expm1(grid.gamma[i - 1] - grid.gamma[i])
+        r = (grid.alpha[i - 1] / grid.alpha[i] * (z - c * grid.sigma[i] * eps) - mean).transpose(0, 2, 3, 1)
         var = np.square(std).transpose(0, 2, 3, 1)
-        b = chain.std_p[i - 1] ** 2
+        b = grid.std_p[i - 1] ** 2
         s = np.sqrt(np.maximum(var - b, 0.0))
         base = 0.5 * (b / var - 1 + np.log(var / b) + np.square(r) / var).sum()
         r01, r02, r12 = chain.corr[i]

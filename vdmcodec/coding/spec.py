@@ -9,8 +9,8 @@ record, and a file is decoded with the record of the version in its header
 (``coder_spec``). A test pins the current record's values (tests/test_coder_spec.py).
 
 Numbers are the constants themselves; rules whose code cannot be a number (the mask, the
-grid rule, the pop order, the leaf models) are named, and ``chain.DiffusionChain`` refuses a
-record naming a rule this build does not implement.
+grid rule, the pop order, the leaf models) are named, and ``check_spec`` (run by every
+``chain.ChainConfig``) refuses a record naming a rule this build does not implement.
 
 Format versions 3 to 7 share one record: their differences are in the container (level
 times, structure priors, channel correlations, JPEG XL), not in the coder. Version 3 was
@@ -43,10 +43,10 @@ class CoderSpec:
     raw_byte_model: str       # a classical tile segment's bytes on the stack
 
 
-# names of the rules in CoderSpec (each is implemented in ans.py / chain.py / tiles.py):
+# names of the rules in CoderSpec (each is implemented in ans.py / grid.py / level_codecs.py / tiles.py):
 # splitmix64-low16: ans._mask16, the low 16 bits of splitmix64(key * golden ratio + index);
-# min-std: delta_i = 2^-grid_bits min(std of q(z_i | z_{i-1}), std of p(z_i | z_{i+1}));
-# far: chain.far_order, the batch rolled by half its length;
+# min-std: delta_i = 2^-grid_bits min(std of q(z_i | z_{i-1}), std of p(z_i | z_{i+1})) (grid.LevelGrid);
+# far: level_codecs.far_order, the batch rolled by half its length;
 # leaky-quantized-gaussian-24: constriction.stream.model.QuantizedGaussian (24-bit, leaky);
 # leaky-categorical-24: constriction.stream.model.Categorical(perfect=False);
 # uniform-256: constriction.stream.model.Uniform(256), exactly 8 bits per byte.
@@ -79,6 +79,11 @@ CODER_SPECS: dict[int, CoderSpec] = {
 }
 CURRENT = CODER_V3
 
+# the rules of a CoderSpec this build implements (ans.py, grid.py, level_codecs.py, tiles.py)
+IMPLEMENTED_RULES = {"escape_digit_bits": 16, "whiten_digit_bits": 16, "whiten_mask": "splitmix64-low16",
+                     "delta_rule": "min-std", "posterior_order": "far", "gaussian_model": "leaky-quantized-gaussian-24",
+                     "categorical_model": "leaky-categorical-24", "raw_byte_model": "uniform-256"}
+
 
 def coder_spec(version: int) -> CoderSpec:
     """The coder of format ``version``; a FormatError (one line) for a version without one."""
@@ -87,3 +92,15 @@ def coder_spec(version: int) -> CoderSpec:
     except KeyError:
         raise FormatError(f"format version {version} has no coder in this build (it decodes versions "
                           f"{', '.join(map(str, sorted(CODER_SPECS)))})") from None
+
+
+def check_spec(spec: CoderSpec) -> CoderSpec:
+    """Refuse a coder record that names a rule this build does not implement, or whose
+    numbers no coder can run."""
+    for name, value in IMPLEMENTED_RULES.items():
+        if getattr(spec, name) != value:
+            raise ValueError(f"coder {name} = {getattr(spec, name)!r} is not implemented by this build (it has {value!r})")
+    if not (0 < spec.q_window_stds <= spec.x_window_stds and 0 < spec.p_window_stds and spec.max_categorical_symbols >= 1
+            and spec.whiten_extra_digits >= 0):
+        raise ValueError(f"coder constants out of range: {spec}")
+    return spec

@@ -1,18 +1,6 @@
-"""The .vdmc container (format versions 7 and 8; versions 3 to 6 are still read): a compact
-binary header, then the payload.
-
-Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
-
-    offset  size  field
-    0       4     magic b"VDMC"
-    4       1     format version (8 with image records, else 7; 6 has no JPEG XL, 5 nor channel
-                  correlations, 4 nor structure priors, 3 nor level times)
-    5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
-    5+v     H     header (``Header``), binary, every field bounds-checked
-    (version 8 only) varint length E, then E bytes: the image records (coding/envelope.py:
-                  original modes, palettes, frames, metadata, alpha and 16-bit planes)
-            P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
-    end-4   4     CRC-32 (u32 LE) of every byte before it
+"""The .vdmc header's bytes, both ways: the ``Header`` record, ``encode_header`` and
+``parse_header``, and the format's constants and limits (the file around the header:
+file.py; the header's consistency: validation.py).
 
 The header is small on purpose: a one-image file of a 28x28 digit is about 30 bytes of
 container around its payload. Hashes are 64-bit prefixes of SHA-256 (identity and
@@ -22,13 +10,11 @@ allocated for it.
 """
 from __future__ import annotations
 
-import struct
-import zlib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
-from ..errors import FormatError
-from .structure import parse_prior, prior_size
-from .tilegrid import MAX_TILE, check_layout, encode_layout, parse_layout
+from ...errors import FormatError
+from ..structure import parse_prior, prior_size
+from ..tilegrid import MAX_TILE, encode_layout, parse_layout
 
 MAGIC = b"VDMC"
 VERSION = 7            # written for archives without image records (byte-identical to before version 8)
@@ -48,7 +34,7 @@ METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray", "jxl")  # "jxl": version
 MODEL_METHODS = ("vdm", "tiled", "tiled-gray")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
 # coded in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
 TILED_METHODS = ("tiled", "tiled-gray")
-DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc", "portable", "bfloat16")  # the network arithmetic (coding/chain.py: ARITHMETIC)
+DTYPES = ("float32", "float32-nhwc", "bfloat16-nhwc", "portable", "bfloat16")  # the network arithmetic (coding/arithmetic.py: ARITHMETIC)
 DEFAULT_NAMES = ("", 5, ".png")  # 00000.png, 00001.png, ...
 
 _F_MODEL, _F_NAME_LIST, _F_NAME_SEQ, _F_SQUEEZE, _F_SQUEEZE_ALL, _F_TILED = 1, 2, 4, 8, 64, 128
@@ -117,7 +103,7 @@ def run_length(values: list) -> list:
 
 
 # ---- writing --------------------------------------------------------------------------
-def _varint(v: int) -> bytes:
+def encode_varint(v: int) -> bytes:
     if v < 0:
         raise ValueError(f"varint of a negative value {v}")
     out = bytearray()
@@ -131,16 +117,16 @@ def _varint(v: int) -> bytes:
             return bytes(out)
 
 
-def _str(s: str, limit: int) -> bytes:
+def encode_str(s: str, limit: int) -> bytes:
     b = s.encode()
     if len(b) > limit:
         raise ValueError(f"string of {len(b)} bytes over the limit {limit}")
-    return _varint(len(b)) + b
+    return encode_varint(len(b)) + b
 
 
 def encode_header(h: Header) -> bytes:
     """The header's bytes. Writes what ``parse_header`` reads; it does not validate
-    (tests forge headers with it), ``pack`` does."""
+    (tests forge headers with it), ``file.pack`` does."""
     seq = h.names.get("sequence")
     default_names = seq is not None and tuple(seq) == DEFAULT_NAMES
     squeeze_all = len(h.squeeze) == 1 and h.squeeze[0][0] == 1 and h.squeeze[0][1] == h.count
@@ -150,52 +136,38 @@ def encode_header(h: Header) -> bytes:
              | (_F_TILED if h.tiled else 0))
     out = bytearray([flags])
     if h.model is not None:
-        out += _str(h.model, MAX_SHORT_STR) + bytes.fromhex(h.model_hash or "")
-        out += _varint(h.steps) + bytes([h.grid_bits, DTYPES.index(h.dtype)]) + _varint(h.threads)
-        out += _str(h.torch, MAX_SHORT_STR)
+        out += encode_str(h.model, MAX_SHORT_STR) + bytes.fromhex(h.model_hash or "")
+        out += encode_varint(h.steps) + bytes([h.grid_bits, DTYPES.index(h.dtype)]) + encode_varint(h.threads)
+        out += encode_str(h.torch, MAX_SHORT_STR)
         kind = (h.levels is not None) | (h.corr is not None) << 1 | (h.device is not None) << 2
         out += bytes([kind]) + bytes.fromhex(h.levels or "") + bytes.fromhex(h.corr or "")
-        out += b"" if h.device is None else _str(h.device, MAX_SHORT_STR)
-    out += _varint(len(h.shapes))
+        out += b"" if h.device is None else encode_str(h.device, MAX_SHORT_STR)
+    out += encode_varint(len(h.shapes))
     for r in h.shapes:
-        out += b"".join(_varint(v) for v in r)
-    out += _varint(len(h.methods))
+        out += b"".join(encode_varint(v) for v in r)
+    out += encode_varint(len(h.methods))
     for m, n in h.methods:
-        out += bytes([METHODS.index(m)]) + _varint(n)
-    out += b"".join(_varint(v) for v in h.classical_sizes)
+        out += bytes([METHODS.index(m)]) + encode_varint(n)
+    out += b"".join(encode_varint(v) for v in h.classical_sizes)
     if h.model is not None or h.chunks:
-        out += _varint(len(h.chunks)) + b"".join(_varint(size) for _, size in h.chunks)
+        out += encode_varint(len(h.chunks)) + b"".join(encode_varint(size) for _, size in h.chunks)
     if h.tiled:
-        out += _varint(h.tile) + b"".join(encode_layout(t) for t in h.tiled)
+        out += encode_varint(h.tile) + b"".join(encode_layout(t) for t in h.tiled)
         structures = h.structures or [None] * len(h.tiled)
         out += b"".join(bytes([0]) if p is None else p.to_bytes() for p in structures)
         if h.corr is not None:
             out += bytes(h.corr_scales or [0] * len(h.tiled))
     if "list" in h.names:
-        out += b"".join(_str(s, MAX_NAME_BYTES) for s in h.names["list"])
+        out += b"".join(encode_str(s, MAX_NAME_BYTES) for s in h.names["list"])
     elif not default_names:
         prefix, digits, suffix = seq
-        out += _str(prefix, MAX_SHORT_STR) + bytes([digits]) + _str(suffix, MAX_SHORT_STR)
+        out += encode_str(prefix, MAX_SHORT_STR) + bytes([digits]) + encode_str(suffix, MAX_SHORT_STR)
     if h.squeeze and not squeeze_all:
-        out += _varint(len(h.squeeze))
+        out += encode_varint(len(h.squeeze))
         for v, n in h.squeeze:
-            out += bytes([v]) + _varint(n)
+            out += bytes([v]) + encode_varint(n)
     out += bytes.fromhex(h.pixels_hash)
     return bytes(out)
-
-
-def frame(header_bytes: bytes, payload: bytes, envelope: bytes = b"") -> bytes:
-    """The file's bytes: version 7 without image records, version 8 with them."""
-    version = ENVELOPE_VERSION if envelope else VERSION
-    records = _varint(len(envelope)) + envelope if envelope else b""
-    body = MAGIC + bytes([version]) + _varint(len(header_bytes)) + header_bytes + records + payload
-    return body + struct.pack("<I", zlib.crc32(body))
-
-
-def pack(header: Header, payload: bytes) -> bytes:
-    hb = encode_header(header)
-    _validate(parse_header(hb))  # never write what we would refuse to read
-    return frame(hb, payload, header.envelope)
 
 
 # ---- reading --------------------------------------------------------------------------
@@ -209,7 +181,7 @@ class Field:
     limit: int | None = None  # a varint's upper bound (None: raw bytes)
 
 
-class _Reader:
+class Reader:
     """Bounds-checked reads over the header bytes; every failure is a FormatError.
     ``trace``: a list that receives a Field per field read."""
 
@@ -266,7 +238,7 @@ class _Reader:
 def parse_header(data: bytes, version: int = VERSION, trace: list | None = None) -> Header:
     """The header of a file of format ``version``; ``trace``: a list that receives a Field
     (offset, length, name, limit) per field read."""
-    r = _Reader(data, trace)
+    r = Reader(data, trace)
     flags = r.byte("flags")
     if (flags & _F_NAME_LIST and flags & _F_NAME_SEQ) or (flags & _F_SQUEEZE and flags & _F_SQUEEZE_ALL):
         r.bad("unknown flags")
@@ -349,7 +321,7 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
                   corr_scales=corr_scales, version=version, device=device)
 
 
-def _parse_structure(r: _Reader):
+def _parse_structure(r: Reader):
     mode = r.byte("structure mode")
     try:
         size = prior_size(mode)
@@ -362,123 +334,3 @@ def _parse_structure(r: _Reader):
         return parse_prior(data)
     except ValueError as e:
         r.bad(f"structure prior ({e})")
-
-
-def unpack(blob: bytes) -> tuple[Header, bytes]:
-    """Parse and validate a container; every failure is a FormatError with one line."""
-    if not isinstance(blob, (bytes, bytearray, memoryview)):
-        raise FormatError("compressed data must be bytes")
-    blob = bytes(blob)
-    if len(blob) < 4 or blob[:4] != MAGIC:
-        raise FormatError("not a vdmcodec file (bad magic bytes)")
-    if len(blob) < 5 + 1 + 4:
-        raise FormatError("truncated file (header missing)")
-    version = blob[4]
-    if version not in READABLE_VERSIONS:
-        raise FormatError(f"unsupported format version {version} (this build reads versions "
-                          f"{', '.join(map(str, READABLE_VERSIONS))})")
-    (crc,) = struct.unpack_from("<I", blob, len(blob) - 4)
-    if zlib.crc32(blob[:-4]) != crc:
-        raise FormatError("truncated or corrupted file (CRC-32 mismatch)")
-    r = _Reader(blob[:-4])
-    r.pos = 5
-    hlen = r.varint("header length", MAX_HEADER_BYTES)
-    start = r.pos
-    if hlen > len(blob) - 4 - start:
-        raise FormatError("truncated file (header length exceeds the file)")
-    header = _validate(parse_header(blob[start : start + hlen], version))
-    if version >= ENVELOPE_VERSION:
-        r.pos = start + hlen
-        elen = r.varint("image records length", len(blob))
-        if not 1 <= elen <= len(blob) - 4 - r.pos:
-            raise FormatError("truncated file (image records length exceeds the file)" if elen else
-                              "invalid header: version 8 without image records")
-        header = replace(header, envelope=r.take(elen, "image records"))
-        return header, blob[r.pos : -4]
-    return header, blob[start + hlen : -4]
-
-
-def _validate(h: Header) -> Header:
-    """Consistency of a parsed header (the parser already bounded every value)."""
-    def bad(what):
-        raise FormatError(f"invalid header: {what}")
-
-    if (h.model is None) != (h.steps == 0) or (h.model is not None and not 1 <= h.grid_bits <= 16):
-        bad("steps / grid_bits out of range")
-    if h.model is not None and not 1 <= h.threads <= MAX_THREADS:
-        bad(f"threads {h.threads} out of range 1..{MAX_THREADS}")
-    if h.device is not None and (h.model is None or h.dtype == "portable" or not h.device):
-        bad("a device record on a file without a float model arithmetic")
-    total, count = 0, 0
-    for hh, w, c, n in h.shapes:
-        if hh < 1 or w < 1 or c not in (1, 3) or n < 1:
-            bad("shape entry")
-        count += n
-        total += hh * w * c * n
-    if count < 1:
-        bad("no images")
-    if count > MAX_IMAGES or total > MAX_TOTAL_SUBPIXELS:
-        bad(f"claims {count} images / {total} subpixels, over the limits")
-    if any(n < 1 for _, n in h.methods) or sum(n for _, n in h.methods) != count:
-        bad("methods do not cover the images")
-    if any(v < 1 for v in h.classical_sizes):
-        bad("classical_sizes")
-    n_vdm = sum(n for m, n in h.methods if m == "vdm")
-    n_model = sum(n for m, n in h.methods if m in MODEL_METHODS)
-    if (n_model > 0) != (h.model is not None):
-        bad("model named without model-coded images, or the reverse")
-    if any(size < 1 for _, size in h.chunks) or sum(size for _, size in h.chunks) != n_vdm:
-        bad("chunks do not cover the model-coded images")
-    if n_model == 0 and h.init_pad:
-        bad("init_pad without model-coded images")
-    n_tiled = n_model - n_vdm
-    if len(h.tiled) != n_tiled or (n_tiled > 0) != (h.tile > 0) or h.tile > MAX_TILE:
-        bad("tiled images and their layouts disagree")
-    if h.structures and len(h.structures) != n_tiled:
-        bad("structure priors do not match the tiled images")
-    if (h.corr is not None and len(h.corr_scales) != n_tiled) or (h.corr is None and h.corr_scales):
-        bad("correlation shares do not match the tiled images")
-    structures = h.structures or [None] * n_tiled
-    for share, (shape, method), prior in zip(h.corr_scales, _shapes_of(h, TILED_METHODS), structures):
-        if share and (method != "tiled" or shape[2] != 3 or prior is not None):
-            bad("channel correlations on an image that is not tiled RGB without a structure prior")
-    for layout, (shape, method), prior in zip(h.tiled, _shapes_of(h, TILED_METHODS), structures):
-        if method == "tiled-gray" and shape[2] != 1:
-            bad("a tiled-gray image with more than one channel")
-        if prior is not None and (method != "tiled" or shape[2] != 3):
-            bad("a structure prior on an image that is not tiled RGB")
-        why = check_layout(layout, coded_shape(shape, method), h.tile)
-        if why:
-            bad(f"tile layout of a {shape[0]}x{shape[1]} image: {why}")
-    if "sequence" in h.names:
-        prefix, digits, suffix = h.names["sequence"]
-        if not 1 <= digits <= 12:
-            bad("names sequence")
-    elif any(len(s) == 0 for s in h.names["list"]):
-        bad("empty name")
-    if h.squeeze and (any(v not in (0, 1) or n < 1 for v, n in h.squeeze) or sum(n for _, n in h.squeeze) != count):
-        bad("squeeze flags")
-    return h
-
-
-def coded_shape(shape: tuple[int, int, int], method: str) -> tuple[int, int, int]:
-    """The shape the chain codes for an image of ``shape``: "tiled-gray" images go
-    through a three-channel model as R = G = B."""
-    return (shape[0], shape[1], 3) if method == "tiled-gray" else tuple(shape)
-
-
-def _shapes_of(h: Header, methods: tuple[str, ...]):
-    """(shape, method) of the images coded with one of ``methods``, in image order, walking
-    the two run-length lists together (never expanding all images: a run may claim millions)."""
-    runs = iter(h.shapes)
-    shape, left = None, 0
-    for m, n in h.methods:
-        while n:
-            if not left:
-                hh, w, c, left = next(runs)
-                shape = (hh, w, c)
-            take = min(n, left)
-            if m in methods:
-                for _ in range(take):
-                    yield shape, m
-            n, left = n - take, left - take
