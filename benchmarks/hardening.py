@@ -153,7 +153,7 @@ def tiled_seeds(codec: Codec, steps: int, rng: np.random.Generator) -> list[Seed
     import dataclasses
 
     from vdmcodec.coding import container
-    from vdmcodec.coding.structure import parse_prior
+    from vdmcodec.coding.priors import parse_prior
 
     codec = Codec(codec.model, codec.info, steps=steps, tile=8, arithmetic=codec.arithmetic, preflight=None)
     side = 20  # 3 x 3 tiles of 8 (the decoder reads the tile side from the header)

@@ -35,7 +35,7 @@ from vdmcodec.coding import classical
 from vdmcodec.coding.archive import coded_pixels
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.container import MODEL_METHODS, TILED_METHODS, unpack
-from vdmcodec.coding.structure import describe
+from vdmcodec.coding.priors import describe
 from vdmcodec.data import ImageItem, load_items, to_tensor
 from vdmcodec.evaluate import evaluate
 from vdmcodec.files import atomic_write_bytes
@@ -400,7 +400,7 @@ def report(meta: dict, sets: dict, codec_names: list[str], missing: dict, mem: l
         "what `vdmcodec compress` writes (the smaller of the model-coded and the all-classical file: 'written as' says "
         "which; '(preflight)': compress estimated the model's rate on crops first and, the classical file being far "
         "smaller, never ran the chain; 'with a 4:2:2 prior': the chain used a chroma-structure prior, "
-        "coding/structure.py; 'preflight est.' is that estimate); model-coded is that file's model-coded candidate, header and seeds included. "
+        "coding/priors/structure.py; 'preflight est.' is that estimate); model-coded is that file's model-coded candidate, header and seeds included. "
         "Since format version 7 the classical candidates are PNG, WebP and JPEG XL (its libjxl at effort 9, the "
         "same as the JPEG XL column): 'pooled, no JPEG XL fallback' is the writer's choice between the model-coded "
         "file and PNG / WebP only, as before (seeds may still be JPEG XL). The -ELBO columns are the model's estimates on the same image, not files: T-step "

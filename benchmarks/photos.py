@@ -28,9 +28,10 @@ import numpy as np
 import torch
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding import classical, jpeg_prior
+from vdmcodec.coding import classical
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.container import unpack
+from vdmcodec.coding.priors import jpeg_prior
 from vdmcodec.data import load_items
 from vdmcodec.hardware import cpu_capability
 

@@ -284,7 +284,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
 
             from vdmcodec.coding.container import unpack
             from vdmcodec.coding.envelope import records_of
-            from vdmcodec.coding.structure import describe
+            from vdmcodec.coding.priors import describe
 
             try:
                 blob = archive.read_bytes()

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding import jpeg_prior
+from vdmcodec.coding.priors import jpeg_prior
 from vdmcodec.data import load_items
 from vdmcodec.likelihood import bpd_continuous, bpd_discrete
 from vdmcodec.zoo import load_model

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding.jpeg_prior import block_dct, dct_matrix, luma  # noqa: F401 (dct_matrix: re-exported)
+from vdmcodec.coding.priors.jpeg_prior import block_dct, dct_matrix, luma  # noqa: F401 (dct_matrix: re-exported)
 
 DATA = Path("../shared/data/natural")
 ZIGZAG = [(0, 1), (1, 0), (2, 0), (1, 1), (0, 2), (0, 3), (1, 2), (2, 1), (3, 0)]

@@ -1,4 +1,4 @@
-"""Structure priors (coding/structure.py: chroma subsampling; coding/jpeg_prior.py: decoded
+"""Structure priors (coding/priors/structure.py: chroma subsampling; coding/priors/jpeg_prior.py: decoded
 JPEGs): files with and without, side by side.
 
 python -m experiments.structure_priors [--model natural] [--threads 1] [--out experiments/results/structure_priors.md] [IMAGE ...]
@@ -28,10 +28,11 @@ import torch
 from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
-from vdmcodec.coding import container, jpeg_prior, structure
+from vdmcodec.coding import container
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.planner import STRUCTURE_PROBE
 from vdmcodec.coding.preflight import structure_gains
+from vdmcodec.coding.priors import describe, jpeg_prior, structure
 
 DATA = Path("../shared/data/natural")
 
@@ -59,11 +60,11 @@ def main(argv=None):
         t0 = time.perf_counter()
         gains = structure_gains(chain, px, priors, STRUCTURE_PROBE)
         chosen = codec.choose_structure(px, chain)
-        row.update(estimate_s=time.perf_counter() - t0, candidates={structure.describe(p): g for p, g in zip(priors, gains)},
-                   chosen=structure.describe(chosen))
+        row.update(estimate_s=time.perf_counter() - t0, candidates={describe(p): g for p, g in zip(priors, gains)},
+                   chosen=describe(chosen))
         if priors:
             best = priors[int(np.argmax(gains))]
-            row["tried"] = structure.describe(best)
+            row["tried"] = describe(best)
             for name, prior in (("without", None), ("with", best)):
                 codec.choose_structure = lambda pixels, chain, prior=prior: prior
                 t0 = time.perf_counter()

@@ -248,7 +248,7 @@ def test_levels_command_measures_and_writes_the_table(rgb_dir, tmp_path):
 
 def test_images_with_a_structure_prior_are_coded_without_correlations():
     from tests.test_structure import photo
-    from vdmcodec.coding import structure
+    from vdmcodec.coding.priors import structure
     from vdmcodec.training.augment import subsample_chroma
 
     im = subsample_chroma(photo(20, 26, seed=4), (1, 2), "replicate", "jfif")

@@ -1,4 +1,4 @@
-"""JPEG-lattice priors (coding/jpeg_prior.py): the steps seen in a decoded JPEG, serialisation,
+"""JPEG-lattice priors (coding/priors/jpeg_prior.py): the steps seen in a decoded JPEG, serialisation,
 the correction, and lossless coding with them."""
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ import torch
 from PIL import Image
 
 from tests.helpers import tiny_model_config
-from vdmcodec.coding import container, jpeg_prior, structure
+from vdmcodec.coding import container
 from vdmcodec.coding.codec import Codec
-from vdmcodec.coding.jpeg_prior import JpegPrior
+from vdmcodec.coding.priors import jpeg_prior, parse_prior, prior_size
+from vdmcodec.coding.priors.jpeg_prior import JpegPrior
 from vdmcodec.diffusion import VDM, scale_pixels
 from vdmcodec.errors import FormatError, RuntimeMismatchError
 
@@ -69,8 +70,8 @@ def test_prior_bytes_round_trip_and_bad_priors():
     assert p.qc == (0,) * 64   # luma only, in mode 4
     for p, mode, size in ((replace(p, qc=()), jpeg_prior.MODE_ID, jpeg_prior.SIZE), (p, jpeg_prior.MODE_ID_CHROMA, jpeg_prior.SIZE_CHROMA)):
         data = p.to_bytes()
-        assert data[0] == mode and len(data) == size == structure.prior_size(data[0])
-        assert structure.parse_prior(data) == p and JpegPrior.from_bytes(data) == p
+        assert data[0] == mode and len(data) == size == prior_size(data[0])
+        assert parse_prior(data) == p and JpegPrior.from_bytes(data) == p
     for bad in [dict(q=(1,) * 63), dict(q=(256,) + (1,) * 63), dict(spread=0), dict(tau=70000), dict(rho=0)]:
         with pytest.raises(ValueError):
             replace(p, **bad)
@@ -120,8 +121,8 @@ def test_chroma_lattice_of_a_decoded_jpeg():
 def test_chroma_prior_bytes_round_trip_and_bad_priors():
     p = jpeg_prior.candidates(decoded_jpeg(textured(192, 256), subsampling=2))[3]
     data = p.to_bytes()
-    assert data[0] == jpeg_prior.MODE_ID_CHROMA and len(data) == jpeg_prior.SIZE_CHROMA == structure.prior_size(data[0])
-    assert structure.parse_prior(data) == p and JpegPrior.from_bytes(data) == p
+    assert data[0] == jpeg_prior.MODE_ID_CHROMA and len(data) == jpeg_prior.SIZE_CHROMA == prior_size(data[0])
+    assert parse_prior(data) == p and JpegPrior.from_bytes(data) == p
     with pytest.raises(ValueError):
         JpegPrior.from_bytes(data[:135] + bytes([len(jpeg_prior.CHROMA_SUBSAMPLING)]) + data[136:])
     for bad in [dict(qc=(1,) * 63), dict(chroma_sub=(2, 1)), dict(spread_c=0), dict(rho_c=65536)]:

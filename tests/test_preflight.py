@@ -119,7 +119,7 @@ def test_sure_win_compares_the_estimate_times_its_clean_margin():
 def test_between_the_margins_only_decoded_jpegs_run_the_chain(model, monkeypatch, lattice):
     """Neither hopeless nor a sure win: the chain runs only where the image has a JPEG
     lattice the prior can use."""
-    from vdmcodec.coding import jpeg_prior
+    from vdmcodec.coding.priors import jpeg_prior
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
     codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9, clean_margin=1e9))
@@ -133,7 +133,7 @@ def test_between_the_margins_only_decoded_jpegs_run_the_chain(model, monkeypatch
 
 
 def test_a_sure_win_runs_the_chain_without_a_lattice(model, monkeypatch):
-    from vdmcodec.coding import jpeg_prior
+    from vdmcodec.coding.priors import jpeg_prior
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
     codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32))
@@ -201,7 +201,7 @@ def test_the_cards_calibration_gives_plain_photos_to_classical_codecs(model, mon
     (plain_floor >= 1) sends such photos to the classical codecs before any network pass,
     below effort 8; a model that won somewhere, effort 8-9, or no calibration: the estimate
     decides (here a sure win, so the chain runs)."""
-    from vdmcodec.coding import jpeg_prior
+    from vdmcodec.coding.priors import jpeg_prior
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
     codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32))
@@ -221,7 +221,7 @@ def test_the_cards_calibration_gives_plain_photos_to_classical_codecs(model, mon
 
 
 def test_a_decoded_jpeg_gets_the_estimate_whatever_the_calibration(model, monkeypatch):
-    from vdmcodec.coding import jpeg_prior
+    from vdmcodec.coding.priors import jpeg_prior
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
     codec = _calibrated(codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32)), 1.5)

@@ -1,4 +1,4 @@
-"""Chroma-structure priors (coding/structure.py): measurement, serialisation, the denoiser
+"""Chroma-structure priors (coding/priors/structure.py): measurement, serialisation, the denoiser
 correction, and coding with them (bit-exact, recorded in the file, refused when forged)."""
 from __future__ import annotations
 
@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from tests.helpers import tiny_model_config
-from vdmcodec.coding import container, structure
+from vdmcodec.coding import container
 from vdmcodec.coding.codec import Codec
-from vdmcodec.coding.structure import CELLS, MODES, StructurePrior
+from vdmcodec.coding.priors import structure
+from vdmcodec.coding.priors.structure import CELLS, MODES, StructurePrior
 from vdmcodec.diffusion import VDM, scale_pixels
 from vdmcodec.errors import FormatError, RuntimeMismatchError
 from vdmcodec.training.augment import subsample_chroma

@@ -75,7 +75,7 @@ class Codec:
         self.preflight = preflight  # None: every codable image goes through the chain
         self.fitted_levels = fitted_levels  # compress at the card's coding_times where it lists them for T
         self.channel_corr = channel_corr  # compress with the card's coding_corr where it lists one (level_codecs.p_codec_corr)
-        # try structure priors (structure.py, jpeg_prior.py) on tiled RGB images; keep one
+        # try structure priors (priors/structure.py, priors/jpeg_prior.py) on tiled RGB images; keep one
         # where an estimate on crops says it saves bits
         self.structure_priors = structure_priors
         self._chains: dict[tuple, DiffusionChain] = {}

@@ -7,8 +7,8 @@ Compress (codec.py) asks, in this order:
    tiles as R = G = B ("tiled-gray");
 2. which tiled images the preflight gives up on (``Planner.preflight_check``, preflight.py):
    they stay classical, without a chain run;
-3. per tiled RGB image, a structure prior (``Planner.choose_structure``: structure.py,
-   jpeg_prior.py) or else a share of the model card's channel correlations
+3. per tiled RGB image, a structure prior (``Planner.choose_structure``: priors/structure.py,
+   priors/jpeg_prior.py) or else a share of the model card's channel correlations
    (``choose_corr_scale``), each where an estimate on crops (STRUCTURE_PROBE) says it saves
    bits;
 4. which images are seeds, whose classical bytes start the stack, and the chain order of the
@@ -26,13 +26,14 @@ from typing import Callable
 
 import numpy as np
 
-from . import jpeg_prior, structure, tiles
+from . import tiles
 from .archive import MAX_CHUNK_SUBPIXELS, chain_order, coded_pixels
 from .arithmetic import ARITHMETIC, apply_arithmetic
 from .chain import DiffusionChain
 from .container import CORR_SCALE_STEPS, MODEL_METHODS
 from .preflight import (PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, plain_photos_lose, structure_gains,
                         sure_win)
+from .priors import jpeg_prior, structure
 
 # crops on which compress estimates what a chroma-structure prior saves (preflight.structure_gains)
 STRUCTURE_PROBE = PreflightConfig(crops=4, crop=64, draws=32)
@@ -103,8 +104,8 @@ class Planner:
         return est, not lattice
 
     def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain):
-        """The structure prior ``chain`` codes a tiled RGB image with (structure.py: chroma
-        subsampling; jpeg_prior.py: decoded JPEGs, float arithmetics only): of the candidates
+        """The structure prior ``chain`` codes a tiled RGB image with (priors/structure.py:
+        chroma subsampling; priors/jpeg_prior.py: decoded JPEGs, float arithmetics only): of the candidates
         measured on the image, the one with the largest saving estimated on crops
         (STRUCTURE_PROBE), if that beats the prior's header bytes; else None."""
         if not self.structure_priors or self.channels != 3:

@@ -11,7 +11,7 @@ passes over ``crop``-sized inputs, about 1% of the chain's work on a 768x512 pho
 chain runs when even the estimate times ``clean_margin`` is below the classical bits (the
 model wins on any reading of the estimate); it never runs when even the estimate divided by
 ``margin`` is above them; in between it runs only on decoded JPEGs (a JPEG lattice the
-chain's prior can use, jpeg_prior.py), where the model wins by 10-20%.
+chain's prior can use, priors/jpeg_prior.py), where the model wins by 10-20%.
 
 Measured (the step-12667 photo model, CSet14 and CSet5, 16 crops of 64 px, 4 draws, three
 noise seeds): estimate / model-coded file between 0.84 and 1.13 over the 19 photos, where
@@ -154,7 +154,7 @@ def _probe_levels(chain, pixels: np.ndarray, cfg: PreflightConfig):
 
 @torch.no_grad()
 def structure_gains(chain, pixels: np.ndarray, priors: list, cfg: PreflightConfig = PreflightConfig()) -> list[float]:
-    """For each chroma-structure prior (structure.py), the estimated saving in bits per
+    """For each structure prior (priors/structure.py, priors/jpeg_prior.py), the estimated saving in bits per
     subpixel of ``pixels`` (uint8 [H, W, 3]) when ``chain`` (a coding.chain.DiffusionChain)
     codes them with it. What the chain pays at level i is the KL between q(z_{i-1} | z_i, x)
     and p(z_{i-1} | z_i), whose means differ by a known factor times (eps_hat - eps) and

@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ...errors import FormatError
-from ..structure import parse_prior, prior_size
+from ..priors import parse_prior, prior_size
 from ..tilegrid import MAX_TILE, encode_layout, parse_layout
 
 MAGIC = b"VDMC"

@@ -4,7 +4,7 @@ A JPEG decoder's luma plane is the inverse DCT of integer multiples of the quant
 table's steps q_uv, rounded; the RGB it writes rounds once more. The orthonormal 8 x 8 DCT of
 the luma recomputed from such RGB (JFIF weights, minus 128), on the JPEG's own block grid,
 lies within about half a unit of the lattice q_uv Z for every coefficient
-(benchmarks/jpeg_lattice.py: zebra and woman 0.05-0.08 of a step, 0.25 without a lattice).
+(experiments/jpeg_lattice.py: zebra and woman 0.05-0.08 of a step, 0.25 without a lattice).
 The network predicts a smooth distribution for each coefficient; this prior multiplies it
 by a comb: per coefficient, the network's prediction as a Gaussian envelope (variance
 ``tau`` times the latent's noise variance on that coefficient) times (1 - rho) sum_k N(k q,

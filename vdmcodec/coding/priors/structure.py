@@ -221,23 +221,3 @@ def candidates(pixels: np.ndarray) -> list[StructurePrior]:
             out.append(prior)
     return out
 
-
-def prior_size(mode_id: int) -> int:
-    """Bytes of a serialised prior of either kind with this mode byte (0: none, 1 byte)."""
-    from .jpeg_prior import MODE_ID, MODE_ID_CHROMA, SIZE, SIZE_CHROMA
-
-    return {MODE_ID: SIZE, MODE_ID_CHROMA: SIZE_CHROMA}.get(mode_id) or StructurePrior.size_of(mode_id)
-
-
-def parse_prior(data: bytes):
-    """A serialised prior of either kind (its ``prior_size(data[0])`` bytes), or None."""
-    from .jpeg_prior import MODE_ID, MODE_ID_CHROMA, JpegPrior
-
-    return JpegPrior.from_bytes(data) if data[0] in (MODE_ID, MODE_ID_CHROMA) else StructurePrior.from_bytes(data)
-
-
-def describe(prior) -> str:
-    """One line on a prior of either kind (structure.py, jpeg_prior.py), or "none"."""
-    return "none" if prior is None else prior.describe()
-
-
