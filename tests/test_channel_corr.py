@@ -17,6 +17,7 @@ from vdmcodec.coding.ans import Message, autoregressive, uniform
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.level_codecs import p_codec
+from vdmcodec.coding.priors import TilePrior
 from vdmcodec.diffusion import VDM
 from vdmcodec.errors import FormatError, ModelError
 from vdmcodec.training import fit_levels
@@ -131,9 +132,9 @@ def test_the_chain_with_correlations_is_lossless(arithmetic):
         chain = DiffusionChain(model, ChainConfig(3, arithmetic=arithmetic, channel_corr=corr))
         init = np.random.default_rng(4).integers(0, 2**32, x.size, dtype=np.uint64).astype(np.uint32)
         msg = Message(init.copy())
-        chain.push(msg, x)
+        chain.push(msg, x, prior=TilePrior(corr_scale=1.0))
         sizes.append(msg.num_bits)
-        np.testing.assert_array_equal(chain.pop(msg, x.shape), x)
+        np.testing.assert_array_equal(chain.pop(msg, x.shape, prior=TilePrior(corr_scale=1.0)), x)
         np.testing.assert_array_equal(msg.words(), Message(init).words())
     assert sizes[0] != sizes[1]
 
@@ -260,8 +261,26 @@ def test_images_with_a_structure_prior_are_coded_without_correlations():
         for corr in (None, TABLE):
             chain = DiffusionChain(model, ChainConfig(3, channel_corr=corr))
             msg = Message(np.random.default_rng(4).integers(0, 2**32, x.size, dtype=np.uint64).astype(np.uint32))
-            chain.push(msg, x, structure=prior if structured else None)
+            tile_prior = TilePrior(prior if structured else None, corr_scale=1.0)
+            chain.push(msg, x, prior=tile_prior)
             words[structured, corr is not None] = msg.words().copy()
-            np.testing.assert_array_equal(chain.pop(msg, x.shape, structure=prior if structured else None), x)
+            np.testing.assert_array_equal(chain.pop(msg, x.shape, prior=tile_prior), x)
     np.testing.assert_array_equal(words[True, True], words[True, False])
     assert not np.array_equal(words[False, True], words[False, False])
+
+
+def test_a_tile_prior_scales_the_correlations_and_leaves_them_out_with_a_structure_prior():
+    from tests.test_structure import photo
+    from vdmcodec.coding.priors import NO_PRIOR, structure
+
+    row = (0.4, 0.3, 0.35)
+    assert NO_PRIOR.corr(row) is None and TilePrior(corr_scale=0.5).corr(None) is None
+    assert TilePrior(corr_scale=0.5).corr(row) == (0.2, 0.15, 0.175)
+    prior, _ = structure.measure(photo(8, 8, seed=1), "420")
+    assert TilePrior(prior, corr_scale=1.0).corr(row) is None
+    eps = np.random.default_rng(0).standard_normal((1, 3, 6, 6))
+    z = 0.9 * eps
+    np.testing.assert_array_equal(NO_PRIOR.adjust_eps(eps, z, 0.8, 0.6), eps)
+    moved = TilePrior(prior).at((3, 5))
+    assert moved.origin == (3, 5) and moved.structure is prior
+    np.testing.assert_array_equal(moved.adjust_eps(eps, z, 0.8, 0.6), prior.adjust_eps(eps, z, 0.8, 0.6, (3, 5)))

@@ -45,6 +45,7 @@ from .chain import DiffusionChain
 from .container import (CORR_SCALE_STEPS, HASH_BYTES, MAX_IMAGES, MAX_STEPS, MAX_THREADS, MAX_TOTAL_SUBPIXELS,
                         MODEL_METHODS, TILED_METHODS, Header, coded_shape)
 from .determinism import PRECISION_MODE, pinned
+from .priors import TilePrior
 from .spec import coder_spec
 
 if TYPE_CHECKING:
@@ -125,7 +126,7 @@ def push_chunks(chain: DiffusionChain, msg: Message, pixels: Sequence[np.ndarray
             fit = int((msg.num_bits - 64) // (per_dim * dims))
             size = max(1, min(fit, run, MAX_CHUNK_IMAGES, max(1, MAX_CHUNK_SUBPIXELS // dims)))
             x = np.stack([pixels[k] for k in order[pos : pos + size]]).transpose(0, 3, 1, 2).copy()
-            chain.push(msg, x, corr_scale=0.0)  # chunks: small images, factorised p
+            chain.push(msg, x)  # chunks: small images, no prior (factorised p)
             chunks.append([pos, size])
             pos += size
             if bar is not None:
@@ -136,17 +137,24 @@ def push_chunks(chain: DiffusionChain, msg: Message, pixels: Sequence[np.ndarray
     return chunks
 
 
+def tile_prior(structure, share: int) -> TilePrior:
+    """The TilePrior of a tiled image from the header's values: its structure prior (or None)
+    and its share of the channel correlations in 1/CORR_SCALE_STEPS."""
+    return TilePrior(structure, corr_scale=share / CORR_SCALE_STEPS)
+
+
 def push_tiled(chain: DiffusionChain, msg: Message, pixels: Sequence[np.ndarray], methods: list[str], tile: int,
                per_dim: float, progress: bool, structures: dict, corr_scales: dict) -> tuple[list, list, list]:
-    """Push the tiled images, after the chunks, in image order (tiles.py): their layouts,
-    structure priors and shares of the channel correlations."""
+    """Push the tiled images, after the chunks, in image order (tiles.py), each with the
+    TilePrior of its structure prior (``structures``) and share of the channel correlations
+    (``corr_scales``, in 1/CORR_SCALE_STEPS): their layouts, structure priors and shares."""
     idx = [k for k, m in enumerate(methods) if m in TILED_METHODS]
     priors = [structures.get(k) for k in idx]
     shares = [corr_scales.get(k, 0) for k in idx]
     bar = _tile_bar(progress, [pixels[k].shape for k in idx], tile, "compress")
     try:
         return [tiles.push_image(chain, msg, coded_pixels(pixels[k], methods[k]), tile, per_dim,
-                                 bar and bar.update, prior, share / CORR_SCALE_STEPS)
+                                 bar and bar.update, tile_prior(prior, share))
                 for k, prior, share in zip(idx, priors, shares)], priors, shares
     finally:
         if bar is not None:
@@ -295,7 +303,7 @@ def pop_tiled(chain: DiffusionChain, msg: Message, header: Header, shapes, metho
         shares = header.corr_scales or [0] * len(tiled_idx)
         for k, layout, prior, share in reversed(list(zip(tiled_idx, header.tiled, priors, shares))):
             im = tiles.pop_image(chain, msg, layout, coded_shape(shapes[k], methods[k]), header.tile, bar and bar.update,
-                                 prior, share / CORR_SCALE_STEPS)
+                                 tile_prior(prior, share))
             if methods[k] == "tiled-gray":
                 if not ((im[..., 0] == im[..., 1]).all() and (im[..., 1] == im[..., 2]).all()):
                     raise _mismatch(header)
@@ -313,7 +321,7 @@ def pop_chunks(chain: DiffusionChain, msg: Message, header: Header, shapes, orde
         h, w, c = shapes[idx[0]]
         if any(shapes[k] != (h, w, c) for k in idx):
             raise FormatError("corrupted header (a chunk mixes image sizes)")
-        x = chain.pop(msg, (size, c, h, w), corr_scale=0.0)
+        x = chain.pop(msg, (size, c, h, w))
         for j, k in enumerate(idx):
             out[k] = np.ascontiguousarray(x[j].transpose(1, 2, 0))
         if bar is not None:

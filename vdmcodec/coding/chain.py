@@ -20,6 +20,10 @@ can be a Gaussian per pixel whose extra variance (beyond beta-tilde) is correlat
 three colour channels, as the network's error is (``level_codecs.p_codec_corr``; the correlations come from
 the model card, levels.py). Coded as channel 0, then 1 given 0, then 2 given 0 and 1.
 
+Priors (priors/): a batch is coded with one ``TilePrior``, its structure prior (which
+adjusts the network's eps_hat), its origin in the image and its share of the channel
+correlations; the default, ``NO_PRIOR``, is the network alone with a factorised p.
+
 The coder's constants (the windows, p(x | z_0)'s rows per call, the whitening digits, the
 grid rule) are those of a format version (spec.py; ``ChainConfig.spec``): a decoder runs the
 record of the file's version, so retuning one is a new format version, never an edit.
@@ -50,6 +54,7 @@ from .ans import Message, PushPop, bit_swap, counted, whitened
 from .arithmetic import ARITHMETIC, run_network
 from .grid import LOG2_SQRT_2PI_E, MAX_GRID_BITS, MIN_GRID_BITS, LevelGrid, elementwise, level_gamma
 from .level_codecs import p_codec, q_codec, x_codec
+from .priors import NO_PRIOR, TilePrior
 from .spec import CURRENT, CoderSpec, check_spec
 
 
@@ -124,19 +129,18 @@ class DiffusionChain:
         return self.grid.initial_bits_per_dim()
 
     # ---- the network -----------------------------------------------------------------
-    def p_mean_std(self, z_i: np.ndarray, i: int, structure=None,
-                   origin: tuple[int, int] = (0, 0)) -> tuple[np.ndarray, np.ndarray | None]:
+    def p_mean_std(self, z_i: np.ndarray, i: int, prior: TilePrior = NO_PRIOR) -> tuple[np.ndarray, np.ndarray | None]:
         """Mean of p(z_{i-1} | z_i) (float64) from the float32 network output, and with
         learned variances its std per element (iDDPM: between beta-tilde, the grid's std_p,
-        and beta), else None (std_p). ``structure``: a structure prior (structure.py: block
-        differences; jpeg_prior.py: luma and chroma DCT coefficients) whose posterior means replace the
-        network's prediction for the batch, whose pixel (0, 0) sits at image coordinates
-        ``origin``. Inside a ``timed`` block, its time and calls are counted."""
+        and beta), else None (std_p). ``prior``: the batch's TilePrior, whose structure prior
+        (priors/structure.py: block differences; priors/jpeg_prior.py: luma and chroma DCT
+        coefficients) replaces the network's prediction by its posterior means. Inside a
+        ``timed`` block, its time and calls are counted."""
         if self._clock is None:
-            return self._p_mean_std(z_i, i, structure, origin)
+            return self._p_mean_std(z_i, i, prior)
         t0 = time.perf_counter()
         try:
-            return self._p_mean_std(z_i, i, structure, origin)
+            return self._p_mean_std(z_i, i, prior)
         finally:
             self._clock.seconds += time.perf_counter() - t0
             self._clock.calls += 1
@@ -152,7 +156,7 @@ class DiffusionChain:
             self._clock = outer
 
     @torch.no_grad()
-    def _p_mean_std(self, z_i: np.ndarray, i: int, structure, origin: tuple[int, int]):
+    def _p_mean_std(self, z_i: np.ndarray, i: int, prior: TilePrior):
         if self.portable:
             eps_hat, v = self._exact_eps_and_v(z_i, i)
         else:
@@ -163,8 +167,7 @@ class DiffusionChain:
             eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
             v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
         grid, fn = self.grid, self.fn
-        if structure is not None:
-            eps_hat = structure.adjust_eps(eps_hat, z_i, float(grid.alpha[i]), float(grid.sigma[i]), origin, fn.exp, fn.log)
+        eps_hat = prior.adjust_eps(eps_hat, z_i, float(grid.alpha[i]), float(grid.sigma[i]), fn.exp, fn.log)
         g_t, g_s = grid.gamma[i], grid.gamma[i - 1]
         expm1, log = ((lambda v: float(fn.expm1(v)), lambda v: float(fn.log(v))) if self.portable
                       else (math.expm1, math.log))  # (the float arithmetics' files were written with libm's)
@@ -195,25 +198,18 @@ class DiffusionChain:
         h_q = (float(self.fn.log(ratio)) / exact.LN2 if self.portable else math.log2(ratio)) + LOG2_SQRT_2PI_E
         return math.ceil(n * h_q / self.spec.whiten_digit_bits) + self.spec.whiten_extra_digits
 
-    def _corr(self, i: int, structure=None, scale: float = 1.0):
-        """The channel correlations for p(z_{i-1} | z_i) (the network runs at level i) times
-        ``scale`` (the share an image is coded with: the table is an average over training
-        crops, and photos differ), or None: none at scale 0, and none with a structure prior,
-        whose posterior mean replaces the network's prediction in the structured directions,
-        so that the network's error correlations no longer describe what is left (measured
-        on woman, a decoded JPEG: +0.19% with them)."""
-        if self.corr is None or structure is not None or scale == 0:
-            return None
-        return tuple(float(scale) * float(v) for v in self.corr[i])
+    def _corr(self, i: int, prior: TilePrior):
+        """The channel correlations for p(z_{i-1} | z_i) (the network runs at level i) as
+        ``prior`` takes them (TilePrior.corr), or None (p factorises)."""
+        return prior.corr(None if self.corr is None else self.corr[i])
 
     # ---- the chain -----------------------------------------------------------------------
-    def codec(self, shape: tuple[int, int, int, int], progress=None, structure=None,
-              origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> PushPop:
+    def codec(self, shape: tuple[int, int, int, int], progress=None, prior: TilePrior = NO_PRIOR) -> PushPop:
         """The codec of a batch x (uint8 [B, C, H, W] of ``shape``): ``ans.bit_swap`` over the
         levels x -> z_0 -> z_1 -> ... -> z_T, latents as integer grid indices k_i (z_i = k_i
         delta_i). Level 0: q(z_0 | x) and p(x | z_0); level i >= 1: q(z_i | z_{i-1}) and
-        p(z_{i-1} | z_i) from the network at z_i (``structure``, ``origin``: see
-        ``p_mean_std``; ``corr_scale``: see ``_corr``); z_T with the prior N(0, I). Every
+        p(z_{i-1} | z_i) from the network at z_i (``prior``: see ``p_mean_std`` and
+        ``_corr``); z_T with the prior N(0, I). Every
         posterior pop reads whitened bits. ``progress(1)`` after each network level."""
         n, grid, spec = math.prod(shape), self.grid, self.spec
 
@@ -231,22 +227,20 @@ class DiffusionChain:
                 return lambda k: x_codec(grid, spec, self.fn, z(0, k))
 
             def p(k: np.ndarray) -> PushPop:
-                codec = p_codec(grid, spec, i - 1, *self.p_mean_std(z(i, k), i, structure, origin),
-                                self._corr(i, structure, corr_scale))
+                codec = p_codec(grid, spec, i - 1, *self.p_mean_std(z(i, k), i, prior), self._corr(i, prior))
                 return codec if progress is None else counted(codec, progress)
             return p
 
         levels = [(posterior(i), likelihood(i)) for i in range(self.cfg.steps + 1)]
         return bit_swap(p_codec(grid, spec, self.cfg.steps, np.zeros(shape)), levels)
 
-    def push(self, msg: Message, x: np.ndarray, progress=None, structure=None,
-             origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> None:
+    def push(self, msg: Message, x: np.ndarray, progress=None, prior: TilePrior = NO_PRIOR) -> None:
         """Encode a batch x (uint8 [B, C, H, W]) onto the stack (``codec``; the decoder must
-        pass the same ``structure``, ``origin`` and ``corr_scale``)."""
-        self.codec(x.shape, progress, structure, origin, corr_scale).push(msg, x)
+        pass the same ``prior``)."""
+        self.codec(x.shape, progress, prior).push(msg, x)
 
     def pop(self, msg: Message, shape: tuple[int, int, int, int], progress=None,
-            structure=None, origin: tuple[int, int] = (0, 0), corr_scale: float = 1.0) -> np.ndarray:
+            prior: TilePrior = NO_PRIOR) -> np.ndarray:
         """Decode a batch of the given shape [B, C, H, W] from the stack."""
-        return self.codec(shape, progress, structure, origin, corr_scale).pop(msg)
+        return self.codec(shape, progress, prior).pop(msg)
 

@@ -43,6 +43,7 @@ import torch
 
 from ..diffusion import VDM, low_discrepancy_t, scale_pixels
 from ..likelihood import nats_to_bpd
+from .priors import TilePrior
 
 
 @dataclass(frozen=True)
@@ -176,7 +177,8 @@ def structure_gains(chain, pixels: np.ndarray, priors: list, cfg: PreflightConfi
         base = weight * np.square(eps_hat - eps)
         for n, (y0, x0) in enumerate(origins):
             for j, prior in enumerate(priors):
-                adj = prior.adjust_eps(eps_hat[n : n + 1], z[n : n + 1], float(grid.alpha[i]), float(grid.sigma[i]), (y0, x0))
+                adj = TilePrior(prior, (y0, x0)).adjust_eps(eps_hat[n : n + 1], z[n : n + 1], float(grid.alpha[i]),
+                                                            float(grid.sigma[i]))
                 saved[j] += per_draw * float((base[n] - weight[n] * np.square(adj[0] - eps[n])).sum())
     return [float(nats_to_bpd(s / len(origins), x[0].size)) for s in saved]
 

@@ -45,6 +45,7 @@ from ..errors import FormatError
 from . import classical
 from .ans import EmptyMessageError, Message, uniform
 from .chain import DiffusionChain
+from .priors import NO_PRIOR, TilePrior
 from .tilegrid import MAX_REGION_SUBPIXELS, MAX_TILE, Band, Rect, Segment, TileLayout, grid, rects
 
 DEFAULT_TILE = 32
@@ -65,9 +66,8 @@ def check_tile(tile: int) -> int:
 class _Planner:
     """The encoder's running layout: where the next segment starts and how big it may be."""
 
-    def __init__(self, pixels: np.ndarray, tile: int, per_dim: float, structure=None, corr_scale: float = 0.0):
-        self.pixels, self.tile, self.per_dim, self.structure = pixels, tile, per_dim, structure
-        self.corr_scale = corr_scale
+    def __init__(self, pixels: np.ndarray, tile: int, per_dim: float, prior: TilePrior = NO_PRIOR):
+        self.pixels, self.tile, self.per_dim, self.prior = pixels, tile, per_dim, prior
         self.h, self.w, self.c = pixels.shape
         self.rows, self.cols = grid(self.h, self.w, tile)
 
@@ -85,14 +85,14 @@ class _Planner:
 
 
 def push_image(chain: DiffusionChain, msg: Message, pixels: np.ndarray, tile: int, per_dim: float,
-               progress: Callable[[int], None] | None = None, structure=None, corr_scale: float = 0.0) -> TileLayout:
+               progress: Callable[[int], None] | None = None, prior: TilePrior = NO_PRIOR) -> TileLayout:
     """Code one image (uint8 [H, W, C]) onto the stack; return its layout for the header.
     ``per_dim``: the estimated initial bits per dimension of a chain segment (with margin).
-    ``progress(n)`` is called with the tiles of each segment coded; ``structure``: the
-    image's structure prior (structure.py, jpeg_prior.py) or None; ``corr_scale``: the share
-    of the chain's channel correlations it codes with (chain._corr; 0: none). Raises
+    ``progress(n)`` is called with the tiles of each segment coded; ``prior``: the image's
+    TilePrior (priors/: its structure prior and share of the chain's channel correlations),
+    which each chain segment is coded with at the segment's origin. Raises
     ans.EmptyMessageError when the estimate was short (the caller retries)."""
-    p = _Planner(pixels, check_tile(tile), per_dim, structure, corr_scale)
+    p = _Planner(pixels, check_tile(tile), per_dim, prior)
     bands: list[Band] = []
     row = 0
     while row < p.rows:
@@ -182,25 +182,24 @@ _BYTE_MODEL = constriction.stream.model.Uniform(256)
 
 def _push_chain(chain: DiffusionChain, msg: Message, p: _Planner, row: int, nrows: int, col: int, ncols: int) -> None:
     region = p.crop(row, nrows, col, ncols)
-    chain.push(msg, np.ascontiguousarray(region.transpose(2, 0, 1)[None]), structure=p.structure,
-               origin=(row * p.tile, col * p.tile), corr_scale=p.corr_scale)
+    chain.push(msg, np.ascontiguousarray(region.transpose(2, 0, 1)[None]), prior=p.prior.at((row * p.tile, col * p.tile)))
 
 
 def pop_image(chain: DiffusionChain, msg: Message, layout: TileLayout, shape: tuple[int, int, int], tile: int,
-              progress: Callable[[int], None] | None = None, structure=None, corr_scale: float = 0.0) -> np.ndarray:
-    """Decode one tiled image (the layout was validated against ``shape`` by the container)."""
+              progress: Callable[[int], None] | None = None, prior: TilePrior = NO_PRIOR) -> np.ndarray:
+    """Decode one tiled image (the layout was validated against ``shape`` by the container;
+    ``prior``: the one it was pushed with)."""
     h, w, c = shape
     out = np.zeros(shape, dtype=np.uint8)
     for rect in reversed(rects(layout, h, w, tile)):
-        out[rect.y0 : rect.y1, rect.x0 : rect.x1] = _pop_rect(chain, msg, rect, c, structure, corr_scale)
+        out[rect.y0 : rect.y1, rect.x0 : rect.x1] = _pop_rect(chain, msg, rect, c, prior)
         if progress is not None:
             progress(math.prod(grid(rect.y1 - rect.y0, rect.x1 - rect.x0, tile)))
     return out
 
 
-def _pop_rect(chain: DiffusionChain, msg: Message, rect: Rect, c: int, structure, corr_scale: float) -> np.ndarray:
+def _pop_rect(chain: DiffusionChain, msg: Message, rect: Rect, c: int, prior: TilePrior) -> np.ndarray:
     hh, ww, _ = rect.shape(c)
     if rect.method == "vdm":
-        return chain.pop(msg, (1, c, hh, ww), structure=structure, origin=(rect.y0, rect.x0),
-                         corr_scale=corr_scale)[0].transpose(1, 2, 0)
+        return chain.pop(msg, (1, c, hh, ww), prior=prior.at((rect.y0, rect.x0)))[0].transpose(1, 2, 0)
     return classical.decode(_pop_raw_bytes(msg, rect.nbytes), rect.method, (hh, ww, c))

@@ -1,11 +1,13 @@
-"""Structure priors that a tiled RGB image may be coded with beyond the network, each
-adjusting the network's mean (structure.py: chroma subsampling; jpeg_prior.py: a decoded
-JPEG's DCT lattice). The header holds one as bytes whose first byte names its kind
-(``prior_size``, ``parse_prior``)."""
+"""Priors that a tiled RGB image is coded with beyond the network (tile.py: ``TilePrior``,
+one value per image, moved to each tile's origin): structure priors that adjust the
+network's mean (structure.py: chroma subsampling; jpeg_prior.py: a decoded JPEG's DCT
+lattice) and a share of the channel correlations. The header holds a structure prior as
+bytes whose first byte names its kind (``prior_size``, ``parse_prior``)."""
 from __future__ import annotations
 
 from .jpeg_prior import MODE_ID, MODE_ID_CHROMA, SIZE, SIZE_CHROMA, JpegPrior
 from .structure import StructurePrior
+from .tile import NO_PRIOR, MeanAdjuster, TilePrior
 
 
 def prior_size(mode_id: int) -> int:
@@ -23,4 +25,5 @@ def describe(prior) -> str:
     return "none" if prior is None else prior.describe()
 
 
-__all__ = ["JpegPrior", "StructurePrior", "describe", "parse_prior", "prior_size"]
+__all__ = ["NO_PRIOR", "JpegPrior", "MeanAdjuster", "StructurePrior", "TilePrior", "describe", "parse_prior",
+           "prior_size"]
