@@ -29,7 +29,6 @@ from hypothesis import strategies as st
 
 from vdmcodec.coding import classical, container
 from vdmcodec.coding.ans import (
-    _mask16,
     EmptyMessageError,
     Message,
     bit_swap,
@@ -44,6 +43,7 @@ from vdmcodec.coding.ans import (
     whitened,
     windowed_gaussian,
 )
+from vdmcodec.coding.ans.message import _mask16
 from vdmcodec.coding.arithmetic import ARITHMETIC
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.archive import chain_order

@@ -43,8 +43,8 @@ class CoderSpec:
     raw_byte_model: str       # a classical tile segment's bytes on the stack
 
 
-# names of the rules in CoderSpec (each is implemented in ans.py / grid.py / level_codecs.py / tiles.py):
-# splitmix64-low16: ans._mask16, the low 16 bits of splitmix64(key * golden ratio + index);
+# names of the rules in CoderSpec (each is implemented in ans/ / grid.py / level_codecs.py / tiles.py):
+# splitmix64-low16: ans/message.py _mask16, the low 16 bits of splitmix64(key * golden ratio + index);
 # min-std: delta_i = 2^-grid_bits min(std of q(z_i | z_{i-1}), std of p(z_i | z_{i+1})) (grid.LevelGrid);
 # far: level_codecs.far_order, the batch rolled by half its length;
 # leaky-quantized-gaussian-24: constriction.stream.model.QuantizedGaussian (24-bit, leaky);
@@ -79,7 +79,7 @@ CODER_SPECS: dict[int, CoderSpec] = {
 }
 CURRENT = CODER_V3
 
-# the rules of a CoderSpec this build implements (ans.py, grid.py, level_codecs.py, tiles.py)
+# the rules of a CoderSpec this build implements (ans/, grid.py, level_codecs.py, tiles.py)
 IMPLEMENTED_RULES = {"escape_digit_bits": 16, "whiten_digit_bits": 16, "whiten_mask": "splitmix64-low16",
                      "delta_rule": "min-std", "posterior_order": "far", "gaussian_model": "leaky-quantized-gaussian-24",
                      "categorical_model": "leaky-categorical-24", "raw_byte_model": "uniform-256"}
