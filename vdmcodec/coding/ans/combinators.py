@@ -9,6 +9,7 @@ import numpy as np
 
 from .message import Message, PushPop, whiten
 
+
 def permuted(codec: PushPop, perm: np.ndarray) -> PushPop:
     """The same codec over a flat array visited in the order ``perm``."""
     perm = np.asarray(perm)
