@@ -3,7 +3,7 @@ published figures; bpd as a function of T; compress / decompress speed.
 
 python -m benchmarks.mnist [--model mnist] [--data ../shared/data/mnist/mnist9k-images-idx3-ubyte.gz]
     [--range 8000:9000] [--limit N] [--steps T] [--sweep 8,16,32,64,128,256,1024]
-    [--sweep-limit 100] [--sweep-archive-max 256] [--threads K] [--out benchmarks/results/mnist.md]
+    [--sweep-limit 100] [--sweep-archive-max 256] [--threads K] [--out benchmarks/results/digits.md]
 
 Writes OUT (markdown), OUT's stem + "_bpd_vs_T.png" (plot) and OUT with suffix .json (every
 raw number). All rows of the main table are measured on the same images in this run; the
@@ -244,7 +244,7 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's choice); on a machine shared with other work, 1 avoids "
                          "thread oversubscription, which slowed small network batches up to 100x in our tests")
-    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/mnist.md"))
+    ap.add_argument("--out", type=Path, default=Path("benchmarks/results/digits.md"))
     args = ap.parse_args(argv)
     for name in ("limit", "steps", "sweep_limit", "threads"):
         v = getattr(args, name)

@@ -460,9 +460,10 @@ def test_resampler_state_survives_checkpoint_and_resume(tmp_path, mnist_path):
 
 def test_shipped_raw_weights_resume(tmp_path):
     """models/mnist/raw.safetensors continues in today's trainer with the config it was
-    trained with (configs/mnist_lv.json: learned variances, L_hybrid) and with importance
-    sampling switched on: the step count goes on from the shipped one, the EMA is the shipped
-    EMA (the raw weights are of its step), and no optimiser state is needed."""
+    trained with (configs/mnist_T32.json: learned variances, VDM's discrete-time loss at T =
+    32) and with the continuous-time L_hybrid of configs/mnist_lv.json under importance
+    sampling: the step count goes on from the shipped one, the EMA is the shipped EMA (the
+    raw weights are of its step), and no optimiser state is needed."""
     from pathlib import Path
 
     from safetensors.torch import load_file
@@ -476,15 +477,16 @@ def test_shipped_raw_weights_resume(tmp_path):
     if not (shipped / RAW_WEIGHTS).exists() or not MNIST.exists():
         pytest.skip("shipped raw weights or MNIST data not present")
     assert not (shipped / "checkpoint.pt").exists()
-    cfg = load_config(root / "configs" / "mnist_lv.json")
-    assert cfg.model.network.learned_variance
+    cfg = load_config(root / "configs" / "mnist_T32.json")
+    lv = load_config(root / "configs" / "mnist_lv.json")
+    assert cfg.model.network.learned_variance and cfg.train.objective.discrete_steps == 32
     small = np.zeros((4, 28, 28, 1), dtype=np.uint8)
     np.save(tmp_path / "d.npy", small)
     ema = load_file(str(shipped / "model.safetensors"))
     card_steps = json.loads((shipped / "model.json").read_text())["card"]["steps"]
-    for obj in (cfg.train.objective, replace(cfg.train.objective, t_sampling="importance")):
+    for obj in (cfg.train.objective, replace(lv.train.objective, t_sampling="importance")):
         c = replace(cfg, train=replace(cfg.train, batch_size=2, bf16=False, objective=obj))
-        tr = Trainer(c, tmp_path / obj.t_sampling.value, DataSpec(tmp_path / "d.npy"), progress=False)
+        tr = Trainer(c, tmp_path / f"{obj.t_sampling.value}-{obj.discrete_steps}", DataSpec(tmp_path / "d.npy"), progress=False)
         rec = restart_from_weights(tr, shipped)
         assert rec["ema"] == "shipped" and tr.step == card_steps
         assert all(torch.equal(tr.ema.state_dict()[k], v) for k, v in ema.items())

@@ -198,7 +198,7 @@ def measure_archive(codec: Codec, images: Sequence[np.ndarray], steps: int | Non
     methods = header.image_methods()
     n_model = sum(m in MODEL_METHODS for m in methods)
     model_dims = sum(im.size for im, m in zip(images, methods) if m in MODEL_METHODS)
-    row = _row("vdmcodec archive (model-coded)", f"T={T}, grid_bits={codec.grid_bits}", len(blob), dims, kind="vdmcodec",
+    row = _row("vdmcodec archive (model-coded)", f"T={T}, grid_bits={codec.grid_bits}, {codec.arithmetic}", len(blob), dims, kind="vdmcodec",
                encode_s=enc_s, container_bytes=len(blob) - len(payload), model_images=n_model,
                classical_images=len(methods) - n_model, network_encode_s=net_enc.seconds,
                network_calls=net_enc.calls)
