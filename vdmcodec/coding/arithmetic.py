@@ -28,8 +28,8 @@ class Arithmetic:
 # bf16 instructions; the models are trained under the same autocast), or bfloat16 autocast
 # on NCHW in calls of at most 16 images, for small images (the mnist network on one thread
 # beside other work, 2026-12-07: 4.4 s per 1,000 digits in calls of 16, 6.7 s in calls of
-# 64, 18 s on NHWC, 7.0 s in float32). Measured in benchmarks/results/coding_arithmetic.md. Each
-# replays itself exactly on one machine; they differ in the last bits, so a file decodes
+# 64, 18 s on NHWC, 7.0 s in float32). The first three: benchmarks/results/coding_arithmetic.md.
+# Each replays itself exactly on one machine; they differ in the last bits, so a file decodes
 # with the arithmetic it names.
 ARITHMETIC = {"float32": Arithmetic(torch.contiguous_format),
               "float32-nhwc": Arithmetic(torch.channels_last),
