@@ -21,6 +21,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .varint import encode_varint
+
 MAX_TILE = 512                   # a tile's side; one full tile (512 x 512 x 3) fits one region
 MAX_REGION_SUBPIXELS = 1 << 20   # a chain-coded segment's subpixels: the network batch memory bound
 SEGMENT_METHODS = ("vdm", "png", "webp", "jxl")  # codes 0..3 (the container's for 0..2; jxl: version 7)
@@ -81,24 +83,15 @@ def rects(layout: TileLayout, height: int, width: int, tile: int) -> list[Rect]:
 
 
 # ---- header record -----------------------------------------------------------------------
-def _varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b, v = v & 0x7F, v >> 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
 def encode_layout(layout: TileLayout) -> bytes:
-    out = bytearray(_varint(len(layout.bands)))
+    out = bytearray(encode_varint(len(layout.bands)))
     for band in layout.bands:
-        out += _varint(band.rows) + _varint(len(band.segments))
+        out += encode_varint(band.rows) + encode_varint(len(band.segments))
         for seg in band.segments:
             code = SEGMENT_METHODS.index(seg.method)
-            out += _varint(seg.width << 2 | code)
+            out += encode_varint(seg.width << 2 | code)
             if code:
-                out += _varint(seg.nbytes)
+                out += encode_varint(seg.nbytes)
     return bytes(out)
 
 

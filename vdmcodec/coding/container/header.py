@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from ...errors import FormatError
 from ..priors import parse_prior, prior_size
 from ..tilegrid import MAX_TILE, encode_layout, parse_layout
+from ..varint import encode_varint
 
 MAGIC = b"VDMC"
 VERSION = 7            # written for archives without image records (byte-identical to before version 8)
@@ -103,20 +104,6 @@ def run_length(values: list) -> list:
 
 
 # ---- writing --------------------------------------------------------------------------
-def encode_varint(v: int) -> bytes:
-    if v < 0:
-        raise ValueError(f"varint of a negative value {v}")
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        if v:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
 def encode_str(s: str, limit: int) -> bytes:
     b = s.encode()
     if len(b) > limit:
