@@ -287,6 +287,39 @@ def test_warm_start_adds_learned_variance_and_keeps_eps(tmp_path, mnist_path):
     assert again.card()["init_from"] == card["init_from"]
 
 
+def test_warm_start_shrinks_res_blocks(tmp_path, mnist_path):
+    """--init-from a network with more residual blocks per level: the smaller one takes the
+    source's first down blocks, and on the way up its first blocks and the source's last
+    (which reads the level's first skip); the card records the shrink; any other change of
+    network is still refused."""
+    from vdmcodec.errors import DataError
+    from vdmcodec.training.warmstart import shrunk_keys
+
+    data = write_npy(tmp_path / "train.npy", 64, mnist_path)
+    base = tiny_model_config()
+    two = replace(base, network=replace(base.network, num_res_blocks=2))
+    src = Trainer(RunConfig(model=two, train=TINY_TRAIN), tmp_path / "src", DataSpec(data), progress=False,
+                  card={"name": "src"})
+    src.fit(5)
+    source, _ = load_model(tmp_path / "src")
+    tr = Trainer(RunConfig(model=base, train=TINY_TRAIN), tmp_path / "one", DataSpec(data), progress=False,
+                 init_from=tmp_path / "src")
+    assert shrunk_keys(1, 2, ["net.up.0.1.conv1.weight", "net.up.1.0.emb.bias", "net.down.1.0.skip.weight",
+                              "net.conv_in.weight"]) == {
+        "net.up.0.1.conv1.weight": "net.up.0.2.conv1.weight", "net.up.1.0.emb.bias": "net.up.1.0.emb.bias",
+        "net.down.1.0.skip.weight": "net.down.1.0.skip.weight", "net.conv_in.weight": "net.conv_in.weight"}
+    src_state, new_state = source.state_dict(), tr.ema.state_dict()
+    rename = shrunk_keys(1, 2, new_state)
+    assert any(rename[k] != k for k in new_state)
+    for k, v in new_state.items():
+        assert torch.equal(v, src_state[rename[k]]), k
+    assert tr.card()["init_from"]["res_blocks"] == [2, 1]
+    narrower = replace(base, network=replace(base.network, channels=4))
+    with pytest.raises(DataError, match="init-from src"):
+        Trainer(RunConfig(model=narrower, train=TINY_TRAIN), tmp_path / "n", DataSpec(data), progress=False,
+                init_from=tmp_path / "src")
+
+
 @pytest.mark.parametrize("native", [True, False])
 def test_bf16_config_trains_in_bf16_only_where_native(tmp_path, mnist_path, monkeypatch, native):
     """TrainConfig.bf16 means bf16 autocast where the hardware multiplies bfloat16 natively

@@ -5,10 +5,17 @@ variances (iDDPM) gains the v channels of ``conv_out`` and keeps everything it h
 Every tensor of the new model must exist in the source with the same shape, except an
 output tensor that grows along its first (output-channel) axis: its first rows come from
 the source and the new rows keep their initial value (zero for ``conv_out``, so v = tanh(0)
-= 0 at the start: the geometric mean of DDPM's two variances). Anything else is an error.
+= 0 at the start: the geometric mean of DDPM's two variances).
+
+A U-Net with fewer residual blocks per level than the source (a cheaper network for the
+same task) takes a subset of the source's blocks (``shrunk_keys``): on the way down the
+first ones; on the way up the first ones and the source's last, the block that reads the
+level's first skip (the one from the level above, or the input convolution). Every other
+tensor must match as above. Anything else is an error.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -21,12 +28,34 @@ from ..zoo import WEIGHTS, file_sha256, load_model, read_card, resolve
 GROWABLE = ("net.conv_out.weight", "net.conv_out.bias")
 
 
+def shrunk_keys(dst_blocks: int, src_blocks: int, keys) -> dict[str, str]:
+    """{key of the smaller network: key of the source} for U-Nets that differ only in
+    residual blocks per level (``dst_blocks`` < ``src_blocks``): down blocks 0..n-1 from
+    the source's 0..n-1; up blocks (n + 1 per level) 0..n-1 from the same and n from the
+    source's last, src_blocks."""
+    out = {}
+    for k in keys:
+        parts = k.split(".")
+        if len(parts) > 3 and parts[0] == "net" and parts[1] in ("down", "up"):
+            b = int(parts[3])
+            if parts[1] == "up" and b == dst_blocks:
+                parts[3] = str(src_blocks)
+        out[k] = ".".join(parts)
+    return out
+
+
 def warm_start(model: VDM, source: str | Path) -> dict:
     """Copy the weights of ``source`` (a shipped model name or model directory) into
     ``model`` in place. Returns what the card records: the source's name, steps, CPU-hours,
     weights hash and the tensors that grew."""
     src_model, info = load_model(source)
     src, dst = src_model.state_dict(), model.state_dict()
+    n_dst, n_src = model.net.cfg.num_res_blocks, src_model.net.cfg.num_res_blocks
+    shrunk = None
+    if n_dst < n_src and model.net.cfg == replace(src_model.net.cfg, num_res_blocks=n_dst):
+        rename = shrunk_keys(n_dst, n_src, dst)
+        src = {k: src[rename[k]] for k in dst if rename[k] in src}
+        shrunk = [n_src, n_dst]
     missing = sorted(set(dst) - set(src))
     unexpected = sorted(set(src) - set(dst))
     if missing or unexpected:
@@ -51,7 +80,7 @@ def warm_start(model: VDM, source: str | Path) -> dict:
         model.load_state_dict(merged)
     card = info["card"]
     return {"model": info["name"], "sha256": info["sha256"], "steps": card.get("steps"),
-            "cpu_hours": card.get("cpu_hours"), "grown": grown}
+            "cpu_hours": card.get("cpu_hours"), "grown": grown, **({"res_blocks": shrunk} if shrunk else {})}
 
 
 # ---- resuming from the raw weights a model directory ships -----------------------------
