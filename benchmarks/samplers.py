@@ -294,7 +294,9 @@ def parse_args(argv):
     ap.add_argument("--start-samples", type=int, default=500, help="samples per start-distribution cell")
     ap.add_argument("--ode-samples", type=int, default=8, help="MNIST trajectories of the adaptive part")
     ap.add_argument("--batch-size", type=int, default=500, help="samples per network call (and per saved chunk)")
-    ap.add_argument("--model", default="mnist", help="shipped model name or model directory")
+    ap.add_argument("--model", default="mnist-v2", help="shipped model name or model directory (default: mnist-v2, "
+                    "the continuous-time weights; `mnist` is their discrete-time T = 32 fine-tune for coding). "
+                    "Every run on one cells file must measure the same weights")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--labels", type=Path, default=LABELS)
     ap.add_argument("--threads", type=int, default=1)
@@ -324,6 +326,10 @@ def main(argv=None):
             "start_samples": args.start_samples, "ode_samples": args.ode_samples,
             "fid_samplers": args.fid_samplers.split(",")}
     parts = [p for p in args.parts.split(",") if p]
+    other = {v["model"]["sha256"] for k, v in load_cells(args.cells).items() if k.startswith("run/")} - {minfo["sha256"]}
+    if other and not args.report_only:
+        sys.exit(f"{args.cells} holds cells of other weights (sha256 {', '.join(sorted(h[:16] for h in other))}...) than "
+                 f"{minfo['name']}'s ({minfo['sha256'][:16]}...): pass that model, or --cells with a new file")
     if not args.report_only:
         save_cell(args.cells, f"run/{datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
                   {**meta, "parts": parts, "omp_num_threads": os.environ.get("OMP_NUM_THREADS")})

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.samplers import FID_SAMPLERS
+
 RESUME = "OMP_NUM_THREADS=1 nohup nice -n 10 python -m benchmarks.samplers > samplers.log 2>&1 &"
 
 
@@ -134,7 +136,7 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
     n_fid, n_ref = meta["fid_samples"], meta["reference_samples"]
     fid_done = {k.split("/")[1]: v for k, v in cells.items() if k.startswith("fid/")}
     full = [s for s, v in fid_done.items() if v["samples"] >= 5000]
-    todo = [s for s in meta["fid_samplers"] if s not in fid_done]
+    todo = [s for s in FID_SAMPLERS if s not in full]
     ref = cells.get("reference/ancestral/1000")
     floor = cells.get("quality/floor", {})
     lines = [
