@@ -58,11 +58,11 @@ def time_case(model: str, images: list[np.ndarray], steps: int, repeats: int) ->
     row = {a: {**{k: [] for k in keys}, "bytes": None} for a in measured}
     for _ in range(repeats):
         for a, codec in codecs.items():
-            with network_timer(codec, steps) as net_c:
+            with network_timer(codec, steps, codec.grid_bits_for(images)) as net_c:
                 t0 = time.perf_counter()
                 blob = codec.compress(images, force_model=True)
                 t1 = time.perf_counter()
-            with network_timer(codec, steps) as net_d:
+            with network_timer(codec, steps, codec.grid_bits_for(images)) as net_d:
                 out = codec.decompress(blob)
                 t2 = time.perf_counter()
             if not _same(out, images):

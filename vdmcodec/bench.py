@@ -156,11 +156,12 @@ def measure_classical(images: Sequence[np.ndarray], progress: bool = False) -> t
 
 # ---- vdmcodec ----------------------------------------------------------------------------
 @contextmanager
-def network_timer(codec: Codec, steps: int):
+def network_timer(codec: Codec, steps: int, grid_bits: int | None = None):
     """Time the network calls (``DiffusionChain.p_mean_std``) of ``codec``'s chain for T steps
-    (``DiffusionChain.timed``: nothing is patched). Yields a NetworkClock whose ``seconds``
-    and ``calls`` grow while the block runs."""
-    with codec.chain(steps, codec.grid_bits).timed() as clock:
+    on ``grid_bits`` (default the codec's; ``Codec.grid_bits_for`` says which one compress
+    uses, a file's header which one it was coded with) (``DiffusionChain.timed``: nothing is
+    patched). Yields a NetworkClock whose ``seconds`` and ``calls`` grow while the block runs."""
+    with codec.chain(steps, codec.grid_bits if grid_bits is None else grid_bits).timed() as clock:
         yield clock
 
 
@@ -179,7 +180,7 @@ def measure_archive(codec: Codec, images: Sequence[np.ndarray], steps: int | Non
     dims = subpixels(images)
     out = {"steps": T, "images": len(images)}
     try:
-        with network_timer(codec, T) as net_enc:
+        with network_timer(codec, T, codec.grid_bits_for(images)) as net_enc:
             t0 = time.perf_counter()
             blob = codec.compress(images, steps=T, force_model=True, progress=progress)
             enc_s = time.perf_counter() - t0
@@ -216,7 +217,7 @@ def measure_archive(codec: Codec, images: Sequence[np.ndarray], steps: int | Non
     else:
         row["note"] = "no image could be model-coded (channel count or too few initial bits): all classical"
     if verify:
-        with network_timer(codec, T) as net_dec:
+        with network_timer(codec, T, header.grid_bits or None) as net_dec:  # 0: no model-coded image
             t0 = time.perf_counter()
             decoded = codec.decompress(blob, progress=progress)
             row["decode_s"] = time.perf_counter() - t0

@@ -56,13 +56,16 @@ _COMPRESS_DEFAULT = object()    # Codec.chain's default: the level times / corre
 class Codec:
     """Lossless compression with one VDM. ``steps`` is the default T of ``compress``."""
 
-    def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int = DEFAULT_GRID_BITS,
+    def __init__(self, model, info: dict, steps: int = DEFAULT_STEPS, grid_bits: int | None = None,
                  tile: int = tiles.DEFAULT_TILE, arithmetic: str = DEFAULT_ARITHMETIC,
                  preflight: PreflightConfig | None = PreflightConfig(), fitted_levels: bool = True,
                  structure_priors: bool = True, channel_corr: bool = True, effort: int = DEFAULT_EFFORT,
                  steps_fixed: bool = True):
         if arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {arithmetic!r}")
+        # grid_bits None: DEFAULT_GRID_BITS, one less for a small archive (Planner.grid_bits)
+        self.grid_fixed = grid_bits is not None
+        grid_bits = DEFAULT_GRID_BITS if grid_bits is None else grid_bits
         ChainConfig(steps, grid_bits, arithmetic=arithmetic)  # refuses steps / grid_bits no chain can run, up front
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
@@ -176,7 +179,8 @@ class Codec:
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         pin()
-        chain = self.chain(T, self.grid_bits)
+        grid_bits = self.grid_bits if self.grid_fixed else planner.grid_bits(self.grid_bits, pix, eligible, tiled)
+        chain = self.chain(T, grid_bits)
         structures = {k: self.choose_structure(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
         corr_scales = {k: self.choose_corr_scale(pix[k], chain) for k, m in tiled.items()
                        if m == "tiled" and structures.get(k) is None}
@@ -203,6 +207,16 @@ class Codec:
         return blob if force_model or len(blob) < len(all_classical) else all_classical
 
     # ---- the encoder's decisions (planner.py) ------------------------------------------
+    def grid_bits_for(self, images) -> int:
+        """The latent grid compress codes ``images`` on through the chain (Planner.grid_bits;
+        the codec's own where it was given one), before any preflight drops an image."""
+        if self.grid_fixed:
+            return self.grid_bits
+        pix = [e.pixels for e in image_entries(images, None)]
+        planner = self.planner
+        tiled = planner.tiled_methods(pix)
+        return planner.grid_bits(self.grid_bits, pix, planner.chunk_eligible(pix, tiled), tiled)
+
     @property
     def planner(self) -> Planner:
         """The encoder's decisions for this model and these settings."""
@@ -235,14 +249,14 @@ class Codec:
 
     # ---- writing the archive -----------------------------------------------------------
     def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None,
-                structures=(), corr=None, corr_scales=()) -> Header:
+                structures=(), corr=None, corr_scales=(), grid_bits=0) -> Header:
         names = [e.name for e in entries]
         seq = [f"{k:05d}.png" for k in range(len(entries))]
         return Header(
             model=self.info["name"] if uses_model else None,
             model_hash=model_digest(self.info) if uses_model else None,
             steps=T if uses_model else 0,
-            grid_bits=self.grid_bits if uses_model else 0,
+            grid_bits=grid_bits if uses_model else 0,
             torch=torch.__version__ if uses_model else "",
             dtype=self.arithmetic if uses_model else DTYPES[0],
             threads=torch.get_num_threads() if uses_model else 0,
@@ -279,7 +293,7 @@ class Codec:
                                              corr_scales or {})
         header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad,
                               uses_model=True, layouts=layouts, times=chain.cfg.times, structures=priors,
-                              corr=chain.cfg.channel_corr, corr_scales=shares)
+                              corr=chain.cfg.channel_corr, corr_scales=shares, grid_bits=chain.cfg.grid_bits)
         return pack(header, msg.to_bytes())
 
     # ---- decompress ------------------------------------------------------------------
