@@ -1,22 +1,27 @@
-"""Where a small archive's start-up bits go, and what a coarser grid on the first latent
-would save: the chain's initial-bit deficit per dimension (the encoder's running balance of
-pops and pushes, ``DiffusionChain.initial_bits_per_dim``), the seeds compress plans for it,
-and the archive's size, for an archive of N validation digits, with the shipped grid
-(latent bin = 2^-grid_bits of the narrower of q's and p's std at every level) and with
-level 0's bin set from q(z_0 | x)'s own std sigma_0 instead (p(z_0 | z_1)'s is 4.7 times
-narrower on `mnist`, so z_0's pop reads about 2.2 more bits per dimension than any
-other level's). The variant changes the coder and is not a format any decoder reads: it is
-measured here by compress and an in-process decode with the same patched chain.
+"""Where a small archive's start-up bits go, and what three ways of cutting them would save,
+for an archive of N validation digits coded by the shipped `mnist` model:
 
-python -m experiments.start_bits [--images 100] [--steps 128] [--threads 1]
+- the latent grid (``grid_bits``, stored in every header): every grid bit costs about two
+  initial bits per dimension and changes the chain's rate; archives at 1, 2 and 3 grid
+  bits, compressed and decoded;
+- z_0 folded into x: the chain would start by popping z_1 from q(z_1 | x) and push x with
+  p(x | z_1) = the integral of p(x | z_0) p(z_0 | z_1) (a Gaussian of variance std_p0^2 +
+  sigma_0^2 on the pixel grid, its tails folded into 0 and 255); its initial bits are the
+  running balance of that chain's entropies, computed from the grid as
+  ``LevelGrid.initial_bits_per_dim`` does for the shipped one (not coded: the format has no
+  such chain);
+- seeds coded together: the seed images' classical bytes one by one against one mosaic
+  (the seeds side by side) in WebP m6 and JPEG XL e9.
+
+python -m experiments.start_bits [--images 100] [--steps 48] [--threads 1]
     [--out experiments/results/start_bits.md]
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
+import math
 import shlex
 import sys
 import time
@@ -26,73 +31,106 @@ import numpy as np
 import torch
 
 from benchmarks.mnist import machine
-from vdmcodec.coding.codec import load_codec
+from vdmcodec.coding import classical
+from vdmcodec.coding.codec import Codec, load_codec
 from vdmcodec.coding.container import unpack
+from vdmcodec.coding.grid import LOG2_SQRT_2PI_E
 from vdmcodec.data import load_array
 from vdmcodec.likelihood import bpd_discrete
 
 MNIST = Path("../shared/data/mnist/mnist9k-images-idx3-ubyte.gz")
 
 
-def level0_bins(std_q0_over: float):
-    """A chain patcher: level 0's bin = std_q[0] / ``std_q0_over`` (None: the shipped rule)."""
-    def patch(chain):
-        delta = chain.grid.delta.copy()
-        delta[0] = chain.grid.std_q[0] / std_q0_over
-        chain.grid = dataclasses.replace(chain.grid, delta=delta)
-        return chain
-    return patch
+def folded_initial_bits(grid) -> float:
+    """Initial bits per dimension of the chain with z_0 folded into x: pop z_1 ~ q(z_1 | x)
+    (std sigma_1), push x with p(x | z_1) (its entropy is at most that of a Gaussian of std
+    sqrt(std_p0^2 + sigma_0^2) on the pixel grid, or 0), then the shipped chain's pops and
+    pushes from level 2 on; the lowest point of the running balance."""
+    h_q = np.log2(grid.std_q / grid.delta) + LOG2_SQRT_2PI_E
+    h_p = np.log2(grid.std_p / grid.delta) + LOG2_SQRT_2PI_E
+    step = float(np.diff(grid.x_means).min())
+    h_x = max(0.0, math.log2(math.hypot(grid.std_p[0], grid.sigma[0]) / step) + LOG2_SQRT_2PI_E)
+    balance = -(math.log2(grid.sigma[1] / grid.delta[1]) + LOG2_SQRT_2PI_E)
+    worst = balance
+    balance += h_x
+    for i in range(2, grid.steps + 1):
+        balance -= h_q[i]
+        worst = min(worst, balance)
+        balance += h_p[i - 1]
+    return -worst
+
+
+def seed_bytes(seeds: np.ndarray) -> dict:
+    """Bytes of the seed images (uint8 [N, H, W, C]) one by one and as one row, per codec."""
+    row = np.concatenate(list(seeds), axis=1)
+    out = {}
+    for name, method, effort in (("webp m6", "webp", 6), ("jxl e9", "jxl", 9)):
+        out[name] = {"single": sum(len(classical.encode(s, method, effort)) for s in seeds),
+                     "row": len(classical.encode(row, method, effort))}
+    return out
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="python -m experiments.start_bits", description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=100)
     ap.add_argument("--start", type=int, default=8000)
-    ap.add_argument("--steps", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=48)
+    ap.add_argument("--grid-bits", default="1,2,3")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path, default=Path("experiments/results/start_bits.md"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    x = load_array(MNIST, args.start, args.start + args.images)
+    x = load_array(MNIST, args.start, args.start + args.images).copy()
     dims = x.size
-    rows = []
-    for label, patch in (("shipped grid", None), ("level 0 bin = sigma_0 / 4", level0_bins(4.0)),
-                         ("level 0 bin = sigma_0 / 2", level0_bins(2.0))):
-        codec = load_codec("mnist", steps=args.steps)
-        chain = codec.chain(args.steps, codec.grid_bits)
-        if patch is not None:
-            patch(chain)
+    rows, seeds_seen = [], None
+    for gb in (int(v) for v in args.grid_bits.split(",")):
+        shipped = load_codec("mnist", steps=args.steps)
+        codec = Codec(shipped.model, shipped.info, steps=args.steps, grid_bits=gb, arithmetic=shipped.arithmetic,
+                      steps_fixed=True)  # this grid, not compress's choice for a small archive
+        chain = codec.chain(args.steps, gb)
         t0 = time.perf_counter()
         blob = codec.compress(list(x), force_model=True)
         enc = time.perf_counter() - t0
         back = codec.decompress(blob)
-        exact = all(np.array_equal(a, b) for a, b in zip(back, x))
-        methods = unpack(blob)[0].image_methods()
-        seeds = sum(1 for m in methods if m != "vdm")
-        rows.append({"grid": label, "initial_bits_per_dim": chain.initial_bits_per_dim(), "seeds": seeds,
-                     "bytes": len(blob), "bpd": 8 * len(blob) / dims, "exact": exact, "encode_s": enc})
+        header = unpack(blob)[0]
+        seed_idx = [k for k, m in enumerate(header.image_methods()) if m != "vdm"]
+        if gb == 2:
+            seeds_seen = seed_idx
+        rows.append({"grid_bits": gb, "initial_bits_per_dim": chain.initial_bits_per_dim(),
+                     "folded_initial_bits_per_dim": folded_initial_bits(chain.grid), "seeds": len(seed_idx),
+                     "seed_bytes": sum(header.classical_sizes), "bytes": len(blob), "bpd": 8 * len(blob) / dims,
+                     "exact": all(np.array_equal(a, b) for a, b in zip(back, x)), "encode_s": enc})
         print(rows[-1], file=sys.stderr, flush=True)
+    seeds = seed_bytes(x[seeds_seen or list(range(6))])
     with torch.no_grad():
         codec = load_codec("mnist", steps=args.steps)
         elbo = float(bpd_discrete(codec.model, torch.from_numpy(x).permute(0, 3, 1, 2).contiguous(), args.steps,
                                   torch.Generator().manual_seed(0), times=codec.level_times(args.steps)).total.mean())
     m = machine()
     cmd = shlex.join(sys.argv[1:] if argv is None else argv)
+    n_seeds = len(seeds_seen or range(6))
     lines = ["# Start-up bits of a small archive", "", f"Command: `python -m experiments.start_bits {cmd}`", "",
              f"Date: {datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}; machine: {m['cpu']}, "
              f"{args.threads} torch thread(s).", "",
-             f"{args.images} digits ({MNIST.name} [{args.start}:{args.start + args.images}]), model `mnist`, T = {args.steps}, "
-             f"one archive each (`force_model`), decoded in process with the same chain. The model's T-step -ELBO on "
-             f"these digits (all T levels, one noise draw): {elbo:.4f} bpd.", "",
-             "| grid | initial bits / dim | seed images | bytes | bpd | over the ELBO | exact |",
-             "|---|---:|---:|---:|---:|---:|---|"]
+             f"{args.images} digits ({MNIST.name} [{args.start}:{args.start + args.images}]), model `mnist`, T = {args.steps} "
+             f"at the card's level times, one archive each (`force_model`), decoded in process. The model's T-step "
+             f"-ELBO on these digits (one noise draw): {elbo:.4f} bpd.", "",
+             "| grid bits | initial bits / dim | with z_0 folded into x (computed) | seed images | seed bytes | bytes | bpd "
+             "| over the ELBO | exact |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in rows:
-        lines.append(f"| {r['grid']} | {r['initial_bits_per_dim']:.2f} | {r['seeds']} | {r['bytes']:,} | {r['bpd']:.4f} | "
-                     f"{r['bpd'] / elbo - 1:+.1%} | {'yes' if r['exact'] else 'NO'} |")
+        lines.append(f"| {r['grid_bits']}{' (the default grid)' if r['grid_bits'] == 2 else ''} | {r['initial_bits_per_dim']:.2f} | "
+                     f"{r['folded_initial_bits_per_dim']:.2f} | {r['seeds']} | {r['seed_bytes']:,} | {r['bytes']:,} | "
+                     f"{r['bpd']:.4f} | {r['bpd'] / elbo - 1:+.1%} | {'yes' if r['exact'] else 'NO'} |")
+    lines += ["", f"The {n_seeds} seed images of the 2-bit archive, coded one by one and as one row "
+              f"(bpd of the seeds' {n_seeds * x[0].size:,} subpixels):", "",
+              "| codec | one by one | one row |", "|---|---:|---:|"]
+    for name, s in seeds.items():
+        lines.append(f"| {name} | {8 * s['single'] / (n_seeds * x[0].size):.3f} | {8 * s['row'] / (n_seeds * x[0].size):.3f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text("\n".join(lines) + "\n")
     args.out.with_suffix(".json").write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "machine": m,
-                                                         "elbo": elbo, "rows": rows}, indent=1) + "\n")
+                                                         "elbo": elbo, "rows": rows, "seeds": seeds}, indent=1) + "\n")
     print("\n".join(lines))
 
 
