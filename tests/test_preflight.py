@@ -122,7 +122,8 @@ def test_between_the_margins_only_decoded_jpegs_run_the_chain(model, monkeypatch
     from vdmcodec.coding.priors import jpeg_prior
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
-    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9, clean_margin=1e9))
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9, clean_margin=1e9,
+                                             prior_margin=1e9))
     monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: lattice)
     chain_must_not_run(codec, monkeypatch)
     if lattice:
@@ -130,6 +131,35 @@ def test_between_the_margins_only_decoded_jpegs_run_the_chain(model, monkeypatch
             codec.compress([im])
     else:
         assert codec.compress([im]) == codec.compress([im], classical_only=True)
+
+
+@pytest.mark.parametrize("saving", ["none", "most"])
+def test_a_decoded_jpeg_whose_estimate_loses_even_with_its_prior_stays_classical(model, monkeypatch, saving):
+    """After the structure probe, a decoded JPEG the preflight let through is given up when
+    its estimate less the prior's estimated saving is not below the classical file (the
+    chain is never run, the classical file is written); where the saving brings it below,
+    the chain runs."""
+    from vdmcodec.coding.preflight import loses_with_prior
+    from vdmcodec.coding.priors import jpeg_prior
+
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=1e9, clean_margin=1e9))
+    monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: True)
+    est = codec.preflight_estimate(im)
+    classical_bits = 8 * len(container.unpack(codec.compress([im], classical_only=True))[1])
+    assert est > classical_bits / im.size
+    codec.structure_choice = lambda pixels, chain: (None, 0.0 if saving == "none" else est)
+    assert loses_with_prior(est, 0.0, classical_bits, im.size) and not loses_with_prior(est, est, classical_bits, im.size)
+
+    def refuse(*a, **k):
+        raise AssertionError("the chain ran")
+
+    monkeypatch.setattr(codec, "_compress_chain", refuse)
+    if saving == "none":
+        assert codec.compress([im]) == codec.compress([im], classical_only=True)
+    else:
+        with pytest.raises(AssertionError, match="the chain ran"):
+            codec.compress([im])
 
 
 def test_a_sure_win_runs_the_chain_without_a_lattice(model, monkeypatch):
@@ -170,7 +200,7 @@ def test_in_an_archive_only_the_images_given_up_on_skip_the_chain(model, monkeyp
 
     flat = np.full((40, 48, 3), 77, dtype=np.uint8)
     busy = noise((40, 48, 3), seed=1)
-    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=2.0))
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, margin=2.0, prior_margin=1e9))
     assert not hopeless(codec.preflight_estimate(busy), 8 * 40 * 48 * 3, busy.size, codec.preflight)
     chained = []
     orig = tiles.push_image

@@ -173,15 +173,29 @@ class Codec:
         planner = self.planner
         tiled = planner.tiled_methods(pix)
         eligible = planner.chunk_eligible(pix, tiled)
+        estimates = {}
         if not (force_model or classical_only):  # images the preflight gives up on stay classical
-            tiled = {k: m for k, m in tiled.items()
-                     if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, pin)[1]}
+            checks = {k: self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, pin)
+                      for k, m in tiled.items()}
+            tiled = {k: m for k, m in tiled.items() if not checks[k][1]}
+            estimates = {k: checks[k][0] for k in tiled}
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         pin()
         grid_bits = self.grid_bits if self.grid_fixed else planner.grid_bits(self.grid_bits, pix, eligible, tiled)
         chain = self.chain(T, grid_bits)
-        structures = {k: self.choose_structure(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
+        structures, savings = {}, {}
+        for k, m in tiled.items():
+            if m == "tiled":
+                structures[k], savings[k] = self.structure_choice(pix[k], chain)
+        # an image whose estimate loses even with its prior's saving stays classical
+        tiled = {k: m for k, m in tiled.items()
+                 if not planner.loses_with_prior(estimates.get(k), savings.get(k, 0.0), 8 * len(best[k][1]), pix[k].size)}
+        structures = {k: v for k, v in structures.items() if k in tiled}
+        if not (eligible or tiled):
+            return self._pack_classical(entries, best, T)
+        if not self.grid_fixed and planner.grid_bits(self.grid_bits, pix, eligible, tiled) != grid_bits:
+            chain = self.chain(T, planner.grid_bits(self.grid_bits, pix, eligible, tiled))
         corr_scales = {k: self.choose_corr_scale(pix[k], chain) for k, m in tiled.items()
                        if m == "tiled" and structures.get(k) is None}
         blob = None
@@ -229,7 +243,12 @@ class Codec:
 
     def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain):
         """Planner.choose_structure with this codec's settings."""
-        return self.planner.choose_structure(pixels, chain)
+        return self.structure_choice(pixels, chain)[0]
+
+    def structure_choice(self, pixels: np.ndarray, chain: DiffusionChain):
+        """Planner.structure_choice with this codec's settings: (prior or None, its estimated
+        saving in bits per subpixel)."""
+        return self.planner.structure_choice(pixels, chain)
 
     def preflight_estimate(self, pixels: np.ndarray, method: str = "tiled") -> float | None:
         """Planner.preflight_estimate on ``probe_model``."""

@@ -31,8 +31,8 @@ from .archive import MAX_CHUNK_SUBPIXELS, chain_order, coded_pixels
 from .arithmetic import ARITHMETIC, apply_arithmetic
 from .chain import DiffusionChain
 from .container import CORR_SCALE_STEPS, MODEL_METHODS
-from .preflight import (PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, plain_photos_lose, structure_gains,
-                        sure_win)
+from .preflight import (PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, loses_with_prior, plain_photos_lose,
+                        structure_gains, sure_win)
 from .priors import jpeg_prior, structure
 
 # crops on which compress estimates what a chroma-structure prior saves (preflight.structure_gains)
@@ -123,16 +123,27 @@ class Planner:
         chroma subsampling; priors/jpeg_prior.py: decoded JPEGs, float arithmetics only): of the candidates
         measured on the image, the one with the largest saving estimated on crops
         (STRUCTURE_PROBE), if that beats the prior's header bytes; else None."""
+        return self.structure_choice(pixels, chain)[0]
+
+    def structure_choice(self, pixels: np.ndarray, chain: DiffusionChain):
+        """(``choose_structure``'s prior or None, its estimated saving in bits per subpixel,
+        0.0 without a prior)."""
         if not self.structure_priors or self.channels != 3:
-            return None
+            return None, 0.0
         priors = structure.candidates(pixels)
         if not ARITHMETIC[chain.cfg.arithmetic].portable:  # its DCT is a float matrix product
             priors += jpeg_prior.candidates(pixels)
         if not priors:
-            return None
+            return None, 0.0
         gains = structure_gains(chain, pixels, priors, STRUCTURE_PROBE)
         k = int(np.argmax(gains))
-        return priors[k] if gains[k] * pixels.size > 8 * len(priors[k].to_bytes()) else None
+        return (priors[k], float(gains[k])) if gains[k] * pixels.size > 8 * len(priors[k].to_bytes()) else (None, 0.0)
+
+    def loses_with_prior(self, estimate: float | None, saving: float, classical_bits: int, subpixels: int) -> bool:
+        """After the structure probe, whether compress gives the chain up on an image the
+        preflight estimated at ``estimate`` (None: no estimate, never): preflight.loses_with_prior."""
+        return self.preflight is not None and estimate is not None and loses_with_prior(
+            estimate, saving, classical_bits, subpixels, self.preflight)
 
 
 def choose_corr_scale(pixels: np.ndarray, chain: DiffusionChain) -> int:
