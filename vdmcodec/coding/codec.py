@@ -189,13 +189,13 @@ class Codec:
             if m == "tiled":
                 structures[k], savings[k] = self.structure_choice(pix[k], chain)
         # an image whose estimate loses even with its prior's saving stays classical
-        tiled = {k: m for k, m in tiled.items()
-                 if not planner.loses_with_prior(estimates.get(k), savings.get(k, 0.0), 8 * len(best[k][1]), pix[k].size)}
+        tiled = {k: m for k, m in tiled.items() if not planner.loses_with_prior(
+            estimates.get(k), savings.get(k, 0.0), 8 * len(best[k][1]), pix[k].size)}
         structures = {k: v for k, v in structures.items() if k in tiled}
         if not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         if not self.grid_fixed and planner.grid_bits(self.grid_bits, pix, eligible, tiled) != grid_bits:
-            chain = self.chain(T, planner.grid_bits(self.grid_bits, pix, eligible, tiled))
+            chain = self.chain(T, planner.grid_bits(self.grid_bits, pix, eligible, tiled))  # fewer images now
         corr_scales = {k: self.choose_corr_scale(pix[k], chain) for k, m in tiled.items()
                        if m == "tiled" and structures.get(k) is None}
         blob = None

@@ -62,7 +62,8 @@ class PreflightConfig:
         if self.crops < 1 or self.crop < 1 or self.draws < 1:
             raise ValueError("preflight crops, crop and draws must be >= 1")
         if not (self.margin >= 1.0 and self.clean_margin >= 1.0 and self.prior_margin >= 1.0):
-            raise ValueError(f"preflight margins must be >= 1, got {self.margin}, {self.clean_margin}, {self.prior_margin}")
+            raise ValueError(f"preflight margins must be >= 1, got {self.margin}, {self.clean_margin}, "
+                             f"{self.prior_margin}")
 
 
 def calibrated_floor(card: dict, where: str = "model") -> float | None:
