@@ -182,8 +182,7 @@ class Codec:
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         pin()
-        grid_bits = self.grid_bits if self.grid_fixed else planner.grid_bits(self.grid_bits, pix, eligible, tiled)
-        chain = self.chain(T, grid_bits)
+        chain = self.chain(T, self._grid_bits(pix, eligible, tiled))
         structures, savings = {}, {}
         for k, m in tiled.items():
             if m == "tiled":
@@ -194,8 +193,7 @@ class Codec:
         structures = {k: v for k, v in structures.items() if k in tiled}
         if not (eligible or tiled):
             return self._pack_classical(entries, best, T)
-        if not self.grid_fixed and planner.grid_bits(self.grid_bits, pix, eligible, tiled) != grid_bits:
-            chain = self.chain(T, planner.grid_bits(self.grid_bits, pix, eligible, tiled))  # fewer images now
+        chain = self.chain(T, self._grid_bits(pix, eligible, tiled))  # the same, or fewer images now
         corr_scales = {k: self.choose_corr_scale(pix[k], chain) for k, m in tiled.items()
                        if m == "tiled" and structures.get(k) is None}
         blob = None
@@ -224,12 +222,13 @@ class Codec:
     def grid_bits_for(self, images) -> int:
         """The latent grid compress codes ``images`` on through the chain (Planner.grid_bits;
         the codec's own where it was given one), before any preflight drops an image."""
-        if self.grid_fixed:
-            return self.grid_bits
         pix = [e.pixels for e in image_entries(images, None)]
-        planner = self.planner
-        tiled = planner.tiled_methods(pix)
-        return planner.grid_bits(self.grid_bits, pix, planner.chunk_eligible(pix, tiled), tiled)
+        tiled = self.planner.tiled_methods(pix)
+        return self._grid_bits(pix, self.planner.chunk_eligible(pix, tiled), tiled)
+
+    def _grid_bits(self, pix, eligible, tiled) -> int:
+        """The grid of an archive whose chain codes ``eligible`` whole and ``tiled`` in tiles."""
+        return self.grid_bits if self.grid_fixed else self.planner.grid_bits(self.grid_bits, pix, eligible, tiled)
 
     @property
     def planner(self) -> Planner:
