@@ -37,7 +37,7 @@ COMPARE = {"times": {"names": ("uniform", "fitted"), "out": "levels.md", "title"
                     "title": "Factorised vs channel-correlated p(z_s | z_t)",
                     "what": "one with p factorised over the colour channels and one correlated across them by the "
                             "card's `coding_corr` (level_codecs.p_codec_corr) times the share compress estimated for the photo (column "
-                            "share; Codec.choose_corr_scale)"}}
+                            "share; Codec.choose)"}}
 DEFAULT_PHOTOS = ([DATA / "CSet5" / f"{n}.png" for n in ("woman", "bird", "butterfly")]
                   + [DATA / "CSet14" / f"{n}.png" for n in ("comic", "coastguard", "foreman")])
 

@@ -6,7 +6,7 @@ python -m experiments.structure_priors [--model natural] [--threads 1] [--out ex
 For every RGB photo: the candidate priors (chroma modes whose block differences fall on the
 prior's grid for >= 90% of the blocks; JPEG lattices seen on >= 8 luma DCT coefficients, at
 three (spread, tau) settings, luma only and, where the chroma shows a lattice, with chroma),
-compress's estimated saving of each (preflight.structure_gains on its crops) and its choice. Where there is a candidate, the photo is compressed twice by the
+compress's estimated saving of each (preflight.Probe.prior_savings on its crops) and its choice. Where there is a candidate, the photo is compressed twice by the
 same codec through the chain (force_model, no preflight): without a prior and with the
 candidate of the largest estimated saving, chosen or not (so the table shows whether the
 choice was right); the file with the prior is decoded and compared with the photo. Photos
@@ -30,8 +30,8 @@ from PIL import Image
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.coding import container
 from vdmcodec.coding.codec import load_codec
-from vdmcodec.coding.planner import STRUCTURE_PROBE
-from vdmcodec.coding.preflight import structure_gains
+from vdmcodec.coding.planner import PROBE, ImageChoice
+from vdmcodec.coding.preflight import Probe
 from vdmcodec.coding.priors import describe, jpeg_prior, structure
 
 DATA = Path("../shared/data/natural")
@@ -58,20 +58,20 @@ def main(argv=None):
         row = {"image": path.name, "size": f"{px.shape[1]}x{px.shape[0]}", "subpixels": int(px.size)}
         priors = structure.candidates(px) + jpeg_prior.candidates(px)
         t0 = time.perf_counter()
-        gains = structure_gains(chain, px, priors, STRUCTURE_PROBE)
-        chosen = codec.choose_structure(px, chain)
+        gains = Probe(chain, px, PROBE).prior_savings(priors)
+        chosen = codec.choose(px, chain).prior
         row.update(estimate_s=time.perf_counter() - t0, candidates={describe(p): g for p, g in zip(priors, gains)},
                    chosen=describe(chosen))
         if priors:
             best = priors[int(np.argmax(gains))]
             row["tried"] = describe(best)
             for name, prior in (("without", None), ("with", best)):
-                codec.choose_structure = lambda pixels, chain, prior=prior: prior
+                codec.choose = lambda pixels, chain, prior=prior: ImageChoice(prior, 0, 0.0, 0.0)
                 t0 = time.perf_counter()
                 blob = codec.compress([px], force_model=True)
                 row[name] = 8 * len(blob) / px.size
                 row[name + "_s"] = time.perf_counter() - t0
-            del codec.choose_structure
+            del codec.choose
             assert container.unpack(blob)[0].structures == [best]
             t0 = time.perf_counter()
             row["exact"] = bool(np.array_equal(codec.decompress(blob)[0], px))
@@ -85,7 +85,7 @@ def main(argv=None):
     result = {"command": "python -m experiments.structure_priors " + shlex.join(sys.argv[1:] if argv is None else argv),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": machine(), "model": info["name"], "sha256": info["sha256"][:16], "steps": codec.steps,
-              "arithmetic": codec.arithmetic, "probe": STRUCTURE_PROBE.__dict__, "rows": rows,
+              "arithmetic": codec.arithmetic, "probe": PROBE.__dict__, "rows": rows,
               "pooled_saving_bpd_all_photos": chosen_saving / n_all}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
@@ -95,8 +95,8 @@ def main(argv=None):
              f"Date: {result['date']}; machine: {m['cpu']} ({m['cpu_count']} logical CPUs), {m['torch_threads']} torch "
              f"thread(s), torch {m['torch']}, 1-minute load {m['load_average_1min']:.2f} at the end.", "",
              f"Model `{info['name']}` (weights {result['sha256']}..., card steps {info['card'].get('steps')}), "
-             f"T = {codec.steps}, {codec.arithmetic}. Estimated saving: `preflight.structure_gains` on "
-             f"{STRUCTURE_PROBE.crops} crops of {STRUCTURE_PROBE.crop} px at {STRUCTURE_PROBE.draws} stratified levels "
+             f"T = {codec.steps}, {codec.arithmetic}. Estimated saving: `preflight.Probe.prior_savings` on "
+             f"{PROBE.crops} crops of {PROBE.crop} px at {PROBE.draws} stratified levels "
              "(bits per subpixel; compress keeps the best candidate when its saving beats the prior's header bytes). "
              "Files: bits per subpixel of the whole file, the same codec without a prior and with the best candidate. "
              "'estimate s' times both estimates of a photo (the table's and compress's own choice), so about twice what "

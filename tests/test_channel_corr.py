@@ -6,6 +6,7 @@ import dataclasses
 import json
 import math
 import shutil
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,6 +18,8 @@ from vdmcodec.coding.ans import Message, autoregressive, uniform
 from vdmcodec.coding.chain import ChainConfig, DiffusionChain
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.level_codecs import p_codec
+from vdmcodec.coding.planner import ImageChoice
+from vdmcodec.coding.preflight import Probe
 from vdmcodec.coding.priors import TilePrior
 from vdmcodec.diffusion import VDM
 from vdmcodec.errors import FormatError, ModelError
@@ -141,7 +144,7 @@ def test_the_chain_with_correlations_is_lossless(arithmetic):
 
 def codec_with_share(model_dir, share):
     codec = load_codec(model_dir)
-    codec.choose_corr_scale = lambda pixels, chain: share  # the tiny model's estimate is not the point here
+    codec.choose = lambda pixels, chain: ImageChoice(None, share, 0.0, 0.0)  # the tiny model's estimate is not the point here
     return codec
 
 
@@ -186,12 +189,15 @@ def test_the_share_is_the_best_estimated_one(rgb_dir, monkeypatch):
     photo = np.random.default_rng(5).integers(0, 256, (36, 40, 3), dtype=np.uint8)
     codec = load_codec(rgb_dir)
     chain = codec.chain(codec.steps, codec.grid_bits)
-    gains = planner.corr_scale_gains(chain, photo, [0.5, 1.0])
+    gains = Probe(chain, photo).corr_savings([0.5, 1.0])
     assert len(gains) == 2 and all(math.isfinite(g) for g in gains)
-    assert planner.corr_scale_gains(load_codec(rgb_dir).chain(3, 2, corr=None), photo, [1.0]) == [0.0]
-    for fake, share in (([-0.1, 0.2, 0.3, 0.1], 3), ([-0.1, -0.2, -0.3, -0.1], 0)):
-        monkeypatch.setattr(planner, "corr_scale_gains", lambda chain, pixels, scales, cfg, fake=fake: fake)
-        assert codec.choose_corr_scale(photo, chain) == share
+    assert Probe(load_codec(rgb_dir).chain(3, 2, corr=None), photo).corr_savings([1.0]) == (0.0,)
+    codec.structure_priors = False
+    for fake, share in (((-0.1, 0.2, 0.3, 0.1), 3), ((-0.1, -0.2, -0.3, -0.1), 0)):
+        monkeypatch.setattr(planner, "Probe", lambda chain, pixels, cfg, fake=fake: SimpleNamespace(
+            rate=3.0, prior_savings=lambda priors: (-1.0,) * len(priors), corr_savings=lambda scales: fake))
+        choice = codec.choose(photo, chain)
+        assert choice.corr_share == share and choice.saving == (max(fake) if share else 0.0)
 
 
 def test_grayscale_models_ignore_a_table(tiny_model_dir, tmp_path):

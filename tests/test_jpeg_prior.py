@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from dataclasses import replace
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from PIL import Image
 from tests.helpers import tiny_model_config
 from vdmcodec.coding import container
 from vdmcodec.coding.codec import Codec
+from vdmcodec.coding.planner import ImageChoice
 from vdmcodec.coding.priors import jpeg_prior, parse_prior, prior_size
 from vdmcodec.coding.priors.jpeg_prior import JpegPrior
 from vdmcodec.diffusion import VDM, scale_pixels
@@ -158,7 +160,7 @@ def test_coding_with_a_jpeg_prior_is_lossless_and_recorded():
     (p4, *_) = jpeg_prior.candidates(decoded_jpeg(textured(96, 128)))
     for p in (replace(p4, qc=()), p4):   # mode 3 (files written before commit 26414dd), mode 4 luma only
         codec = tiny_rgb_codec()
-        codec.structure_choice = lambda pixels, chain, p=p: (p, 0.0)
+        codec.choose = lambda pixels, chain, p=p: ImageChoice(p, 0, 0.0, 0.0)
         blob = codec.compress([im], force_model=True)
         h, payload = container.unpack(blob)
         assert h.structures == [p]
@@ -172,7 +174,7 @@ def test_coding_with_a_chroma_prior_is_lossless_and_recorded():
     im = decoded_jpeg(textured(40, 56, seed=3), subsampling=2)
     p = jpeg_prior.candidates(decoded_jpeg(textured(192, 256), subsampling=2))[3]
     codec = tiny_rgb_codec()
-    codec.structure_choice = lambda pixels, chain: (p, 0.0)
+    codec.choose = lambda pixels, chain: ImageChoice(p, 0, 0.0, 0.0)
     blob = codec.compress([im], force_model=True)
     assert container.unpack(blob)[0].structures == [p]
     np.testing.assert_array_equal(tiny_rgb_codec().decompress(blob)[0], im)
@@ -182,11 +184,12 @@ def test_portable_coding_does_not_offer_the_jpeg_prior(monkeypatch):
     from vdmcodec.coding import planner
 
     seen = []
-    monkeypatch.setattr(planner, "structure_gains", lambda chain, pixels, priors, cfg: seen.append(priors) or [1.0] * len(priors))
+    monkeypatch.setattr(planner, "Probe", lambda chain, pixels, cfg: SimpleNamespace(
+        rate=3.0, prior_savings=lambda priors: seen.append(priors) or (1.0,) * len(priors), corr_savings=lambda s: (0.0,) * len(s)))
     im = decoded_jpeg(textured(96, 128))
-    assert tiny_rgb_codec(arithmetic="portable").choose_structure(im, tiny_rgb_codec(arithmetic="portable").chain(2, 2)) is None
+    assert tiny_rgb_codec(arithmetic="portable").choose(im, tiny_rgb_codec(arithmetic="portable").chain(2, 2)).prior is None
     codec = tiny_rgb_codec()
-    assert isinstance(codec.choose_structure(im, codec.chain(2, 2)), JpegPrior)
+    assert isinstance(codec.choose(im, codec.chain(2, 2)).prior, JpegPrior)
 
 
 def test_block_dct_is_the_orthonormal_2d_dct():

@@ -3,6 +3,7 @@ correction, and coding with them (bit-exact, recorded in the file, refused when 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 from dataclasses import replace
 
 import numpy as np
@@ -12,6 +13,7 @@ import torch
 from tests.helpers import tiny_model_config
 from vdmcodec.coding import container
 from vdmcodec.coding.codec import Codec
+from vdmcodec.coding.planner import ImageChoice
 from vdmcodec.coding.priors import structure
 from vdmcodec.coding.priors.structure import CELLS, MODES, StructurePrior
 from vdmcodec.diffusion import VDM, scale_pixels
@@ -130,7 +132,7 @@ def structured():
     im = subsample_chroma(photo(20, 26, seed=4), (1, 2), "replicate", "jfif")
     prior, _ = structure.measure(im, "422")
     codec = tiny_rgb_codec()
-    codec.structure_choice = lambda pixels, chain: (prior, 0.0)      # the tiny model's estimate is not the point here
+    codec.choose = lambda pixels, chain: ImageChoice(prior, 0, 0.0, 0.0)      # the tiny model's estimate is not the point here
     return codec, im, prior, codec.compress([im], force_model=True)
 
 
@@ -139,7 +141,7 @@ def test_coding_with_a_structure_prior_is_lossless_and_recorded(structured, arit
     codec, im, prior, blob = structured
     if arith != "float32":
         codec = tiny_rgb_codec(arithmetic=arith)
-        codec.structure_choice = lambda pixels, chain: (prior, 0.0)
+        codec.choose = lambda pixels, chain: ImageChoice(prior, 0, 0.0, 0.0)
         blob = codec.compress([im], force_model=True)
     h = container.unpack(blob)[0]
     assert h.structures == [prior] and blob[4] == container.VERSION == 7
@@ -165,25 +167,33 @@ def test_a_forged_structure_prior_is_refused_or_caught(structured):
         container.validate(container.parse_header(container.encode_header(gray)))
 
 
-def test_choose_structure_keeps_a_prior_only_where_it_saves(monkeypatch):
+def test_choose_keeps_a_prior_only_where_it_saves(monkeypatch):
     codec = tiny_rgb_codec()
     chain = codec.chain(2, codec.grid_bits)
     im = subsample_chroma(photo(), (1, 2), "replicate", "jfif")
     from vdmcodec.coding import planner
 
-    monkeypatch.setattr(planner, "structure_gains", lambda chain, pixels, priors, cfg: [0.5] * len(priors))
-    assert codec.choose_structure(im, chain).mode == "422"
-    monkeypatch.setattr(planner, "structure_gains", lambda chain, pixels, priors, cfg: [-0.1] * len(priors))
-    assert codec.choose_structure(im, chain) is None
-    assert codec.choose_structure(photo(), chain) is None            # no candidate
-    assert tiny_rgb_codec(structure_priors=False).choose_structure(im, chain) is None
+    def fake(saving):
+        return lambda chain, pixels, cfg: SimpleNamespace(rate=3.0, prior_savings=lambda priors: (saving,) * len(priors),
+                                                          corr_savings=lambda scales: (0.0,) * len(scales))
+
+    monkeypatch.setattr(planner, "Probe", fake(0.5))
+    choice = codec.choose(im, chain)
+    assert choice.prior.mode == "422" and (choice.rate, choice.saving) == (3.0, 0.5)
+    monkeypatch.setattr(planner, "Probe", fake(-0.1))
+    assert codec.choose(im, chain).prior is None
+    assert codec.choose(photo(), chain).prior is None                # no candidate
+    assert tiny_rgb_codec(structure_priors=False).choose(im, chain).prior is None
 
 
-def test_structure_gains_is_paired_and_signed():
+def test_the_probes_prior_saving_is_paired_and_signed():
     """The estimate is a paired difference: zero for a prior that changes nothing
     (an image whose blocks are all off the grid keeps the network's eps_hat everywhere),
     reproducible, and positive for a structured image under a model that knows nothing."""
-    from vdmcodec.coding.preflight import PreflightConfig, structure_gains
+    from vdmcodec.coding.preflight import PreflightConfig, Probe
+
+    def structure_gains(chain, im, priors, cfg):
+        return list(Probe(chain, im, cfg).prior_savings(priors))
 
     codec = tiny_rgb_codec()
     chain = codec.chain(4, codec.grid_bits)

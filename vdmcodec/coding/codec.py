@@ -40,7 +40,7 @@ from .container import DTYPES, MAX_STEPS, MODEL_METHODS, Header, pack, run_lengt
 from .determinism import pinned
 from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
 from .inputs import image_entries
-from .planner import Planner, choose_corr_scale, plan_seeds, probe_network
+from .planner import ImageChoice, Planner, plan_seeds, probe_network
 from .preflight import PreflightConfig
 from .spec import CURRENT as CURRENT_CODER
 from .spec import CoderSpec
@@ -145,17 +145,13 @@ class Codec:
         effort that would not. ``force_model`` keeps the model-coded result even where
         all-classical is smaller (for measurements) and runs the chain on every image the
         model can code, without the preflight; ``classical_only`` skips the model. torch's
-        precision switches are pinned (determinism.pinned) from the first network pass to the
-        end of the call and restored after: a call that writes every image classically never
+        precision switches are pinned (determinism.pinned) from the chain's first pass to the
+        end of the call and restored after; the encoder's estimates before it only steer its
+        choices, never a decoded bit, so a call that writes every image classically never
         touches them (the first switch costs about a second and a half of imports)."""
         with ExitStack() as stack:
-            pinned_now: list = []
-
-            def pin() -> None:
-                if not pinned_now:
-                    pinned_now.append(stack.enter_context(pinned()))
-
-            return self._compress(images, steps, names, progress, classical_only, force_model, effort, pin)
+            return self._compress(images, steps, names, progress, classical_only, force_model, effort,
+                                  lambda: stack.enter_context(pinned()))
 
     def _compress(self, images, steps, names, progress, classical_only, force_model, effort, pin) -> bytes:
         entries = image_entries(images, names)
@@ -173,29 +169,22 @@ class Codec:
         planner = self.planner
         tiled = planner.tiled_methods(pix)
         eligible = planner.chunk_eligible(pix, tiled)
-        estimates = {}
         if not (force_model or classical_only):  # images the preflight gives up on stay classical
-            checks = {k: self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, pin)
-                      for k, m in tiled.items()}
-            tiled = {k: m for k, m in tiled.items() if not checks[k][1]}
-            estimates = {k: checks[k][0] for k in tiled}
+            tiled = {k: m for k, m in tiled.items()
+                     if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain)[1]}
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
-        pin()
         chain = self.chain(T, self._grid_bits(pix, eligible, tiled))
-        structures, savings = {}, {}
-        for k, m in tiled.items():
-            if m == "tiled":
-                structures[k], savings[k] = self.structure_choice(pix[k], chain)
-        # an image whose estimate loses even with its prior's saving stays classical
-        tiled = {k: m for k, m in tiled.items() if not planner.loses_with_prior(
-            estimates.get(k), savings.get(k, 0.0), 8 * len(best[k][1]), pix[k].size)}
-        structures = {k: v for k, v in structures.items() if k in tiled}
+        # one probe per tiled RGB image: its structure prior or correlation share, and its rate
+        choices = {k: self.choose(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
+        if not force_model:  # an image whose estimate loses even with its choice stays classical
+            tiled = {k: m for k, m in tiled.items() if not planner.loses(choices.get(k), 8 * len(best[k][1]), pix[k].size)}
         if not (eligible or tiled):
             return self._pack_classical(entries, best, T)
+        pin()
         chain = self.chain(T, self._grid_bits(pix, eligible, tiled))  # the same, or fewer images now
-        corr_scales = {k: self.choose_corr_scale(pix[k], chain) for k, m in tiled.items()
-                       if m == "tiled" and structures.get(k) is None}
+        structures = {k: c.prior for k, c in choices.items() if k in tiled}
+        corr_scales = {k: c.corr_share for k, c in choices.items() if k in tiled}
         blob = None
         for margin in INIT_MARGINS:  # a short estimate only costs a retry with more seeds
             per_dim = chain.initial_bits_per_dim() * margin
@@ -236,18 +225,10 @@ class Codec:
         return Planner(self.channels, self.tile, self.arithmetic, self.preflight, self.structure_priors,
                        self.info.get("card", {}), self.info.get("dir", "model"))
 
-    def choose_corr_scale(self, pixels: np.ndarray, chain: DiffusionChain) -> int:
-        """planner.choose_corr_scale."""
-        return choose_corr_scale(pixels, chain)
-
-    def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain):
-        """Planner.choose_structure with this codec's settings."""
-        return self.structure_choice(pixels, chain)[0]
-
-    def structure_choice(self, pixels: np.ndarray, chain: DiffusionChain):
-        """Planner.structure_choice with this codec's settings: (prior or None, its estimated
-        saving in bits per subpixel)."""
-        return self.planner.structure_choice(pixels, chain)
+    def choose(self, pixels: np.ndarray, chain: DiffusionChain) -> ImageChoice:
+        """Planner.choose with this codec's settings: a tiled RGB image's structure prior or
+        correlation share, and the probe's estimates."""
+        return self.planner.choose(pixels, chain)
 
     def preflight_estimate(self, pixels: np.ndarray, method: str = "tiled") -> float | None:
         """Planner.preflight_estimate on ``probe_model``."""
@@ -260,10 +241,9 @@ class Codec:
         return self._probe
 
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int,
-                        probe_plain: bool = True, before_network=lambda: None) -> tuple[float | None, bool]:
+                        probe_plain: bool = True) -> tuple[float | None, bool]:
         """Planner.preflight_check with this codec's settings and ``preflight_estimate``."""
-        return self.planner.preflight_check(pixels, method, classical_bits, self.preflight_estimate, probe_plain,
-                                            before_network)
+        return self.planner.preflight_check(pixels, method, classical_bits, self.preflight_estimate, probe_plain)
 
     # ---- writing the archive -----------------------------------------------------------
     def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None,

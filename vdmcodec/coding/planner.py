@@ -7,10 +7,11 @@ Compress (codec.py) asks, in this order:
    tiles as R = G = B ("tiled-gray");
 2. which tiled images the preflight gives up on (``Planner.preflight_check``, preflight.py):
    they stay classical, without a chain run;
-3. per tiled RGB image, a structure prior (``Planner.choose_structure``: priors/structure.py,
-   priors/jpeg_prior.py) or else a share of the model card's channel correlations
-   (``choose_corr_scale``), each where an estimate on crops (STRUCTURE_PROBE) says it saves
-   bits;
+3. per tiled RGB image, one probe of the chain's network on crops (``Planner.choose``,
+   preflight.Probe, PROBE) estimates its rate and chooses a structure prior
+   (priors/structure.py, priors/jpeg_prior.py) or else a share of the model card's channel
+   correlations, where it saves bits; an image whose estimate with its choice still loses to
+   its classical file stays classical (``Planner.loses``);
 4. which images are seeds, whose classical bytes start the stack, and the chain order of the
    rest (``plan_seeds``), from an estimate of the initial bits the first chunk needs.
 The file records every choice (archive.py): the decoder replays them and decides nothing.
@@ -31,12 +32,12 @@ from .archive import MAX_CHUNK_SUBPIXELS, chain_order, coded_pixels
 from .arithmetic import ARITHMETIC, apply_arithmetic
 from .chain import DiffusionChain
 from .container import CORR_SCALE_STEPS, MODEL_METHODS
-from .preflight import (PreflightConfig, corr_scale_gains, estimate_bpd, hopeless, loses_with_prior, plain_photos_lose,
-                        structure_gains, sure_win)
+from .preflight import PreflightConfig, Probe, estimate_bpd, loses_with_prior, plain_photos_lose, sure_win
 from .priors import jpeg_prior, structure
 
-# crops on which compress estimates what a chroma-structure prior saves (preflight.structure_gains)
-STRUCTURE_PROBE = PreflightConfig(crops=4, crop=64, draws=32)
+# the crops and levels of the one network pass that estimates a tiled RGB image's rate and what
+# each structure prior and correlation share saves (preflight.Probe)
+PROBE = PreflightConfig(crops=16, crop=64, draws=8)
 # a small archive's latent grid (``Planner.grid_bits``)
 SMALL_ARCHIVE_GRID_BITS = 1
 SMALL_ARCHIVE_SUBPIXELS = 1 << 18
@@ -92,15 +93,15 @@ class Planner:
         return estimate_bpd(network(), coded, cfg) * coded.shape[-1] / pixels.shape[-1]
 
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int, estimate: Callable,
-                        probe_plain: bool = True, before_network=lambda: None) -> tuple[float | None, bool]:
+                        probe_plain: bool = True) -> tuple[float | None, bool]:
         """(the preflight's estimate or None, whether compress gives the model up on this
-        image, whose best classical encoding takes ``classical_bits``): given up where even
-        the estimate's optimistic reading loses, and, between that and a sure win, on all but
-        decoded JPEGs (preflight.py). Without ``probe_plain``, an image without a JPEG lattice
-        is given up before any network pass where the card's calibration says the model lost
-        on every such validation photo (preflight.plain_photos_lose). ``estimate(pixels,
-        method)``: ``preflight_estimate`` on a network; ``before_network`` is called before
-        the first network pass."""
+        image, whose best classical encoding takes ``classical_bits``): decoded JPEGs are
+        left to the probe (``choose``, ``loses``) without an estimate; others are given up
+        where even the estimate's optimistic reading loses, and between that and a sure win
+        (preflight.py). Without ``probe_plain``, an image without a JPEG lattice is given up
+        before any network pass where the card's calibration says the model lost on every such
+        validation photo (preflight.plain_photos_lose). ``estimate(pixels, method)``:
+        ``preflight_estimate`` on a network."""
         cfg = self.preflight
         if cfg is None:
             return None, False
@@ -108,54 +109,55 @@ class Planner:
                    and not ARITHMETIC[self.arithmetic].portable and jpeg_prior.has_lattice(pixels))
         if not (lattice or probe_plain) and plain_photos_lose(self.card, cfg, self.where):
             return None, True
-        before_network()
+        if lattice:  # the probe (``choose``) estimates it with its prior, and ``loses`` decides
+            return None, False
         est = estimate(pixels, method)
         if est is None:
             return None, False
-        if hopeless(est, classical_bits, pixels.size, cfg):
-            return est, True
-        if sure_win(est, classical_bits, pixels.size, cfg):
-            return est, False
-        return est, not lattice
+        return est, not sure_win(est, classical_bits, pixels.size, cfg)
 
-    def choose_structure(self, pixels: np.ndarray, chain: DiffusionChain):
-        """The structure prior ``chain`` codes a tiled RGB image with (priors/structure.py:
-        chroma subsampling; priors/jpeg_prior.py: decoded JPEGs, float arithmetics only): of the candidates
-        measured on the image, the one with the largest saving estimated on crops
-        (STRUCTURE_PROBE), if that beats the prior's header bytes; else None."""
-        return self.structure_choice(pixels, chain)[0]
+    def choose(self, pixels: np.ndarray, chain: DiffusionChain) -> ImageChoice:
+        """What ``chain`` codes a tiled RGB image with, from one probe (preflight.Probe, PROBE):
+        of the structure priors measured on it (priors/structure.py: chroma subsampling;
+        priors/jpeg_prior.py: decoded JPEGs, float arithmetics only), the one with the largest
+        estimated saving where that beats its header bytes; else the share of the card's
+        channel correlations (chain.corr) with the largest saving, 0 where none saves."""
+        priors = []
+        if self.structure_priors and self.channels == 3:
+            priors = structure.candidates(pixels)
+            if not ARITHMETIC[chain.cfg.arithmetic].portable:  # its DCT is a float matrix product
+                priors += jpeg_prior.candidates(pixels)
+        p = Probe(chain, pixels, PROBE)
+        if priors:
+            gains = p.prior_savings(priors)
+            k = int(np.argmax(gains))
+            if gains[k] * pixels.size > 8 * len(priors[k].to_bytes()):
+                return ImageChoice(priors[k], 0, p.rate, gains[k])
+        if chain.corr is not None:
+            shares = range(1, CORR_SCALE_STEPS + 1)
+            gains = p.corr_savings([k / CORR_SCALE_STEPS for k in shares])
+            k = int(np.argmax(gains))
+            if gains[k] > 0:
+                return ImageChoice(None, shares[k], p.rate, gains[k])
+        return ImageChoice(None, 0, p.rate, 0.0)
 
-    def structure_choice(self, pixels: np.ndarray, chain: DiffusionChain):
-        """(``choose_structure``'s prior or None, its estimated saving in bits per subpixel,
-        0.0 without a prior)."""
-        if not self.structure_priors or self.channels != 3:
-            return None, 0.0
-        priors = structure.candidates(pixels)
-        if not ARITHMETIC[chain.cfg.arithmetic].portable:  # its DCT is a float matrix product
-            priors += jpeg_prior.candidates(pixels)
-        if not priors:
-            return None, 0.0
-        gains = structure_gains(chain, pixels, priors, STRUCTURE_PROBE)
-        k = int(np.argmax(gains))
-        return (priors[k], float(gains[k])) if gains[k] * pixels.size > 8 * len(priors[k].to_bytes()) else (None, 0.0)
-
-    def loses_with_prior(self, estimate: float | None, saving: float, classical_bits: int, subpixels: int) -> bool:
-        """After the structure probe, whether compress gives the chain up on an image the
-        preflight estimated at ``estimate`` (None: no estimate, never): preflight.loses_with_prior."""
-        return self.preflight is not None and estimate is not None and loses_with_prior(
-            estimate, saving, classical_bits, subpixels, self.preflight)
+    def loses(self, choice: ImageChoice | None, classical_bits: int, subpixels: int) -> bool:
+        """Whether compress gives the chain up on an image ``choose`` estimated (None: not
+        probed, never), whose best classical encoding takes ``classical_bits``:
+        preflight.loses_with_prior (False with the preflight off)."""
+        return self.preflight is not None and choice is not None and loses_with_prior(
+            choice.rate, choice.saving, classical_bits, subpixels, self.preflight)
 
 
-def choose_corr_scale(pixels: np.ndarray, chain: DiffusionChain) -> int:
-    """The share (in 1/CORR_SCALE_STEPS) of ``chain``'s channel correlations a tiled RGB
-    image without a structure prior is coded with: the one with the largest saving
-    estimated on crops (preflight.corr_scale_gains, STRUCTURE_PROBE), 0 where none saves."""
-    if chain.corr is None:
-        return 0
-    shares = list(range(1, CORR_SCALE_STEPS + 1))
-    gains = corr_scale_gains(chain, pixels, [k / CORR_SCALE_STEPS for k in shares], STRUCTURE_PROBE)
-    k = int(np.argmax(gains))
-    return shares[k] if gains[k] > 0 else 0
+@dataclass(frozen=True)
+class ImageChoice:
+    """What compress codes a tiled RGB image with (``Planner.choose``), and the probe's
+    estimates behind it, in bits per subpixel."""
+
+    prior: object | None  # the structure prior (priors/), or None
+    corr_share: int       # the share of the channel correlations, in 1/CORR_SCALE_STEPS; 0 with a prior
+    rate: float           # the chain's rate without either
+    saving: float         # what the choice saves off ``rate``
 
 
 def probe_network(model, arithmetic: str):

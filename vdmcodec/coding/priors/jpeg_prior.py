@@ -22,7 +22,7 @@ comb with its own spread and broad share gives their posterior means; a change o
 mean goes to each of its pixels, and the changes of (Y, Cb, Cr) go back to RGB through
 JFIF's inverse: a luma change keeps the network's chroma (mode 3 moves along the luma
 weights, the smallest RGB change, which moves chroma too). Estimated savings on crops
-(preflight.structure_gains, the step-21,223 weights): luma alone along the luma weights / through
+(the structure probe on 4 crops at every level, the step-21,223 weights): luma alone along the luma weights / through
 JFIF's inverse / with the chroma term, woman 0.393 / 0.479 / 0.533 bpd, zebra 0.372 / 0.431 /
 0.526, foreman 0.159 / 0.196 / 0.221, coastguard 0.218 / 0.276 / 0.269; so every candidate is
 mode 4, luma only (no chroma steps) or with the chroma term.
