@@ -304,6 +304,36 @@ def test_encode_best_runs_what_its_effort_says(monkeypatch):
         classical.ClassicalEffort(jxl=0)
 
 
+def test_encode_best_runs_jpeg_xl_and_webp_side_by_side_on_large_images(monkeypatch):
+    """From PARALLEL_MIN_PIXELS on, JPEG XL and WebP's first stream are encoded on two threads
+    at once; the result is the same stream as one after the other."""
+    import threading
+
+    rng = np.random.default_rng(7)
+    y, x = np.mgrid[:96, :80]
+    photo = np.clip(np.stack([x + y, 2 * y, x * 2], -1) + rng.normal(0, 9, (96, 80, 3)), 0, 255).astype(np.uint8)
+    fast = classical.ClassicalEffort(jxl=3, webp=2, webp_probe=0, png_max_pixels=0)
+    sequential = classical.encode_best(photo, fast)
+    running, overlapped = [], []
+    real = classical.encode
+
+    def spy(p, m, e=None):
+        running.append(m)
+        overlapped.append(len(running) > 1)
+        try:
+            threading.Event().wait(0.05)  # long enough for the other thread to start
+            return real(p, m, e)
+        finally:
+            running.remove(m)
+
+    monkeypatch.setattr(classical, "encode", spy)
+    monkeypatch.setattr(classical, "PARALLEL_MIN_PIXELS", photo.shape[0] * photo.shape[1])
+    assert classical.encode_best(photo, fast) == sequential and any(overlapped)
+    overlapped.clear()
+    monkeypatch.setattr(classical, "PARALLEL_MIN_PIXELS", photo.shape[0] * photo.shape[1] + 1)
+    assert classical.encode_best(photo, fast) == sequential and not any(overlapped)
+
+
 def test_encode_best_keeps_the_smallest_exact_stream():
     """encode_best's stream (small images: PNG, WebP at methods 4 and 6, JPEG XL e9 all run)
     is never larger than PNG's, WebP method 6's or JPEG XL e9's, and decodes exactly; photos'

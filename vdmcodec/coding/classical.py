@@ -16,6 +16,8 @@ wrote nor is needed; a JPEG XL stream's size is read from its codestream's SizeH
 from __future__ import annotations
 
 import io
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -145,8 +147,14 @@ def webp_gain_bound(method: int) -> float:
     return WEBP_GAIN_BOUND[method]
 
 
+PARALLEL_MIN_PIXELS = 1 << 16  # from this size on, JPEG XL and WebP's first stream run side by side
+
+
 def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort()) -> tuple[str, bytes]:
-    """The smallest exact stream of the classical candidates that ``effort`` runs."""
+    """The smallest exact stream of the classical candidates that ``effort`` runs. On images
+    of at least PARALLEL_MIN_PIXELS pixels JPEG XL and WebP's first stream are encoded at the
+    same time on two threads (both libraries release the GIL); the streams and the choice are
+    those of running them one after the other."""
     h, w = pixels.shape[:2]
     best: tuple[str, bytes] | None = None
 
@@ -159,14 +167,23 @@ def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort())
 
     jxl = _jxl_available()
     webp = _webp_available() and max(h, w) <= WEBP_MAX_SIDE and h * w <= WEBP_MAX_PIXELS
-    if jxl:
-        offer("jxl", encode(pixels, "jxl", effort.jxl))
-    if webp:
-        probe_method = min(effort.webp_probe, effort.webp)
-        probe = encode(pixels, "webp", probe_method)
-        offer("webp", probe)
-        if effort.webp > probe_method and (best is None or webp_gain_bound(effort.webp) * len(probe) < len(best[1])):
-            offer("webp", encode(pixels, "webp", effort.webp))
+    probe_method = min(effort.webp_probe, effort.webp)
+    with ThreadPoolExecutor(2) if jxl and webp and h * w >= PARALLEL_MIN_PIXELS else nullcontext() as pool:
+        def start(method: str, level: int):
+            return pool.submit(encode, pixels, method, level) if pool else encode(pixels, method, level)
+
+        def result(job) -> bytes:
+            return job.result() if pool else job
+
+        jxl_job = start("jxl", effort.jxl) if jxl else None
+        webp_job = start("webp", probe_method) if webp else None
+        if jxl:
+            offer("jxl", result(jxl_job))
+        if webp:
+            probe = result(webp_job)
+            offer("webp", probe)
+            if effort.webp > probe_method and (best is None or webp_gain_bound(effort.webp) * len(probe) < len(best[1])):
+                offer("webp", encode(pixels, "webp", effort.webp))
     if h * w <= effort.png_max_pixels or best is None:
         offer("png", encode(pixels, "png"))
     if best is None:  # pragma: no cover (PNG always decodes)
