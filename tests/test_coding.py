@@ -635,25 +635,27 @@ def test_round_trip_odd_sizes_through_the_chain(codec, hw, form):
 
 def test_small_archive_grid_bits(tiny_model_dir, mnist_path, monkeypatch):
     """A small archive is coded on a grid one bit coarser (fewer initial bits, so fewer
-    seeds), a larger one on the default grid, a caller's grid_bits always; each file
-    records its grid and decodes."""
+    seeds), a larger one on the default grid unless it holds a tiled image, a caller's
+    grid_bits always; each file records its grid and decodes."""
     from vdmcodec.coding import planner
     from vdmcodec.data import read_idx
 
     x = list(read_idx(mnist_path)[:12])
     grids = {}
-    for label, kwargs, limit in (("small", {}, planner.SMALL_ARCHIVE_SUBPIXELS), ("large", {}, 0),
-                                 ("fixed", {"grid_bits": 3}, planner.SMALL_ARCHIVE_SUBPIXELS)):
-        monkeypatch.setattr(planner, "SMALL_ARCHIVE_SUBPIXELS", limit)
+    big = np.tile(x[0], (3, 1))  # 84 x 28: coded in tiles
+    for label, kwargs, limit, images in (("small", {}, planner.COARSE_GRID_SUBPIXELS, x), ("large", {}, 0, x),
+                                         ("tiled", {}, 0, x + [big]),
+                                         ("fixed", {"grid_bits": 3}, planner.COARSE_GRID_SUBPIXELS, x)):
+        monkeypatch.setattr(planner, "COARSE_GRID_SUBPIXELS", limit)
         codec = load_codec(tiny_model_dir, steps=2)
         if kwargs:
             codec = Codec(codec.model, codec.info, steps=2, arithmetic=codec.arithmetic, **kwargs)
-        blob = codec.compress(x, force_model=True)
+        blob = codec.compress(images, force_model=True)
         header = container.unpack(blob)[0]
         grids[label] = header.grid_bits
-        assert "vdm" in header.image_methods()
-        assert_same_images(codec.decompress(blob), x)
-    assert grids == {"small": planner.SMALL_ARCHIVE_GRID_BITS, "large": 2, "fixed": 3}
+        assert "vdm" in header.image_methods() and ("tiled" in header.image_methods()) == (label == "tiled")
+        assert_same_images(codec.decompress(blob), images)
+    assert grids == {"small": planner.COARSE_GRID_BITS, "large": 2, "tiled": planner.COARSE_GRID_BITS, "fixed": 3}
 
 
 @pytest.mark.parametrize("force", [False, True])
