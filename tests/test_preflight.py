@@ -324,3 +324,31 @@ def test_a_classical_compress_leaves_torchs_switches_alone(model, monkeypatch):
     assert calls == []
     codec.compress([im], force_model=True)
     assert calls == [1]
+
+
+def test_the_lattice_test_runs_while_the_classical_codecs_encode(model, monkeypatch):
+    """compress tests a tiled image for a JPEG lattice on a second thread while its classical
+    candidates encode (both libraries release the GIL), not after them."""
+    import threading
+
+    from vdmcodec.coding import classical
+    from vdmcodec.coding.priors import jpeg_prior
+
+    im = noise((40, 48, 3))
+    codec = codec_for(model, SMALL)
+    done, seen = threading.Event(), {}
+    real = classical.encode_best
+
+    def encode_best(pixels, effort=classical.ClassicalEffort()):
+        seen["during"] = done.wait(10)  # the lattice test ends while this encode is still running
+        return real(pixels, effort)
+
+    def has_lattice(pixels):
+        seen["thread"] = threading.current_thread() is not threading.main_thread()
+        done.set()
+        return False
+
+    monkeypatch.setattr(classical, "encode_best", encode_best)
+    monkeypatch.setattr(jpeg_prior, "has_lattice", has_lattice)
+    codec.compress([im])
+    assert seen == {"during": True, "thread": True}

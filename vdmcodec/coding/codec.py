@@ -20,7 +20,8 @@ container/ writes and reads the header built here.
 """
 from __future__ import annotations
 
-from contextlib import ExitStack
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack, nullcontext
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -163,15 +164,20 @@ class Codec:
         classical_only = classical_only or (asked is None and choice.steps is None and not force_model)
         pix = [e.pixels for e in entries]
         shapes = [p.shape for p in pix]
-        best = [classical.encode_best(p, choice.classical) for p in pix]
         # images with a side longer than a tile are coded in tiles (tiles.py: bounded memory,
         # their own seeds); smaller ones whole, in chunks of equal shapes
         planner = self.planner
         tiled = planner.tiled_methods(pix)
         eligible = planner.chunk_eligible(pix, tiled)
-        if not (force_model or classical_only):  # images the preflight gives up on stay classical
+        preflight = bool(tiled) and not (force_model or classical_only)
+        with ThreadPoolExecutor(1) if preflight else nullcontext() as side:
+            # the preflight's lattice test runs while the classical codecs encode (they release the GIL)
+            lattice = {k: side.submit(planner.lattice, pix[k], m) for k, m in tiled.items()} if preflight else {}
+            best = [classical.encode_best(p, choice.classical) for p in pix]
+            lattice = {k: job.result() for k, job in lattice.items()}
+        if preflight:  # images the preflight gives up on stay classical
             tiled = {k: m for k, m in tiled.items()
-                     if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain)[1]}
+                     if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, lattice[k])[1]}
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         chain = self.chain(T, self._grid_bits(pix, eligible, tiled))
@@ -241,9 +247,10 @@ class Codec:
         return self._probe
 
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int,
-                        probe_plain: bool = True) -> tuple[float | None, bool]:
+                        probe_plain: bool = True, lattice: bool | None = None) -> tuple[float | None, bool]:
         """Planner.preflight_check with this codec's settings and ``preflight_estimate``."""
-        return self.planner.preflight_check(pixels, method, classical_bits, self.preflight_estimate, probe_plain)
+        return self.planner.preflight_check(pixels, method, classical_bits, self.preflight_estimate, probe_plain,
+                                            lattice)
 
     # ---- writing the archive -----------------------------------------------------------
     def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None,

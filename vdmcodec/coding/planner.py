@@ -98,8 +98,15 @@ class Planner:
         coded = coded_pixels(pixels, method)
         return estimate_bpd(network(), coded, cfg) * coded.shape[-1] / pixels.shape[-1]
 
+    def lattice(self, pixels: np.ndarray, method: str) -> bool:
+        """Whether compress treats an image coded as ``method`` as a decoded JPEG: a tiled RGB
+        image whose luma shows a JPEG lattice (jpeg_prior.has_lattice), where the JPEG prior
+        can be used (structure priors on, a float arithmetic)."""
+        return (method == "tiled" and self.structure_priors and self.channels == 3
+                and not ARITHMETIC[self.arithmetic].portable and jpeg_prior.has_lattice(pixels))
+
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int, estimate: Callable,
-                        probe_plain: bool = True) -> tuple[float | None, bool]:
+                        probe_plain: bool = True, lattice: bool | None = None) -> tuple[float | None, bool]:
         """(the preflight's estimate or None, whether compress gives the model up on this
         image, whose best classical encoding takes ``classical_bits``): decoded JPEGs are
         left to the probe (``choose``, ``loses``) without an estimate; others are given up
@@ -107,12 +114,12 @@ class Planner:
         (preflight.py). Without ``probe_plain``, an image without a JPEG lattice is given up
         before any network pass where the card's calibration says the model lost on every such
         validation photo (preflight.plain_photos_lose). ``estimate(pixels, method)``:
-        ``preflight_estimate`` on a network."""
+        ``preflight_estimate`` on a network; ``lattice``: ``self.lattice(pixels, method)`` where
+        the caller has it (None: computed here)."""
         cfg = self.preflight
         if cfg is None:
             return None, False
-        lattice = (method == "tiled" and self.structure_priors and self.channels == 3
-                   and not ARITHMETIC[self.arithmetic].portable and jpeg_prior.has_lattice(pixels))
+        lattice = self.lattice(pixels, method) if lattice is None else lattice
         if not (lattice or probe_plain) and plain_photos_lose(self.card, cfg, self.where):
             return None, True
         if lattice:  # the probe (``choose``) estimates it with its prior, and ``loses`` decides
