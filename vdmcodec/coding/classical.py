@@ -148,13 +148,15 @@ def webp_gain_bound(method: int) -> float:
 
 
 PARALLEL_MIN_PIXELS = 1 << 16  # from this size on, JPEG XL and WebP's first stream run side by side
+WEBP_AHEAD_MAX_METHOD = 4  # WebP methods quick enough to encode before they are known to be needed (0.3 s at 768x512)
 
 
 def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort()) -> tuple[str, bytes]:
     """The smallest exact stream of the classical candidates that ``effort`` runs. On images
-    of at least PARALLEL_MIN_PIXELS pixels JPEG XL and WebP's first stream are encoded at the
-    same time on two threads (both libraries release the GIL); the streams and the choice are
-    those of running them one after the other."""
+    of at least PARALLEL_MIN_PIXELS pixels JPEG XL and WebP are encoded at the same time on two
+    threads (both libraries release the GIL), WebP's second stream too where its method is at
+    most WEBP_AHEAD_MAX_METHOD (then also where it is not needed); the streams and the choice
+    are those of running them one after the other."""
     h, w = pixels.shape[:2]
     best: tuple[str, bytes] | None = None
 
@@ -168,22 +170,23 @@ def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort())
     jxl = _jxl_available()
     webp = _webp_available() and max(h, w) <= WEBP_MAX_SIDE and h * w <= WEBP_MAX_PIXELS
     probe_method = min(effort.webp_probe, effort.webp)
-    with ThreadPoolExecutor(2) if jxl and webp and h * w >= PARALLEL_MIN_PIXELS else nullcontext() as pool:
-        def start(method: str, level: int):
-            return pool.submit(encode, pixels, method, level) if pool else encode(pixels, method, level)
+    parallel = jxl and webp and h * w >= PARALLEL_MIN_PIXELS
+    # side by side, WebP's second stream is encoded before JPEG XL's is known, where it is quick
+    ahead = parallel and probe_method < effort.webp <= WEBP_AHEAD_MAX_METHOD
 
-        def result(job) -> bytes:
-            return job.result() if pool else job
+    def webp_streams() -> tuple[bytes, bytes | None]:
+        return encode(pixels, "webp", probe_method), (encode(pixels, "webp", effort.webp) if ahead else None)
 
-        jxl_job = start("jxl", effort.jxl) if jxl else None
-        webp_job = start("webp", probe_method) if webp else None
+    with ThreadPoolExecutor(2) if parallel else nullcontext() as pool:
+        jxl_job = (pool.submit(encode, pixels, "jxl", effort.jxl) if pool else encode(pixels, "jxl", effort.jxl)) if jxl else None
+        webp_job = (pool.submit(webp_streams) if pool else webp_streams()) if webp else None
         if jxl:
-            offer("jxl", result(jxl_job))
+            offer("jxl", jxl_job.result() if pool else jxl_job)
         if webp:
-            probe = result(webp_job)
+            probe, slow = webp_job.result() if pool else webp_job
             offer("webp", probe)
             if effort.webp > probe_method and (best is None or webp_gain_bound(effort.webp) * len(probe) < len(best[1])):
-                offer("webp", encode(pixels, "webp", effort.webp))
+                offer("webp", encode(pixels, "webp", effort.webp) if slow is None else slow)
     if h * w <= effort.png_max_pixels or best is None:
         offer("png", encode(pixels, "png"))
     if best is None:  # pragma: no cover (PNG always decodes)
