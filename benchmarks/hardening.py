@@ -155,7 +155,8 @@ def tiled_seeds(codec: Codec, steps: int, rng: np.random.Generator) -> list[Seed
     from vdmcodec.coding import container
     from vdmcodec.coding.priors import parse_prior
 
-    codec = Codec(codec.model, codec.info, steps=steps, tile=8, arithmetic=codec.arithmetic, preflight=None)
+    # two grid bits: on compress's one for tiled images the stack needs no classical segment here
+    codec = Codec(codec.model, codec.info, steps=steps, grid_bits=2, tile=8, arithmetic=codec.arithmetic, preflight=None)
     side = 20  # 3 x 3 tiles of 8 (the decoder reads the tile side from the header)
     y, x = np.mgrid[0:side, 0 : side - 3]
     rgb = np.clip((y * 3 + x * 2)[..., None] + 40 * np.arange(3) + rng.integers(-6, 7, (side, side - 3, 3)), 0, 255)

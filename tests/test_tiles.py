@@ -138,7 +138,7 @@ def test_chain_segments_stay_within_the_region_bound(monkeypatch):
     unbounded = header_of(codec.compress([im], force_model=True)).tiled[0]
     assert max(r.subpixels(3) for r in rects(unbounded, 37, 45, 8) if r.method == "vdm") > 300  # the bound will bind
     monkeypatch.setattr(tiles, "MAX_REGION_SUBPIXELS", 300)
-    chain = codec.chain(STEPS, codec.grid_bits)
+    chain = codec.chain(STEPS, codec.grid_bits_for([im]))
     pushed, popped = [], []
     push, pop = chain.push, chain.pop
 
@@ -169,7 +169,7 @@ def test_seed_is_the_fewest_tiles_that_start_the_chain(codecs):
     layout = header_of(codec.compress([im], force_model=True)).tiled[0]
     segs = layout.bands[0].segments
     assert segs[0].method != "vdm" and segs[1].method == "vdm"
-    chain = codec.chain(STEPS, codec.grid_bits)
+    chain = codec.chain(STEPS, codec.grid_bits_for([im]))
     p = tiles._Planner(im, codec.tile, 1.0)
     outcomes = []
     for k in (segs[0].width - 1, segs[0].width):

@@ -110,8 +110,7 @@ class Planner:
         """(the preflight's estimate or None, whether compress gives the model up on this
         image, whose best classical encoding takes ``classical_bits``): decoded JPEGs are
         left to the probe (``choose``, ``loses``) without an estimate; others are given up
-        where even the estimate's optimistic reading loses, and between that and a sure win
-        (preflight.py). Without ``probe_plain``, an image without a JPEG lattice is given up
+        unless even the estimate's pessimistic reading wins (preflight.sure_win). Without ``probe_plain``, an image without a JPEG lattice is given up
         before any network pass where the card's calibration says the model lost on every such
         validation photo (preflight.plain_photos_lose). ``estimate(pixels, method)``:
         ``preflight_estimate`` on a network; ``lattice``: ``self.lattice(pixels, method)`` where
