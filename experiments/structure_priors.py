@@ -66,7 +66,7 @@ def main(argv=None):
             best = priors[int(np.argmax(gains))]
             row["tried"] = describe(best)
             for name, prior in (("without", None), ("with", best)):
-                codec.choose = lambda pixels, chain, prior=prior: ImageChoice(prior, 0, 0.0, 0.0)
+                codec.choose = lambda pixels, chain, priors=None, prior=prior: ImageChoice(prior, 0, 0.0, 0.0)
                 t0 = time.perf_counter()
                 blob = codec.compress([px], force_model=True)
                 row[name] = 8 * len(blob) / px.size

@@ -144,7 +144,7 @@ def test_the_chain_with_correlations_is_lossless(arithmetic):
 
 def codec_with_share(model_dir, share):
     codec = load_codec(model_dir)
-    codec.choose = lambda pixels, chain: ImageChoice(None, share, 0.0, 0.0)  # the tiny model's estimate is not the point here
+    codec.choose = lambda pixels, chain, priors=None: ImageChoice(None, share, 0.0, 0.0)  # the tiny model's estimate is not the point here
     return codec
 
 

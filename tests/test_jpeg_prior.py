@@ -160,7 +160,7 @@ def test_coding_with_a_jpeg_prior_is_lossless_and_recorded():
     (p4, *_) = jpeg_prior.candidates(decoded_jpeg(textured(96, 128)))
     for p in (replace(p4, qc=()), p4):   # mode 3 (files written before commit 26414dd), mode 4 luma only
         codec = tiny_rgb_codec()
-        codec.choose = lambda pixels, chain, p=p: ImageChoice(p, 0, 0.0, 0.0)
+        codec.choose = lambda pixels, chain, priors=None, p=p: ImageChoice(p, 0, 0.0, 0.0)
         blob = codec.compress([im], force_model=True)
         h, payload = container.unpack(blob)
         assert h.structures == [p]
@@ -174,7 +174,7 @@ def test_coding_with_a_chroma_prior_is_lossless_and_recorded():
     im = decoded_jpeg(textured(40, 56, seed=3), subsampling=2)
     p = jpeg_prior.candidates(decoded_jpeg(textured(192, 256), subsampling=2))[3]
     codec = tiny_rgb_codec()
-    codec.choose = lambda pixels, chain: ImageChoice(p, 0, 0.0, 0.0)
+    codec.choose = lambda pixels, chain, priors=None: ImageChoice(p, 0, 0.0, 0.0)
     blob = codec.compress([im], force_model=True)
     assert container.unpack(blob)[0].structures == [p]
     np.testing.assert_array_equal(tiny_rgb_codec().decompress(blob)[0], im)

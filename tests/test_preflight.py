@@ -184,7 +184,7 @@ def test_a_decoded_jpeg_whose_estimate_loses_even_with_its_prior_stays_classical
     real = codec.choose(im, codec.chain(codec.steps, codec.grid_bits))  # the tiny model's probe
     classical_bits = 8 * len(container.unpack(codec.compress([im], classical_only=True))[1])
     assert real.rate / codec.preflight.prior_margin > classical_bits / im.size
-    codec.choose = lambda pixels, chain: replace(real, saving=0.0 if saving == "none" else real.rate)
+    codec.choose = lambda pixels, chain, priors=None: replace(real, saving=0.0 if saving == "none" else real.rate)
     assert loses_with_prior(real.rate, 0.0, classical_bits, im.size)
     assert not loses_with_prior(real.rate, real.rate, classical_bits, im.size)
 
@@ -352,3 +352,24 @@ def test_the_lattice_test_runs_while_the_classical_codecs_encode(model, monkeypa
     monkeypatch.setattr(jpeg_prior, "has_lattice", has_lattice)
     codec.compress([im])
     assert seen == {"during": True, "thread": True}
+
+
+def test_a_decoded_jpegs_candidate_priors_are_found_beside_the_classical_codecs(model, monkeypatch):
+    """Where the lattice test finds a decoded JPEG, its candidate priors are measured on the
+    same second thread, once; the probe uses them."""
+    import threading
+
+    from vdmcodec.coding.priors import jpeg_prior
+
+    im = noise((40, 48, 3))
+    codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, prior_margin=1e9))
+    calls = []
+    monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: True)
+    monkeypatch.setattr(jpeg_prior, "candidates", lambda pixels: calls.append(
+        threading.current_thread() is threading.main_thread()) or [])
+    real = codec.choose
+    seen = []
+    codec.choose = lambda pixels, chain, priors=None: seen.append(priors) or real(pixels, chain, priors)
+    blob = codec.compress([im])
+    assert calls == [False] and seen == [[]]
+    np.testing.assert_array_equal(codec.decompress(blob)[0], im)

@@ -132,7 +132,7 @@ def structured():
     im = subsample_chroma(photo(20, 26, seed=4), (1, 2), "replicate", "jfif")
     prior, _ = structure.measure(im, "422")
     codec = tiny_rgb_codec()
-    codec.choose = lambda pixels, chain: ImageChoice(prior, 0, 0.0, 0.0)      # the tiny model's estimate is not the point here
+    codec.choose = lambda pixels, chain, priors=None: ImageChoice(prior, 0, 0.0, 0.0)      # the tiny model's estimate is not the point here
     return codec, im, prior, codec.compress([im], force_model=True)
 
 
@@ -141,7 +141,7 @@ def test_coding_with_a_structure_prior_is_lossless_and_recorded(structured, arit
     codec, im, prior, blob = structured
     if arith != "float32":
         codec = tiny_rgb_codec(arithmetic=arith)
-        codec.choose = lambda pixels, chain: ImageChoice(prior, 0, 0.0, 0.0)
+        codec.choose = lambda pixels, chain, priors=None: ImageChoice(prior, 0, 0.0, 0.0)
         blob = codec.compress([im], force_model=True)
     h = container.unpack(blob)[0]
     assert h.structures == [prior] and blob[4] == container.VERSION == 7

@@ -170,11 +170,18 @@ class Codec:
         tiled = planner.tiled_methods(pix)
         eligible = planner.chunk_eligible(pix, tiled)
         preflight = bool(tiled) and not (force_model or classical_only)
+
+        def look(k: int, m: str) -> tuple[bool, list | None]:  # a decoded JPEG's priors are its probe's candidates
+            found = planner.lattice(pix[k], m)
+            return found, planner.candidates(pix[k]) if found else None
+
         with ThreadPoolExecutor(1) if preflight else nullcontext() as side:
             # the preflight's lattice test runs while the classical codecs encode (they release the GIL)
-            lattice = {k: side.submit(planner.lattice, pix[k], m) for k, m in tiled.items()} if preflight else {}
+            looks = {k: side.submit(look, k, m) for k, m in tiled.items()} if preflight else {}
             best = [classical.encode_best(p, choice.classical) for p in pix]
-            lattice = {k: job.result() for k, job in lattice.items()}
+            looks = {k: job.result() for k, job in looks.items()}
+        lattice = {k: v[0] for k, v in looks.items()}
+        priors = {k: v[1] for k, v in looks.items() if v[1] is not None}
         if preflight:  # images the preflight gives up on stay classical
             tiled = {k: m for k, m in tiled.items()
                      if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, lattice[k])[1]}
@@ -182,7 +189,7 @@ class Codec:
             return self._pack_classical(entries, best, T)
         chain = self.chain(T, self._grid_bits(pix, eligible, tiled))
         # one probe per tiled RGB image: its structure prior or correlation share, and its rate
-        choices = {k: self.choose(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
+        choices = {k: self.choose(pix[k], chain, priors.get(k)) for k, m in tiled.items() if m == "tiled"}
         if not force_model:  # an image whose estimate loses even with its choice stays classical
             tiled = {k: m for k, m in tiled.items() if not planner.loses(choices.get(k), 8 * len(best[k][1]), pix[k].size)}
         if not (eligible or tiled):
@@ -231,10 +238,10 @@ class Codec:
         return Planner(self.channels, self.tile, self.arithmetic, self.preflight, self.structure_priors,
                        self.info.get("card", {}), self.info.get("dir", "model"))
 
-    def choose(self, pixels: np.ndarray, chain: DiffusionChain) -> ImageChoice:
+    def choose(self, pixels: np.ndarray, chain: DiffusionChain, priors: list | None = None) -> ImageChoice:
         """Planner.choose with this codec's settings: a tiled RGB image's structure prior or
-        correlation share, and the probe's estimates."""
-        return self.planner.choose(pixels, chain)
+        correlation share, and the probe's estimates (``priors``: its candidates where known)."""
+        return self.planner.choose(pixels, chain, priors)
 
     def preflight_estimate(self, pixels: np.ndarray, method: str = "tiled") -> float | None:
         """Planner.preflight_estimate on ``probe_model``."""

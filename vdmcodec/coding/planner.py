@@ -128,17 +128,21 @@ class Planner:
             return None, False
         return est, not sure_win(est, classical_bits, pixels.size, cfg)
 
-    def choose(self, pixels: np.ndarray, chain: DiffusionChain) -> ImageChoice:
+    def candidates(self, pixels: np.ndarray) -> list:
+        """The structure priors worth trying on a tiled RGB image (priors/structure.py: chroma
+        subsampling; priors/jpeg_prior.py: decoded JPEGs, float arithmetics only)."""
+        if not (self.structure_priors and self.channels == 3):
+            return []
+        if ARITHMETIC[self.arithmetic].portable:  # the JPEG prior's DCT is a float matrix product
+            return structure.candidates(pixels)
+        return structure.candidates(pixels) + jpeg_prior.candidates(pixels)
+
+    def choose(self, pixels: np.ndarray, chain: DiffusionChain, priors: list | None = None) -> ImageChoice:
         """What ``chain`` codes a tiled RGB image with, from one probe (preflight.Probe, PROBE):
-        of the structure priors measured on it (priors/structure.py: chroma subsampling;
-        priors/jpeg_prior.py: decoded JPEGs, float arithmetics only), the one with the largest
-        estimated saving where that beats its header bytes; else the share of the card's
-        channel correlations (chain.corr) with the largest saving, 0 where none saves."""
-        priors = []
-        if self.structure_priors and self.channels == 3:
-            priors = structure.candidates(pixels)
-            if not ARITHMETIC[chain.cfg.arithmetic].portable:  # its DCT is a float matrix product
-                priors += jpeg_prior.candidates(pixels)
+        of the structure priors measured on it (``priors``, None: ``candidates``), the one with
+        the largest estimated saving where that beats its header bytes; else the share of the
+        card's channel correlations (chain.corr) with the largest saving, 0 where none saves."""
+        priors = self.candidates(pixels) if priors is None else priors
         p = Probe(chain, pixels, PROBE)
         if priors:
             gains = p.prior_savings(priors)
