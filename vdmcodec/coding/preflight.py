@@ -183,11 +183,11 @@ def probe_design(crops: int, T: int, draws: int) -> list[tuple[int, list[int], i
     return out
 
 
-def _probe_levels(chain, pixels: np.ndarray, cfg: PreflightConfig):
-    """The draws of the chain-rate estimates on the crops of ``cfg`` (``probe_design``): per
-    level i drawn, its crops' z_i ~ q(z_i | x) and the network's p. Yields (those crops'
-    origins, their scaled pixels x, i, eps, z_i, p's mean, p's std or None, their weight)."""
-    origins, crops = preflight_crops(pixels, cfg, probe_origins)
+def _probe_levels(chain, origins: list[tuple[int, int]], crops: np.ndarray, cfg: PreflightConfig):
+    """The draws of the chain-rate estimates on ``crops`` (uint8 [N, h, w, C] at ``origins``;
+    ``probe_design``): per level i drawn, its crops' z_i ~ q(z_i | x) and the network's p.
+    Yields (those crops' origins, their scaled pixels x, i, eps, z_i, p's mean, p's std or
+    None, their weight)."""
     x_all = scale_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()).double().numpy()
     rng = np.random.default_rng(cfg.seed)
     grid = chain.grid
@@ -231,7 +231,7 @@ class Probe:
         self.chain, self.cfg = chain, cfg
         self.origins, crops = preflight_crops(pixels, cfg, probe_origins)
         self.subpixels = crops[0].size
-        self.draws = list(_probe_levels(chain, pixels, cfg))
+        self.draws = list(_probe_levels(chain, self.origins, crops, cfg))
         grid, nats = chain.grid, _ends_nats(chain.grid, crops, np.random.default_rng([cfg.seed, 1]))
         for _, x, i, eps, z, mean, std, per_draw in self.draws:
             b = grid.std_p[i - 1] ** 2
