@@ -25,6 +25,7 @@ from PIL import Image
 
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.coding.codec import load_codec
+from vdmcodec.coding.container import CORR_SCALE_STEPS
 from vdmcodec.coding.planner import PROBE
 
 DATA = Path("../shared/data/natural")
@@ -61,7 +62,7 @@ def main(argv=None):
         estimate = choice.rate - choice.saving
         cont = codec.preflight_estimate(px)  # None below the preflight's min_pixels
         kept = "none" if choice.prior is None and not choice.corr_share else (
-            f"correlations {choice.corr_share}/4" if choice.prior is None else type(choice.prior).__name__)
+            f"correlations {choice.corr_share}/{CORR_SCALE_STEPS}" if choice.prior is None else type(choice.prior).__name__)
         rows.append({"set": r["set"], "photo": r["image"], "kept": kept, "rate": choice.rate,
                      "saving": choice.saving, "estimate": estimate, "continuous": cont, "file": coded["bpd"],
                      "best_classical": best, "probe_s": seconds})
