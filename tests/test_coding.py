@@ -633,29 +633,49 @@ def test_round_trip_odd_sizes_through_the_chain(codec, hw, form):
     assert_same_images(codec.decompress(blob), images)
 
 
-def test_small_archive_grid_bits(tiny_model_dir, mnist_path, monkeypatch):
-    """A small archive is coded on a grid one bit coarser (fewer initial bits, so fewer
-    seeds), a larger one on the default grid unless it holds a tiled image, a caller's
-    grid_bits always; each file records its grid and decodes."""
+def test_archive_grid_bits(tiny_model_dir, mnist_path):
+    """Whole images are coded on the default grid however few, an archive with a tiled image
+    on a grid one bit coarser (fewer initial bits, so fewer seed tiles), a caller's grid_bits
+    always; each file records its grid and decodes."""
     from vdmcodec.coding import planner
     from vdmcodec.data import read_idx
 
     x = list(read_idx(mnist_path)[:12])
     grids = {}
     big = np.tile(x[0], (3, 1))  # 84 x 28: coded in tiles
-    for label, kwargs, limit, images in (("small", {}, planner.COARSE_GRID_SUBPIXELS, x), ("large", {}, 0, x),
-                                         ("tiled", {}, 0, x + [big]),
-                                         ("fixed", {"grid_bits": 3}, planner.COARSE_GRID_SUBPIXELS, x)):
-        monkeypatch.setattr(planner, "COARSE_GRID_SUBPIXELS", limit)
+    for label, kwargs, images in (("whole", {}, x), ("tiled", {}, x + [big]), ("fixed", {"grid_bits": 3}, x + [big])):
         codec = load_codec(tiny_model_dir, steps=2)
         if kwargs:
             codec = Codec(codec.model, codec.info, steps=2, arithmetic=codec.arithmetic, **kwargs)
         blob = codec.compress(images, force_model=True)
         header = container.unpack(blob)[0]
         grids[label] = header.grid_bits
-        assert "vdm" in header.image_methods() and ("tiled" in header.image_methods()) == (label == "tiled")
+        assert "vdm" in header.image_methods() and ("tiled" in header.image_methods()) == (label != "whole")
         assert_same_images(codec.decompress(blob), images)
-    assert grids == {"small": planner.COARSE_GRID_BITS, "large": 2, "tiled": planner.COARSE_GRID_BITS, "fixed": 3}
+    assert grids == {"whole": 2, "tiled": planner.COARSE_GRID_BITS, "fixed": 3}
+
+
+def test_first_chunks_on_coarser_grids(tiny_model_dir, mnist_path):
+    """The seeds start the first chunk on the coarsest chunk grid; chunks refine to the
+    archive's grid as the stack grows, never coarser than the floor nor finer than the grid,
+    the grids recorded per chunk (format version 9) and every image decoded."""
+    from vdmcodec.coding.archive import chunk_floor
+    from vdmcodec.data import read_idx
+
+    x = list(read_idx(mnist_path)[:40])
+    codec = load_codec(tiny_model_dir, steps=2)
+    blob = codec.compress(x, force_model=True)
+    header = container.unpack(blob)[0]
+    assert blob[4] == container.CHUNK_GRID_VERSION and header.version == container.CHUNK_GRID_VERSION
+    grids = header.chunk_grids
+    assert len(grids) == len(header.chunks) and grids[0] == chunk_floor(header.grid_bits) < header.grid_bits
+    assert grids == sorted(grids) and grids[-1] == header.grid_bits
+    assert all(size == 1 for (_, size), g in zip(header.chunks, grids) if g < header.grid_bits)
+    assert_same_images(codec.decompress(blob), x)
+    # the same archive with the staircase's grids shifted: the chain pops other latents
+    forged = dataclasses.replace(header, chunk_grids=[min(g + 1, header.grid_bits) for g in grids])
+    with pytest.raises(FormatError):
+        codec.decompress(container.pack(forged, container.unpack(blob)[1]))
 
 
 @pytest.mark.parametrize("force", [False, True])

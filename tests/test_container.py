@@ -109,7 +109,7 @@ def test_short_and_foreign_blobs():
         unpack("VDMC...")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 9, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 10, 255])
 def test_wrong_version(version):
     blob = bytearray(pack(header(), b""))
     blob[4] = version
@@ -132,6 +132,31 @@ def test_jpeg_xl_is_read_from_version_7_only():
     old[4] = 6
     with pytest.raises(FormatError, match="unknown coding method"):
         unpack(bytes(old) + struct.pack("<I", zlib.crc32(bytes(old))))
+
+
+def test_chunk_grids_are_version_9():
+    """Chunks on their own grids are written at version 9 (image records optional) and read
+    back; a version-9 file without a coarser chunk, or a chunk grid under the floor, is
+    refused; the chunks of a version-8 file are read as before."""
+    h = header(**{**MODEL, "grid_bits": 2, "chunk_grids": [-1, 2]})
+    blob = pack(h, b"\0" * 8)
+    assert blob[4] == container.CHUNK_GRID_VERSION == 9
+    h2, p2 = unpack(blob)
+    assert h2 == h and h2.chunk_grids == [-1, 2] and h2.envelope == b"" and p2 == b"\0" * 8
+    with_records = header(**{**MODEL, "grid_bits": 2, "chunk_grids": [0, 1], "envelope": b"\x01\x02"})
+    assert unpack(pack(with_records, b""))[0] == with_records
+    plain = header(**{**MODEL, "grid_bits": 2})
+    assert pack(plain, b"")[4] == container.VERSION
+    same = header(**{**MODEL, "grid_bits": 2, "chunk_grids": [2, 2]})  # version-9 entries, no chunk coarser
+    with pytest.raises(FormatError, match="version 9 without"):
+        unpack(container.frame(container.encode_header(same), b"", version=9))
+    with pytest.raises(FormatError):  # a version-8 header's entries misread as version 9's
+        unpack(container.frame(container.encode_header(plain), b"", version=9))
+    under = header(**{**MODEL, "grid_bits": 1, "chunk_grids": [-2, 1]})
+    with pytest.raises(FormatError, match="chunk grids out of range"):
+        unpack(container.frame(container.encode_header(under), b"", version=9))
+    with pytest.raises((FormatError, ValueError)):
+        pack(under, b"")
 
 
 def reframe(body_after_version: bytes) -> bytes:

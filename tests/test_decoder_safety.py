@@ -92,11 +92,22 @@ def test_a_valid_tiled_archive_still_decodes():
 
 
 # ---- the chain's configuration ----------------------------------------------------------------
-@pytest.mark.parametrize("over", [dict(grid_bits=0), dict(grid_bits=17), dict(grid_bits=-1), dict(grid_bits=2.5),
-                                  dict(steps=0), dict(steps=-3), dict(steps=True), dict(arithmetic="float16")])
+@pytest.mark.parametrize("over", [dict(grid_bits=-2), dict(grid_bits=17), dict(grid_bits=2.5), dict(steps=0),
+                                  dict(steps=-3), dict(steps=True), dict(arithmetic="float16")])
 def test_chain_config_refuses_what_the_container_cannot_record(over):
+    """A chain's grid is an archive's (1..16) or a chunk's (down to -1, version 9)."""
     with pytest.raises(ValueError):
         ChainConfig(**{"steps": 4, "grid_bits": 2, **over})
+
+
+@pytest.mark.parametrize("grid_bits", [0, -1, 17])
+def test_codec_refuses_a_grid_no_archive_records(tiny_model_dir, grid_bits):
+    """Grids under 1 code only an archive's first chunks: a Codec refuses them as its grid."""
+    from vdmcodec.coding.codec import Codec, load_codec
+
+    codec = load_codec(tiny_model_dir, steps=2)
+    with pytest.raises(ValueError, match="grid_bits"):
+        Codec(codec.model, codec.info, steps=2, grid_bits=grid_bits)
 
 
 def test_codec_refuses_grid_bits_zero_before_any_work():

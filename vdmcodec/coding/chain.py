@@ -42,7 +42,7 @@ import math
 import numbers
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -52,7 +52,7 @@ from ..networks import ConditioningCache
 from . import exact, levels
 from .ans import Message, PushPop, bit_swap, counted, whitened
 from .arithmetic import ARITHMETIC, run_network
-from .grid import LOG2_SQRT_2PI_E, MAX_GRID_BITS, MIN_GRID_BITS, LevelGrid, elementwise, level_gamma
+from .grid import LOG2_SQRT_2PI_E, MAX_GRID_BITS, MIN_CHUNK_GRID_BITS, LevelGrid, elementwise, level_gamma
 from .level_codecs import p_codec, q_codec, x_codec
 from .priors import NO_PRIOR, TilePrior
 from .spec import CURRENT, CoderSpec, check_spec
@@ -61,7 +61,7 @@ from .spec import CURRENT, CoderSpec, check_spec
 @dataclass(frozen=True)
 class ChainConfig:
     steps: int = 100    # T
-    grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (grid.py)
+    grid_bits: int = 2  # latent bin = 2^-grid_bits of the narrower of the two stds (grid.py); below 1 only for chunks
     whiten: bool = True  # mask the stack top before each posterior pop
     arithmetic: str = "float32"  # a key of ARITHMETIC
     times: tuple[float, ...] | None = None  # level times t_0..t_T (levels.py); None: t_i = i / T
@@ -74,8 +74,8 @@ class ChainConfig:
         # refused here, before any work: a chain the container would refuse to record
         if not _is_int(self.steps) or self.steps < 1:
             raise ValueError(f"steps must be an integer >= 1, got {self.steps!r}")
-        if not _is_int(self.grid_bits) or not MIN_GRID_BITS <= self.grid_bits <= MAX_GRID_BITS:
-            raise ValueError(f"grid_bits must be an integer in [{MIN_GRID_BITS}, {MAX_GRID_BITS}], got {self.grid_bits!r}")
+        if not _is_int(self.grid_bits) or not MIN_CHUNK_GRID_BITS <= self.grid_bits <= MAX_GRID_BITS:
+            raise ValueError(f"grid_bits must be an integer in [{MIN_CHUNK_GRID_BITS}, {MAX_GRID_BITS}], got {self.grid_bits!r}")
         if self.arithmetic not in ARITHMETIC:
             raise ValueError(f"arithmetic must be one of {', '.join(ARITHMETIC)}, got {self.arithmetic!r}")
         check_spec(self.spec)
@@ -122,6 +122,17 @@ class DiffusionChain:
         # (bit-identical to recomputing it: networks.ConditioningCache)
         self._conditioning = ConditioningCache()
         self._clock: NetworkClock | None = None  # counts p_mean_std inside a ``timed`` block
+        self._root = self  # the chain whose clock counts this one's network calls (``on_grid``)
+
+    def on_grid(self, grid_bits: int) -> "DiffusionChain":
+        """This chain on another latent grid (the network, level times and coder shared):
+        itself for its own grid."""
+        if grid_bits == self.cfg.grid_bits:
+            return self
+        other = copy.copy(self)
+        other.cfg = replace(self.cfg, grid_bits=grid_bits)  # validated by its __post_init__
+        other.grid = LevelGrid.of(self.grid.gamma.copy(), grid_bits, self.spec, self.fn)
+        return other
 
     def initial_bits_per_dim(self) -> float:
         """The bits per dimension one batch needs on the stack before it starts
@@ -136,24 +147,27 @@ class DiffusionChain:
         (priors/structure.py: block differences; priors/jpeg_prior.py: luma and chroma DCT
         coefficients) replaces the network's prediction by its posterior means. Inside a
         ``timed`` block, its time and calls are counted."""
-        if self._clock is None:
+        clock = self._root._clock
+        if clock is None:
             return self._p_mean_std(z_i, i, prior)
         t0 = time.perf_counter()
         try:
             return self._p_mean_std(z_i, i, prior)
         finally:
-            self._clock.seconds += time.perf_counter() - t0
-            self._clock.calls += 1
+            clock.seconds += time.perf_counter() - t0
+            clock.calls += 1
 
     @contextmanager
     def timed(self):
         """Count the time and calls of ``p_mean_std`` (the network's share of coding) while
-        the block runs: yields a NetworkClock that grows; the chain counts nothing after."""
-        outer, self._clock = self._clock, NetworkClock()
+        the block runs, its ``on_grid`` copies' included: yields a NetworkClock that grows; the
+        chain counts nothing after."""
+        root = self._root
+        outer, root._clock = root._clock, NetworkClock()
         try:
-            yield self._clock
+            yield root._clock
         finally:
-            self._clock = outer
+            root._clock = outer
 
     @torch.no_grad()
     def _p_mean_std(self, z_i: np.ndarray, i: int, prior: TilePrior):

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, nullcontext
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -32,12 +33,12 @@ from ..errors import ModelError, VdmcodecError
 from ..hardware import native_bf16
 from ..zoo import load_model, resolve_for_file
 from . import classical, levels, tiles
-from .archive import (DecodeLimits, check_device, check_limits, decode_payload, device_record, model_digest,
-                      pixels_digest, push_chunks, push_tiled, seed_message)
+from .archive import (DecodeLimits, check_device, check_limits, chunk_floor, decode_payload, device_record,
+                      model_digest, pixels_digest, push_chunks, push_tiled, seed_message)
 from .ans import EmptyMessageError
 from .arithmetic import ARITHMETIC
 from .chain import ChainConfig, DiffusionChain
-from .container import DTYPES, MAX_STEPS, MODEL_METHODS, Header, pack, run_length, unpack
+from .container import DTYPES, MAX_GRID_BITS, MAX_STEPS, MIN_GRID_BITS, MODEL_METHODS, Header, pack, run_length, unpack
 from .determinism import pinned
 from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
 from .inputs import image_entries
@@ -68,6 +69,8 @@ class Codec:
         self.grid_fixed = grid_bits is not None
         grid_bits = DEFAULT_GRID_BITS if grid_bits is None else grid_bits
         ChainConfig(steps, grid_bits, arithmetic=arithmetic)  # refuses steps / grid_bits no chain can run, up front
+        if not MIN_GRID_BITS <= grid_bits:  # coarser grids code only an archive's first chunks (push_chunks)
+            raise ValueError(f"grid_bits must be an integer in [{MIN_GRID_BITS}, {MAX_GRID_BITS}], got {grid_bits!r}")
         self.model, self.info = model, info
         self.steps, self.grid_bits = steps, grid_bits
         self.effort = check_effort(effort)  # compress's default speed/size dial (effort.py)
@@ -199,16 +202,17 @@ class Codec:
         structures = {k: c.prior for k, c in choices.items() if k in tiled}
         corr_scales = {k: c.corr_share for k, c in choices.items() if k in tiled}
         blob = None
+        # the seeds start the first chunk on the coarsest grid (push_chunks)
+        first_per_dim = chain.on_grid(chunk_floor(chain.cfg.grid_bits)).initial_bits_per_dim()
         for margin in INIT_MARGINS:  # a short estimate only costs a retry with more seeds
-            per_dim = chain.initial_bits_per_dim() * margin
-            plan = plan_seeds(shapes, best, eligible, per_dim, tiled) if eligible else None
+            plan = plan_seeds(shapes, best, eligible, first_per_dim * margin, tiled) if eligible else None
             if plan is None:
                 if not tiled:
                     return self._pack_classical(entries, best, T)
                 plan = ([tiled[k] if k in tiled else best[k][0] for k in range(len(pix))], [])
             methods, order = plan
             try:
-                blob = self._compress_chain(entries, best, methods, order, chain, per_dim, progress, structures,
+                blob = self._compress_chain(entries, best, methods, order, chain, margin, progress, structures,
                                             corr_scales)
                 break
             except EmptyMessageError:
@@ -295,17 +299,19 @@ class Codec:
         header = self._header(entries, methods, [len(b[1]) for b in best], [], T, 0, uses_model=False)
         return pack(header, blob)
 
-    def _compress_chain(self, entries, best, methods, order, chain, per_dim, progress, structures=None,
+    def _compress_chain(self, entries, best, methods, order, chain, margin, progress, structures=None,
                         corr_scales=None) -> bytes:
         classical_idx = [k for k, m in enumerate(methods) if m not in MODEL_METHODS]
         msg, pad = seed_message(b"".join(best[k][1] for k in classical_idx))
         pix = [e.pixels for e in entries]
-        chunks = push_chunks(chain, msg, pix, order, per_dim, progress)
-        layouts, priors, shares = push_tiled(chain, msg, pix, methods, self.tile, per_dim, progress, structures or {},
-                                             corr_scales or {})
+        chunks, grids = push_chunks(chain, msg, pix, order, margin, progress)
+        layouts, priors, shares = push_tiled(chain, msg, pix, methods, self.tile, chain.initial_bits_per_dim() * margin,
+                                             progress, structures or {}, corr_scales or {})
         header = self._header(entries, methods, [len(best[k][1]) for k in classical_idx], chunks, chain.cfg.steps, pad,
                               uses_model=True, layouts=layouts, times=chain.cfg.times, structures=priors,
                               corr=chain.cfg.channel_corr, corr_scales=shares, grid_bits=chain.cfg.grid_bits)
+        if any(g != chain.cfg.grid_bits for g in grids):
+            header = replace(header, chunk_grids=grids)
         return pack(header, msg.to_bytes())
 
     # ---- decompress ------------------------------------------------------------------

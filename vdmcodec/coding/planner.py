@@ -13,7 +13,8 @@ Compress (codec.py) asks, in this order:
    correlations, where it saves bits; an image whose estimate with its choice still loses to
    its classical file stays classical (``Planner.loses``);
 4. which images are seeds, whose classical bytes start the stack, and the chain order of the
-   rest (``plan_seeds``), from an estimate of the initial bits the first chunk needs.
+   rest (``plan_seeds``), from an estimate of the initial bits the first chunk needs on the
+   coarsest chunk grid (archive.push_chunks).
 The file records every choice (archive.py): the decoder replays them and decides nothing.
 The estimates only steer these choices, never a decoded bit, so they may run a faster
 arithmetic than the chain (``probe_network``).
@@ -38,9 +39,8 @@ from .priors import jpeg_prior, structure
 # the crops and levels of the one network pass that estimates a tiled RGB image's rate and what
 # each structure prior and correlation share saves (preflight.Probe)
 PROBE = PreflightConfig(crops=16, crop=64, draws=8)
-# the coarse latent grid of tiled and small archives (``Planner.grid_bits``)
+# the coarse latent grid of archives with tiled images (``Planner.grid_bits``)
 COARSE_GRID_BITS = 1
-COARSE_GRID_SUBPIXELS = 1 << 18
 
 
 @dataclass(frozen=True)
@@ -71,21 +71,16 @@ class Planner:
 
     def grid_bits(self, default: int, pix, eligible: list[int], tiled: dict[int, str]) -> int:
         """The latent grid of one archive: COARSE_GRID_BITS where the chain codes tiled images,
-        or whole images of at most COARSE_GRID_SUBPIXELS subpixels in all; else ``default``
-        (many whole images). Each grid bit costs about two initial bits per dimension, which
-        seed images or seed tiles pay for at their classical rate. Measured on `mnist` at T = 48
-        (experiments/results/start_bits.md): 100 digits 1.0870 -> 1.0791 bpd at one grid bit
-        (5 seed images instead of 6); 1000 digits 1.0984 -> 1.0999 (the chain's rate is +0.14%
-        at one bit), so the switch is set at about a third of the break-even. On lone photos
-        (`natural`, T = 32, 2026-12-07) one bit gave smaller files on all seven measured:
-        coastguard -0.27%, monarch -0.27%, foreman -0.20%, woman -0.15%, butterfly -0.10%, zebra
-        -0.03%, and compress up to 15% faster (foreman: 29.1 -> 24.6 s), a tile row's segments
-        growing faster."""
-        if default <= COARSE_GRID_BITS:
-            return default
-        if tiled:
-            return COARSE_GRID_BITS
-        return COARSE_GRID_BITS if sum(pix[k].size for k in eligible) <= COARSE_GRID_SUBPIXELS else default
+        else ``default``. Each grid bit costs about two initial bits per dimension, which seed
+        tiles pay for at their classical rate. On lone photos (`natural`, T = 32, 2026-12-07)
+        one bit gave smaller files on all seven measured: coastguard -0.27%, monarch -0.27%,
+        foreman -0.20%, woman -0.15%, butterfly -0.10%, zebra -0.03%, and compress up to 15%
+        faster (foreman: 29.1 -> 24.6 s), a tile row's segments growing faster. Whole images
+        stay on ``default`` however few: their first chunks start on coarser grids
+        (archive.push_chunks), so the default grid costs no seeds. Measured on 100 digits
+        (`mnist`, T = 48, experiments/results/start_bits.md): 4.59% over their ELBO on 2 bits,
+        4.91% on 1, 6.60% on 3."""
+        return COARSE_GRID_BITS if tiled and default > COARSE_GRID_BITS else default
 
     def preflight_estimate(self, pixels: np.ndarray, method: str, network: Callable) -> float | None:
         """The preflight's estimate of the model's bits per subpixel on one image (uint8

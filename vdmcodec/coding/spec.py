@@ -76,6 +76,7 @@ CODER_SPECS: dict[int, CoderSpec] = {
     6: CODER_V3,
     7: CODER_V3,
     8: CODER_V3,  # version 8 adds the image-record section (envelope.py); the coder is 7's
+    9: CODER_V3,  # version 9 adds a latent grid per chunk (archive.push_chunks); the same grid rule
 }
 CURRENT = CODER_V3
 

@@ -5,12 +5,14 @@ Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (8 with image records, else 7; 6 has no JPEG XL, 5 nor channel
-                  correlations, 4 nor structure priors, 3 nor level times)
+    4       1     format version (9 where a chunk has its own latent grid, else 8 with image
+                  records, else 7; 6 has no JPEG XL, 5 nor channel correlations, 4 nor structure
+                  priors, 3 nor level times)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
-    (version 8 only) varint length E, then E bytes: the image records (coding/envelope.py:
-                  original modes, palettes, frames, metadata, alpha and 16-bit planes)
+    (versions 8, 9) varint length E, then E bytes: the image records (coding/envelope.py:
+                  original modes, palettes, frames, metadata, alpha and 16-bit planes); in
+                  version 9, E = 0 where there are none
             P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
     end-4   4     CRC-32 (u32 LE) of every byte before it
 """
@@ -21,15 +23,17 @@ import zlib
 from dataclasses import replace
 
 from ...errors import FormatError
-from .header import (ENVELOPE_VERSION, MAGIC, MAX_HEADER_BYTES, READABLE_VERSIONS, VERSION, Header, Reader,
-                     encode_header, encode_varint, parse_header)
+from .header import (CHUNK_GRID_VERSION, ENVELOPE_VERSION, MAGIC, MAX_HEADER_BYTES, READABLE_VERSIONS, VERSION,
+                     Header, Reader, encode_header, encode_varint, parse_header)
 from .validation import validate
 
 
-def frame(header_bytes: bytes, payload: bytes, envelope: bytes = b"") -> bytes:
-    """The file's bytes: version 7 without image records, version 8 with them."""
-    version = ENVELOPE_VERSION if envelope else VERSION
-    records = encode_varint(len(envelope)) + envelope if envelope else b""
+def frame(header_bytes: bytes, payload: bytes, envelope: bytes = b"", version: int | None = None) -> bytes:
+    """The file's bytes at ``version`` (None: version 7 without image records, 8 with them)."""
+    version = version or (ENVELOPE_VERSION if envelope else VERSION)
+    if version < ENVELOPE_VERSION and envelope:
+        raise ValueError(f"format version {version} has no image records")
+    records = encode_varint(len(envelope)) + envelope if version >= ENVELOPE_VERSION else b""
     body = MAGIC + bytes([version]) + encode_varint(len(header_bytes)) + header_bytes + records + payload
     return body + struct.pack("<I", zlib.crc32(body))
 
@@ -37,8 +41,8 @@ def frame(header_bytes: bytes, payload: bytes, envelope: bytes = b"") -> bytes:
 def pack(header: Header, payload: bytes) -> bytes:
     """The file of ``header`` and ``payload``, refused (ValueError / FormatError) if it would not read back."""
     hb = encode_header(header)
-    validate(parse_header(hb))  # never write what we would refuse to read
-    return frame(hb, payload, header.envelope)
+    validate(parse_header(hb, header.format_version))  # never write what we would refuse to read
+    return frame(hb, payload, header.envelope, header.format_version)
 
 
 def unpack(blob: bytes) -> tuple[Header, bytes]:
@@ -67,9 +71,11 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
     if version >= ENVELOPE_VERSION:
         r.pos = start + hlen
         elen = r.varint("image records length", len(blob))
-        if not 1 <= elen <= len(blob) - 4 - r.pos:
+        if not (1 if version == ENVELOPE_VERSION else 0) <= elen <= len(blob) - 4 - r.pos:
             raise FormatError("truncated file (image records length exceeds the file)" if elen else
                               "invalid header: version 8 without image records")
-        header = replace(header, envelope=r.take(elen, "image records"))
+        if version >= CHUNK_GRID_VERSION and not header.chunk_grids:
+            raise FormatError("invalid header: version 9 without a chunk on its own grid")
+        header = replace(header, envelope=r.take(elen, "image records") if elen else b"")
         return header, blob[r.pos : -4]
     return header, blob[start + hlen : -4]

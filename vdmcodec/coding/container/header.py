@@ -20,13 +20,17 @@ from ..varint import encode_varint
 MAGIC = b"VDMC"
 VERSION = 7            # written for archives without image records (byte-identical to before version 8)
 ENVELOPE_VERSION = 8   # version 7 plus the image-record section; its coder constants are version 7's
-READABLE_VERSIONS = (3, 4, 5, 6, 7, 8)
+CHUNK_GRID_VERSION = 9  # version 8 plus a latent grid per chunk (its records optional); written where a chunk is coarser
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
 MAX_SIDE = 1 << 16
 MAX_TOTAL_SUBPIXELS = 1 << 32
 MAX_STEPS = 100_000
+MIN_GRID_BITS, MAX_GRID_BITS = 1, 16  # an archive's latent grid (coding/grid.py)
+MIN_CHUNK_GRID_BITS = -1  # the coarsest grid of a chunk of whole images (version 9)
+MAX_CHUNK_GRID_DROP = 3   # a chunk's grid is grid_bits minus 0..3 (two bits of its entry)
 MAX_THREADS = 1024             # torch threads of the encoder (the decoder runs the same count)
 MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
@@ -70,6 +74,13 @@ class Header:
     # Not part of equality: a header means the same whichever version carried it
     version: int = field(default=VERSION, compare=False)
     device: str | None = None       # a GPU-coded float file: the device fingerprint (hardware.py); None: CPU or portable
+    chunk_grids: list = field(default_factory=list)  # version 9: each chunk's latent grid bits ([]: all at grid_bits)
+
+    @property
+    def format_version(self) -> int:
+        """The version a file of this header is written at: 9 where a chunk has its own grid,
+        8 with image records, else 7."""
+        return CHUNK_GRID_VERSION if self.chunk_grids else ENVELOPE_VERSION if self.envelope else VERSION
 
     @property
     def count(self) -> int:
@@ -137,7 +148,11 @@ def encode_header(h: Header) -> bytes:
         out += bytes([METHODS.index(m)]) + encode_varint(n)
     out += b"".join(encode_varint(v) for v in h.classical_sizes)
     if h.model is not None or h.chunks:
-        out += encode_varint(len(h.chunks)) + b"".join(encode_varint(size) for _, size in h.chunks)
+        out += encode_varint(len(h.chunks))
+        if h.chunk_grids:  # version 9: (size << 2) | how many bits coarser than grid_bits
+            out += b"".join(encode_varint(size << 2 | (h.grid_bits - g)) for (_, size), g in zip(h.chunks, h.chunk_grids))
+        else:
+            out += b"".join(encode_varint(size) for _, size in h.chunks)
     if h.tiled:
         out += encode_varint(h.tile) + b"".join(encode_layout(t) for t in h.tiled)
         structures = h.structures or [None] * len(h.tiled)
@@ -265,11 +280,18 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
     if n_classical > len(data) - r.pos:
         r.bad("more classical sizes than the header holds")
     classical_sizes = [r.varint("classical size", 1 << 40) for _ in range(n_classical)]
-    chunks, pos = [], 0
+    chunks, chunk_grids, pos = [], [], 0
     for _ in range(r.count("chunks", MAX_IMAGES) if flags & _F_MODEL else 0):
-        size = r.varint("chunk size", MAX_IMAGES)
+        if version >= CHUNK_GRID_VERSION:
+            v = r.varint("chunk entry", MAX_IMAGES << 2 | MAX_CHUNK_GRID_DROP)
+            size = v >> 2
+            chunk_grids.append(grid_bits - (v & MAX_CHUNK_GRID_DROP))
+        else:
+            size = r.varint("chunk size", MAX_IMAGES)
         chunks.append([pos, size])
         pos += size
+    if all(g == grid_bits for g in chunk_grids):  # the same header as one of version 8 or before
+        chunk_grids = []
     tile, tiled, structures, corr_scales = 0, [], [], []
     if corr is not None and not flags & _F_TILED:
         r.bad("channel correlations without tiled images")
@@ -305,7 +327,7 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
                   threads=threads, shapes=shapes, names=names, methods=methods, classical_sizes=classical_sizes,
                   chunks=chunks, init_pad=(flags >> _PAD_SHIFT) & 3, pixels_hash=pixels_hash, squeeze=squeeze,
                   tile=tile, tiled=tiled, levels=levels, corr=corr, structures=structures if any(structures) else [],
-                  corr_scales=corr_scales, version=version, device=device)
+                  corr_scales=corr_scales, version=version, device=device, chunk_grids=chunk_grids)
 
 
 def _parse_structure(r: Reader):

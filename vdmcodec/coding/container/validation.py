@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ...errors import FormatError
 from ..tilegrid import MAX_TILE, check_layout
-from .header import MAX_IMAGES, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MODEL_METHODS, TILED_METHODS, Header
+from .header import (MAX_GRID_BITS, MAX_IMAGES, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MIN_CHUNK_GRID_BITS, MIN_GRID_BITS,
+                     MODEL_METHODS, TILED_METHODS, Header)
 
 
 def validate(h: Header) -> Header:
@@ -13,7 +14,7 @@ def validate(h: Header) -> Header:
     def bad(what):
         raise FormatError(f"invalid header: {what}")
 
-    if (h.model is None) != (h.steps == 0) or (h.model is not None and not 1 <= h.grid_bits <= 16):
+    if (h.model is None) != (h.steps == 0) or (h.model is not None and not MIN_GRID_BITS <= h.grid_bits <= MAX_GRID_BITS):
         bad("steps / grid_bits out of range")
     if h.model is not None and not 1 <= h.threads <= MAX_THREADS:
         bad(f"threads {h.threads} out of range 1..{MAX_THREADS}")
@@ -39,6 +40,9 @@ def validate(h: Header) -> Header:
         bad("model named without model-coded images, or the reverse")
     if any(size < 1 for _, size in h.chunks) or sum(size for _, size in h.chunks) != n_vdm:
         bad("chunks do not cover the model-coded images")
+    if h.chunk_grids and (len(h.chunk_grids) != len(h.chunks)
+                          or not all(MIN_CHUNK_GRID_BITS <= g <= h.grid_bits for g in h.chunk_grids)):
+        bad("chunk grids out of range")
     if n_model == 0 and h.init_pad:
         bad("init_pad without model-coded images")
     n_tiled = n_model - n_vdm
