@@ -7,11 +7,13 @@ comparison. The ratio file / estimate is what ``PreflightConfig.prior_margin`` i
 
 python -m experiments.probe_calibration [--model natural] [--steps 32] [--threads 2]
     [--photos benchmarks/results/photos.json] [--data ../shared/data/natural]
+    [--crops 16] [--draws 8] [--seed 0]
     [--out experiments/results/probe_calibration.md]
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import json
 import shlex
@@ -38,8 +40,12 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--photos", type=Path, default=Path("benchmarks/results/photos.json"))
     ap.add_argument("--data", type=Path, default=DATA, help="the photos' sets (the benchmark's rows name set and image)")
+    ap.add_argument("--crops", type=int, default=PROBE.crops, help="the probe's crops (default compress's)")
+    ap.add_argument("--draws", type=int, default=PROBE.draws, help="the probe's strata of levels (default compress's)")
+    ap.add_argument("--seed", type=int, default=PROBE.seed)
     ap.add_argument("--out", type=Path, default=Path("experiments/results/probe_calibration.md"))
     args = ap.parse_args(argv)
+    probe = dataclasses.replace(PROBE, crops=args.crops, draws=args.draws, seed=args.seed)
     torch.set_num_threads(args.threads)
     bench = json.loads(args.photos.read_text())
     codec = load_codec(args.model)
@@ -56,7 +62,7 @@ def main(argv=None):
         if px.ndim != 3 or px.shape[-1] != 3:
             continue  # gray photos are coded as R = G = B without a probe
         t0 = time.perf_counter()
-        choice = codec.choose(px, chain)
+        choice = codec.planner.choose(px, chain, probe=probe)
         seconds = time.perf_counter() - t0
         best = min(r["jxl"]["bpd"], r["webp"]["bpd"])
         estimate = choice.rate - choice.saving
@@ -70,15 +76,15 @@ def main(argv=None):
     result = {"command": "python -m experiments.probe_calibration " + shlex.join(sys.argv[1:] if argv is None else argv),
               "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
               "machine": machine(), "model": codec.info["name"], "sha256": codec.info["sha256"][:16],
-              "steps": args.steps, "probe": PROBE.__dict__, "prior_margin": codec.preflight.prior_margin, "rows": rows}
+              "steps": args.steps, "probe": probe.__dict__, "prior_margin": codec.preflight.prior_margin, "rows": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=1))
     m = result["machine"]
     lines = ["# The probe's estimate against the model-coded file", "",
              f"Command: `{result['command']}`", "",
              f"Date: {result['date']}; machine: {m['cpu']}, {m['torch_threads']} torch threads, torch {m['torch']}.", "",
-             f"Model `{result['model']}` (weights {result['sha256']}...), T = {args.steps}. Probe: {PROBE.crops} crops of "
-             f"{PROBE.crop} px on a grid of equal cells, {PROBE.draws} strata of levels (preflight.Probe). Model-coded "
+             f"Model `{result['model']}` (weights {result['sha256']}...), T = {args.steps}. Probe: {probe.crops} crops of "
+             f"{probe.crop} px on a grid of equal cells, {probe.draws} strata of levels, seed {probe.seed} (preflight.Probe). Model-coded "
              f"files: `{args.photos}`. bpd = bits per subpixel.", "",
              "| set | photo | kept | probe rate | saving | estimate | continuous (preflight) | model-coded file | "
              "file / estimate | estimate / best classical | file / best classical | probe s |",

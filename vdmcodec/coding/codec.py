@@ -174,17 +174,21 @@ class Codec:
         eligible = planner.chunk_eligible(pix, tiled)
         preflight = bool(tiled) and not (force_model or classical_only)
 
-        def look(k: int, m: str) -> tuple[bool, list | None]:  # a decoded JPEG's priors are its probe's candidates
-            found = planner.lattice(pix[k], m)
-            return found, planner.candidates(pix[k]) if found else None
+        probe_grid = self._grid_bits(pix, eligible, tiled)  # the probe's estimates do not depend on the grid
+
+        def look(k: int, m: str) -> tuple[bool, ImageChoice | None]:
+            """The lattice test; a decoded JPEG's probe, its priors the candidates measured on it."""
+            if not planner.lattice(pix[k], m):
+                return False, None
+            return True, self.choose(pix[k], self.chain(T, probe_grid), planner.candidates(pix[k]))
 
         with ThreadPoolExecutor(1) if preflight else nullcontext() as side:
-            # the preflight's lattice test runs while the classical codecs encode (they release the GIL)
+            # the lattice tests, and the decoded JPEGs' probes, run while the classical codecs
+            # encode (they release the GIL)
             looks = {k: side.submit(look, k, m) for k, m in tiled.items()} if preflight else {}
             best = [classical.encode_best(p, choice.classical) for p in pix]
             looks = {k: job.result() for k, job in looks.items()}
         lattice = {k: v[0] for k, v in looks.items()}
-        priors = {k: v[1] for k, v in looks.items() if v[1] is not None}
         if preflight:  # images the preflight gives up on stay classical
             tiled = {k: m for k, m in tiled.items()
                      if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, lattice[k])[1]}
@@ -192,7 +196,8 @@ class Codec:
             return self._pack_classical(entries, best, T)
         chain = self.chain(T, self._grid_bits(pix, eligible, tiled))
         # one probe per tiled RGB image: its structure prior or correlation share, and its rate
-        choices = {k: self.choose(pix[k], chain, priors.get(k)) for k, m in tiled.items() if m == "tiled"}
+        choices = {k: looks[k][1] if k in looks and looks[k][1] is not None else self.choose(pix[k], chain)
+                   for k, m in tiled.items() if m == "tiled"}
         if not force_model:  # an image whose estimate loses even with its choice stays classical
             tiled = {k: m for k, m in tiled.items() if not planner.loses(choices.get(k), 8 * len(best[k][1]), pix[k].size)}
         if not (eligible or tiled):

@@ -38,7 +38,7 @@ from .priors import jpeg_prior, structure
 
 # the crops and levels of the one network pass that estimates a tiled RGB image's rate and what
 # each structure prior and correlation share saves (preflight.Probe)
-PROBE = PreflightConfig(crops=16, crop=64, draws=8)
+PROBE = PreflightConfig(crops=16, crop=64, draws=4)
 # the coarse latent grid of archives with tiled images (``Planner.grid_bits``)
 COARSE_GRID_BITS = 1
 
@@ -132,13 +132,14 @@ class Planner:
             return structure.candidates(pixels)
         return structure.candidates(pixels) + jpeg_prior.candidates(pixels)
 
-    def choose(self, pixels: np.ndarray, chain: DiffusionChain, priors: list | None = None) -> ImageChoice:
-        """What ``chain`` codes a tiled RGB image with, from one probe (preflight.Probe, PROBE):
+    def choose(self, pixels: np.ndarray, chain: DiffusionChain, priors: list | None = None,
+               probe: PreflightConfig = PROBE) -> ImageChoice:
+        """What ``chain`` codes a tiled RGB image with, from one probe (preflight.Probe, ``probe``):
         of the structure priors measured on it (``priors``, None: ``candidates``), the one with
         the largest estimated saving where that beats its header bytes; else the share of the
         card's channel correlations (chain.corr) with the largest saving, 0 where none saves."""
         priors = self.candidates(pixels) if priors is None else priors
-        p = Probe(chain, pixels, PROBE)
+        p = Probe(chain, pixels, probe)
         if priors:
             gains = p.prior_savings(priors)
             k = int(np.argmax(gains))

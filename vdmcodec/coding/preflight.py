@@ -20,7 +20,7 @@ whatever the estimate's error. Only the encoder's choice depends on it (the file
 each image's method), so it never touches losslessness.
 
 Decoded JPEGs (jpeg_prior.has_lattice, a few hundredths of a second) skip that estimate: the
-one probe of the chain's network that chooses their prior (``Probe``: 16 crops at 8 levels)
+one probe of the chain's network that chooses their prior (``Probe``: 16 crops at 4 levels)
 also estimates their rate, and ``loses_with_prior`` decides.
 
 On photos without a JPEG lattice the
@@ -149,12 +149,13 @@ def loses_with_prior(estimate: float, saving: float, classical_bits: float, subp
                      cfg: PreflightConfig = PreflightConfig()) -> bool:
     """After the probe (``Probe``): its rate less its choice's saving (a structure prior's or
     a correlation share's; bits per subpixel), over ``prior_margin``, is not below the
-    classical file. Measured (`natural`, T = 32, the probe of planner.PROBE, 2026-12-07) on
-    the 17 RGB validation photos: the model-coded file was 0.90-1.03 times the estimate (baby
-    0.90; the screen capture ppt3 0.83), so ``prior_margin`` 1.13 (above 1 / 0.90) gives up
-    only photos that would lose on the most pessimistic estimate seen but ppt3's. The four
-    decoded JPEGs the model wins on estimate at 0.85-0.94 times their classical file; ppt3 at
-    1.39 (its model-coded file: 1.15)."""
+    classical file. Measured (`natural`, T = 32, the probe of planner.PROBE, 2026-12-07,
+    experiments/results/probe_calibration.md) on the 18 RGB validation photos: the
+    model-coded file was 0.89-1.03 times the estimate (face and baby 0.89-0.90; the screen
+    capture ppt3 0.82), so ``prior_margin`` 1.13 (above 1 / 0.89) gives up only photos that
+    would lose on the most pessimistic estimate seen but ppt3's. The four decoded JPEGs the
+    model wins on estimate at 0.85-0.94 times their classical file; ppt3 at 1.40 (its
+    model-coded file: 1.15)."""
     return (estimate - saving) / cfg.prior_margin >= classical_bits / subpixels
 
 
