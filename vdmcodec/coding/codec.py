@@ -174,7 +174,7 @@ class Codec:
         eligible = planner.chunk_eligible(pix, tiled)
         preflight = bool(tiled) and not (force_model or classical_only)
 
-        probe_grid = self._grid_bits(pix, eligible, tiled)  # the probe's estimates do not depend on the grid
+        probe_grid = self._grid_bits(tiled)  # the probe's estimates do not depend on the grid
 
         def look(k: int, m: str) -> tuple[bool, ImageChoice | None]:
             """The lattice test; a decoded JPEG's probe, its priors the candidates measured on it."""
@@ -194,7 +194,7 @@ class Codec:
                      if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, lattice[k])[1]}
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
-        chain = self.chain(T, self._grid_bits(pix, eligible, tiled))
+        chain = self.chain(T, self._grid_bits(tiled))
         # one probe per tiled RGB image: its structure prior or correlation share, and its rate
         choices = {k: looks[k][1] if k in looks and looks[k][1] is not None else self.choose(pix[k], chain)
                    for k, m in tiled.items() if m == "tiled"}
@@ -203,7 +203,7 @@ class Codec:
         if not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         pin()
-        chain = self.chain(T, self._grid_bits(pix, eligible, tiled))  # the same, or fewer images now
+        chain = self.chain(T, self._grid_bits(tiled))  # the same, or fewer images now
         structures = {k: c.prior for k, c in choices.items() if k in tiled}
         corr_scales = {k: c.corr_share for k, c in choices.items() if k in tiled}
         blob = None
@@ -233,13 +233,11 @@ class Codec:
     def grid_bits_for(self, images) -> int:
         """The latent grid compress codes ``images`` on through the chain (Planner.grid_bits;
         the codec's own where it was given one), before any preflight drops an image."""
-        pix = [e.pixels for e in image_entries(images, None)]
-        tiled = self.planner.tiled_methods(pix)
-        return self._grid_bits(pix, self.planner.chunk_eligible(pix, tiled), tiled)
+        return self._grid_bits(self.planner.tiled_methods([e.pixels for e in image_entries(images, None)]))
 
-    def _grid_bits(self, pix, eligible, tiled) -> int:
-        """The grid of an archive whose chain codes ``eligible`` whole and ``tiled`` in tiles."""
-        return self.grid_bits if self.grid_fixed else self.planner.grid_bits(self.grid_bits, pix, eligible, tiled)
+    def _grid_bits(self, tiled: dict[int, str]) -> int:
+        """The grid of an archive whose chain codes ``tiled`` ({image: method}) in tiles."""
+        return self.grid_bits if self.grid_fixed else self.planner.grid_bits(self.grid_bits, tiled)
 
     @property
     def planner(self) -> Planner:

@@ -69,7 +69,7 @@ class Planner:
         return [k for k, p in enumerate(pix)
                 if p.shape[-1] == self.channels and p.size <= MAX_CHUNK_SUBPIXELS and k not in tiled]
 
-    def grid_bits(self, default: int, pix, eligible: list[int], tiled: dict[int, str]) -> int:
+    def grid_bits(self, default: int, tiled: dict[int, str]) -> int:
         """The latent grid of one archive: COARSE_GRID_BITS where the chain codes tiled images,
         else ``default``. Each grid bit costs about two initial bits per dimension, which seed
         tiles pay for at their classical rate. On lone photos (`natural`, T = 32, 2026-12-07)
