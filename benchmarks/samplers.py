@@ -279,7 +279,7 @@ def quality_cell(cells_path, key, quality, denoiser, sampler, sigmas, shape, cou
             "nfe": evaluations(sampler, len(sigmas) - 1), "start": start, "seed": seed,
             **quality.metrics(pixels, matched), "seconds": time.perf_counter() - t0, **(extra or {})}
     save_cell(cells_path, key, cell)
-    log(f"{key}: FID {cell['fid']:.2f}, KID {1e3 * cell['kid']:.2f}e-3, median {cell['median_pixel']:.0f}, "
+    log(f"{key}: FID {cell['fid']:.2f}, KID {cell['kid']:.1f}, median {cell['median_pixel']:.0f}, "
         f"ink {cell['ink_fraction']:.3f}")
 
 

@@ -71,7 +71,7 @@ def _quality_row(label, c) -> str:
     fm = [k for k in c if k.startswith("fid_first_")]
     matched = f"{c[fm[0]]:.2f}" if fm else "-"
     return (f"| {label} | {c['nfe']} | {c['samples']} | {c['fid']:.2f} | {matched} | "
-            f"{1e3 * c['kid']:.2f} ± {1e3 * c['kid_sd']:.2f} | {c['median_pixel']:.0f} | {c['ink_fraction']:.3f} |")
+            f"{c['kid']:.1f} ± {c['kid_sd']:.1f} | {c['median_pixel']:.0f} | {c['ink_fraction']:.3f} |")
 
 
 def _plot_errors(cells, path: Path) -> bool:
@@ -172,7 +172,7 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
         "## Start distribution (Heun, 35 evaluations, rho = 7)", "",
         "`prior`: the VP chain's own prior N(0, I) mapped to VE, x = z / alpha_1, std sqrt(1 + sigma_max^2); "
         "`edm`: N(0, sigma_max^2 I). Same noises. Ink fraction = share of pixels >= 128.", "",
-        "| start | evaluations | samples | FID | - | KID x 1e3 (± sd over 50 subsets) | median pixel | ink fraction |",
+        "| start | evaluations | samples | FID | - | KID (± sd over 50 subsets; the features are not normalised, so it is not on Inception's scale) | median pixel | ink fraction |",
         "|---|---|---|---|---|---|---|---|",
         *[_quality_row(k.split("/")[2], v) for k, v in cells.items() if k.startswith("start/")], "",
         "## Sample quality at 35 evaluations (rho = 7, prior start, bfloat16 autocast)", "",
@@ -181,7 +181,7 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
         "validation images 8000-8999 (1000 images). FID is biased upwards at small counts, so it is compared only "
         f"at equal counts: the column `FID@{n_ref}` is the FID of the first {n_ref} samples of a cell, comparable "
         f"with the reference's. KID is unbiased: mean ± sd over 50 random subsets of 1000 (or of all, if fewer).", "",
-        f"| sampler | evaluations | samples | FID | FID@{n_ref} | KID x 1e3 | median pixel | ink fraction |",
+        f"| sampler | evaluations | samples | FID | FID@{n_ref} | KID (± sd) | median pixel | ink fraction |",
         "|---|---|---|---|---|---|---|---|",
         *[_quality_row(s, v) for s, v in fid_done.items()],
         *([_quality_row("**reference: ancestral, 1000 steps**", ref)] if ref else []),
