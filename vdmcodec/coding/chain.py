@@ -52,7 +52,8 @@ from ..networks import ConditioningCache
 from . import exact, levels
 from .ans import Message, PushPop, bit_swap, counted, whitened
 from .arithmetic import ARITHMETIC, run_network
-from .grid import LOG2_SQRT_2PI_E, MAX_GRID_BITS, MIN_CHUNK_GRID_BITS, LevelGrid, elementwise, level_gamma
+from .container import MAX_GRID_BITS, MIN_CHUNK_GRID_BITS
+from .grid import LOG2_SQRT_2PI_E, LevelGrid, elementwise, level_gamma
 from .level_codecs import p_codec, q_codec, x_codec
 from .priors import NO_PRIOR, TilePrior
 from .spec import CURRENT, CoderSpec, check_spec

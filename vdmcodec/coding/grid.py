@@ -39,7 +39,6 @@ import torch
 
 from ..diffusion import VOCAB, scale_pixels
 from . import exact, levels
-from .container.header import MAX_GRID_BITS, MIN_CHUNK_GRID_BITS, MIN_GRID_BITS  # noqa: F401 (the grids' range)
 from .spec import CoderSpec
 
 LOG2_SQRT_2PI_E = 2.047095585180641  # 0.5 log2(2 pi e), written out: a decoder must not depend on its libm
