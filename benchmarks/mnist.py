@@ -148,7 +148,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.axhline(float(np.mean(cont)), color="gray", linestyle=":", label="-ELBO, continuous time")
     fallback = [r["archive"]["fallback"]["bpd"] for r in rows if r["archive"]]
     if fallback:
-        ax.axhline(fallback[0], color="tab:red", linestyle="-.", label="all classical (PNG/WebP) archive")
+        ax.axhline(fallback[0], color="tab:red", linestyle="-.", label="all-classical archive")
     ax.set_xscale("log", base=2)
     ax.set_xticks(T, [str(t) for t in T])
     ax.set_xlabel("T (diffusion steps)")
@@ -188,7 +188,7 @@ def report(args, meta: dict, result: dict, speed: dict, sweep_rows: list[dict], 
     lines += [""]
     if model_row["bytes"] is not None:
         lines.append(f"The model-coded archive's container (magic, binary header with chunk lengths, CRC-32; docs/format.md) is "
-                     f"{model_row['container_bytes']} bytes; {model_row['classical_images']} images are stored as PNG/WebP and "
+                     f"{model_row['container_bytes']} bytes; {model_row['classical_images']} images are stored classically and "
                      f"their bytes are the chain's initial bits. `vdmcodec compress` writes the smaller of the two archives "
                      f"(here: {written}).")
     single = next((r for r in result["rows"] if r["method"] == "vdmcodec single-image files"), None)
@@ -218,7 +218,7 @@ def report(args, meta: dict, result: dict, speed: dict, sweep_rows: list[dict], 
         lines += sweep_table(sweep_rows, args.sweep_archive_max)
         fb = next((r["archive"]["fallback"] for r in sweep_rows if r["archive"]), None)
         if fb is not None:
-            lines += ["", f"All-classical (PNG/WebP) archive of the same {ns} images: {fb['bytes']:,} bytes, {fb['bpd']:.4f} bpd."]
+            lines += ["", f"All-classical archive of the same {ns} images: {fb['bytes']:,} bytes, {fb['bpd']:.4f} bpd."]
         lines += ["", f"![bpd vs T]({plot_path.name})"]
     load = [meta["machine"].get("load_average_1min"), meta.get("load_average_end")]
     lines += ["", f"## Speed (T = {result['steps']}, {n} images, one process, {m['torch_threads']} torch threads)", "",

@@ -46,7 +46,7 @@ def test_every_readable_version_has_a_coder_and_the_written_one_is_current():
     assert ChainConfig().spec is spec.CURRENT
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 10, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 11, 255])
 def test_a_version_without_a_coder_is_one_line(version):
     with pytest.raises(FormatError, match=f"format version {version} has no coder") as e:
         spec.coder_spec(version)

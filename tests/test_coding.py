@@ -658,7 +658,8 @@ def test_archive_grid_bits(tiny_model_dir, mnist_path):
 def test_first_chunks_on_coarser_grids(tiny_model_dir, mnist_path):
     """The seeds start the first chunk on the coarsest chunk grid; chunks refine to the
     archive's grid as the stack grows, never coarser than the floor nor finer than the grid,
-    the grids recorded per chunk (format version 9) and every image decoded."""
+    the grids recorded per chunk (format version 9, here 10: the seed digits are ctx) and
+    every image decoded."""
     from vdmcodec.coding.archive import chunk_floor
     from vdmcodec.data import read_idx
 
@@ -666,7 +667,7 @@ def test_first_chunks_on_coarser_grids(tiny_model_dir, mnist_path):
     codec = load_codec(tiny_model_dir, steps=2)
     blob = codec.compress(x, force_model=True)
     header = container.unpack(blob)[0]
-    assert blob[4] == container.CHUNK_GRID_VERSION and header.version == container.CHUNK_GRID_VERSION
+    assert blob[4] == header.version == container.CONTEXT_VERSION and "ctx" in header.image_methods()
     grids = header.chunk_grids
     assert len(grids) == len(header.chunks) and grids[0] == chunk_floor(header.grid_bits) < header.grid_bits
     assert grids == sorted(grids) and grids[-1] == header.grid_bits

@@ -6,6 +6,7 @@ from __future__ import annotations
 import struct
 import tracemalloc
 import zlib
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -109,7 +110,7 @@ def test_short_and_foreign_blobs():
         unpack("VDMC...")  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("version", [0, 1, 2, 10, 255])
+@pytest.mark.parametrize("version", [0, 1, 2, 11, 255])
 def test_wrong_version(version):
     blob = bytearray(pack(header(), b""))
     blob[4] = version
@@ -157,6 +158,53 @@ def test_chunk_grids_are_version_9():
         unpack(container.frame(container.encode_header(under), b"", version=9))
     with pytest.raises((FormatError, ValueError)):
         pack(under, b"")
+
+
+def test_ctx_images_are_version_10():
+    """A ctx image (method 6) is written at version 10 and decodes; the same bytes labelled
+    version 9 are refused, as are a version-10 file without a ctx image and a ctx image of
+    three channels or over the model's pixel limit. Chunks of a version-10 file keep their
+    grids (version 9's entries)."""
+    from vdmcodec.coding import context_model
+
+    im = np.random.default_rng(4).integers(0, 256, (9, 13, 1), dtype=np.uint8)
+    data = classical.encode(im, "ctx")
+    h = header(shapes=[[9, 13, 1, 1]], methods=[["ctx", 1]], classical_sizes=[len(data)],
+               pixels_hash=pixels_digest([im]), names={"sequence": ["", 5, ".png"]}, squeeze=[])
+    blob = pack(h, data)
+    assert blob[4] == container.CONTEXT_VERSION == 10
+    (out, _), = decompress_file_bytes(blob)
+    np.testing.assert_array_equal(out, im)
+    old = bytearray(blob[:-4])
+    old[4] = 9
+    with pytest.raises(FormatError, match="unknown coding method"):
+        unpack(bytes(old) + struct.pack("<I", zlib.crc32(bytes(old))))
+    with pytest.raises(FormatError, match="version 10 without"):
+        unpack(container.frame(container.encode_header(header()), b"", version=10))
+    side = int(context_model.MAX_PIXELS ** 0.5) + 1
+    for shape in ([9, 13, 3, 1], [side, side, 1, 1]):
+        forged = replace(h, shapes=[shape])
+        with pytest.raises(FormatError, match="ctx image"):
+            unpack(container.frame(container.encode_header(forged), data, version=10))
+    gray = {**MODEL, "shapes": [[2, 3, 1, 3]], "squeeze": [], "methods": [["vdm", 2], ["ctx", 1]], "grid_bits": 2}
+    model = header(**gray, chunk_grids=[1, 2])
+    assert unpack(pack(model, b""))[0] == model
+    flat = header(**gray)
+    assert unpack(pack(flat, b""))[0] == flat
+
+
+def test_numbered_names_are_a_sequence():
+    """Names numbered from 0 with a fixed zero padding are stored as prefix, width and
+    suffix (the default 00000.png... costs nothing), and come back the same."""
+    assert container.name_sequence([f"{k:05d}.png" for k in range(3)]) == ["", 5, ".png"]
+    assert container.name_sequence([f"{k:03d}.png" for k in range(100)]) == ["", 3, ".png"]
+    assert container.name_sequence(["img_0.tif", "img_1.tif"]) == ["img_", 1, ".tif"]
+    assert container.name_sequence(["x/00.png", "x/01.png", "x/03.png"]) is None  # a gap
+    assert container.name_sequence(["1.png", "2.png"]) is None  # not from 0
+    assert container.name_sequence(["a.png"]) is None and container.name_sequence([]) is None
+    names = [f"d/{k:04d}_x.png" for k in range(12)]
+    h = header(names={"sequence": container.name_sequence(names)})
+    assert unpack(pack(h, b""))[0].image_names()[:12] == names[: h.count]
 
 
 def reframe(body_after_version: bytes) -> bytes:

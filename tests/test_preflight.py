@@ -339,9 +339,9 @@ def test_the_lattice_test_runs_while_the_classical_codecs_encode(model, monkeypa
     done, seen = threading.Event(), {}
     real = classical.encode_best
 
-    def encode_best(pixels, effort=classical.ClassicalEffort()):
+    def encode_best(pixels, effort=classical.ClassicalEffort(), context=False):
         seen["during"] = done.wait(10)  # the lattice test ends while this encode is still running
-        return real(pixels, effort)
+        return real(pixels, effort, context)
 
     def has_lattice(pixels):
         seen["thread"] = threading.current_thread() is not threading.main_thread()

@@ -211,7 +211,7 @@ def measure_archive(codec: Codec, images: Sequence[np.ndarray], steps: int | Non
         seed_bytes, seed_dims = tiled_seeds(header)
         seeds += seed_bytes
         row["chain_bpd"] = 8 * (len(payload) - seeds) / max(1, model_dims - seed_dims)
-        row["note"] = (f"{n_model} images model-coded, {len(methods) - n_model} PNG/WebP/JPEG XL (their bytes are the initial bits); "
+        row["note"] = (f"{n_model} images model-coded, {len(methods) - n_model} classical (their bytes are the initial bits); "
                        f"container {row['container_bytes']} bytes; the chain alone: {row['chain_bpd']:.4f} bpd "
                        f"on the model-coded images")
     else:
@@ -246,7 +246,7 @@ def tiled_seeds(header) -> tuple[int, int]:
 
 def _fallback_row(blob: bytes, seconds: float, dims: int, T: int, codec: Codec | None = None, images=None) -> dict:
     header, payload = unpack(blob)
-    row = _row("vdmcodec archive (all classical)", "best of PNG / WebP / JPEG XL per image", len(blob), dims, kind="vdmcodec",
+    row = _row("vdmcodec archive (all classical)", "best of PNG / WebP / JPEG XL / ctx per image", len(blob), dims, kind="vdmcodec",
                encode_s=seconds, container_bytes=len(blob) - len(payload), roundtrip=None,
                note=f"what compress writes when smaller than the model-coded archive; container {len(blob) - len(payload)} bytes")
     if codec is not None:
@@ -276,7 +276,7 @@ def measure_single_files(codec: Codec, images: Sequence[np.ndarray], steps: int 
     return _row("vdmcodec single-image files", f"T={T}, one .vdmc per image", sum(sizes), subpixels(images),
                 kind="vdmcodec", bpd_mean=float(np.mean(per_image)), encode_s=enc_s, decode_s=dec_s, roundtrip=ok,
                 classical_images=n_classical, image_bytes=sizes, image_methods=methods,
-                note=f"{n_classical} of {len(images)} files went classical (PNG/WebP/JPEG XL)")
+                note=f"{n_classical} of {len(images)} files went classical (PNG / WebP / JPEG XL / ctx)")
 
 
 def measure_elbo(codec: Codec, images: Sequence[np.ndarray], steps: int | None = None, seed: int = 0,

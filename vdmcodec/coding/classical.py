@@ -1,5 +1,6 @@
-"""Classical lossless codecs for the container: PNG and WebP lossless (via Pillow) and
-JPEG XL lossless (libjxl via imagecodecs).
+"""Classical lossless codecs for the container: PNG and WebP lossless (via Pillow), JPEG XL
+lossless (libjxl via imagecodecs) and, for whole one-channel images of at most 4096 pixels,
+``ctx``: the shipped static context model fitted on MNIST digits (context_model.py).
 
 Used for images the model cannot code (other channel count), for the images whose bytes
 seed the bits-back chain, and wherever they are smaller: ``encode_best`` keeps the smallest.
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import FormatError
+from . import context_model
 
 WEBP_MAX_SIDE = 16383        # the WebP format's limit
 WEBP_MAX_PIXELS = 1 << 26    # Pillow's WebP reader refuses ~179M pixels; stay well below
@@ -30,7 +32,8 @@ JXL_E9_MAX_PIXELS = 1 << 22  # effort 9 up to ~4 megapixels, effort 7 beyond (ti
 JXL_SIGNATURE = b"\xff\x0a"  # a bare JPEG XL codestream (what jpegxl_encode writes)
 # SizeHeader's fixed aspect ratios xsize / ysize for ratio codes 1..7 (ISO/IEC 18181-1)
 JXL_RATIOS = ((1, 1), (12, 10), (4, 3), (3, 2), (16, 9), (5, 4), (2, 1))
-CLASSICAL_METHODS = ("png", "webp", "jxl")
+CLASSICAL_METHODS = ("png", "webp", "jxl")  # also the method codes of envelope.py's extra planes
+CONTEXT = "ctx"  # whole images only (the container's method 6, version 10; not tiles or planes)
 
 
 def _webp_available() -> bool:
@@ -53,6 +56,8 @@ def encode(pixels: np.ndarray, method: str, effort: int | None = None) -> bytes:
     largest (JPEG XL: 9, or 7 beyond ``JXL_E9_MAX_PIXELS``)."""
     if method == "jxl":
         return _encode_jxl(pixels, effort)
+    if method == CONTEXT:
+        return context_model.load_table().encode(pixels[..., 0])
     from PIL import Image
 
     img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
@@ -151,8 +156,14 @@ PARALLEL_MIN_PIXELS = 1 << 16  # from this size on, JPEG XL and WebP's first str
 WEBP_AHEAD_MAX_METHOD = 4  # WebP methods quick enough to encode before they are known to be needed (0.3 s at 768x512)
 
 
-def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort()) -> tuple[str, bytes]:
-    """The smallest exact stream of the classical candidates that ``effort`` runs. On images
+def context_eligible(pixels: np.ndarray) -> bool:
+    """Whether ``ctx`` can code these pixels: one channel, 1..context_model.MAX_PIXELS pixels."""
+    return pixels.shape[-1] == 1 and pixels.shape[0] * pixels.shape[1] <= context_model.MAX_PIXELS
+
+
+def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort(), context: bool = False) -> tuple[str, bytes]:
+    """The smallest exact stream of the classical candidates that ``effort`` runs, and ``ctx``
+    where ``context`` is set and the image is one it codes (whole images only). On images
     of at least PARALLEL_MIN_PIXELS pixels JPEG XL and WebP are encoded at the same time on two
     threads (both libraries release the GIL), WebP's second stream too where its method is at
     most WEBP_AHEAD_MAX_METHOD (then also where it is not needed); the streams and the choice
@@ -189,6 +200,10 @@ def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort())
                 offer("webp", encode(pixels, "webp", effort.webp) if slow is None else slow)
     if h * w <= effort.png_max_pixels or best is None:
         offer("png", encode(pixels, "png"))
+    if context and context_eligible(pixels):
+        data = encode(pixels, CONTEXT)
+        if data:  # b"": a blank image the container cannot store as ctx (context_model.encode)
+            offer(CONTEXT, data)
     if best is None:  # pragma: no cover (PNG always decodes)
         raise FormatError("no classical codec could encode the image")
     return best
@@ -230,6 +245,10 @@ def _decode_jxl(data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
 def decode(data: bytes, method: str, shape: tuple[int, int, int]) -> np.ndarray:
     if method == "jxl":
         return _decode_jxl(data, shape)
+    if method == CONTEXT:
+        if shape[2] != 1:
+            raise FormatError(f"a ctx image has one channel, header says {shape[2]}")
+        return context_model.load_table().decode(data, shape[:2])[..., None]
     h, w, c = shape
     opener = _plugin(method)
     try:

@@ -1,7 +1,8 @@
 """The user-facing codec: ``load_codec(...).compress(images) -> bytes`` and back.
 
 How an archive is coded:
-1. every image gets its best classical encoding (PNG / WebP / JPEG XL lossless);
+1. every image gets its best classical encoding (PNG / WebP / JPEG XL lossless, and ctx,
+   the shipped context model, on small one-channel images);
 2. images the model can code (same channel count; a grayscale image with an RGB model as
    R = G = B, "tiled-gray") go through the bits-back chain, in
    chunks whose size grows with the bits already on the stack; the chain's first pops need
@@ -38,7 +39,8 @@ from .archive import (DecodeLimits, check_device, check_limits, chunk_floor, dec
 from .ans import EmptyMessageError
 from .arithmetic import ARITHMETIC
 from .chain import ChainConfig, DiffusionChain
-from .container import DTYPES, MAX_GRID_BITS, MAX_STEPS, MIN_GRID_BITS, MODEL_METHODS, Header, pack, run_length, unpack
+from .container import (DTYPES, MAX_GRID_BITS, MAX_STEPS, MIN_GRID_BITS, MODEL_METHODS, Header, name_sequence, pack,
+                        run_length, unpack)
 from .determinism import pinned
 from .effort import DEFAULT_EFFORT, EffortChoice, check_effort, effort_choice
 from .inputs import image_entries
@@ -186,7 +188,7 @@ class Codec:
             # the lattice tests, and the decoded JPEGs' probes, run while the classical codecs
             # encode (they release the GIL)
             looks = {k: side.submit(look, k, m) for k, m in tiled.items()} if preflight else {}
-            best = [classical.encode_best(p, choice.classical) for p in pix]
+            best = [classical.encode_best(p, choice.classical, context=True) for p in pix]
             looks = {k: job.result() for k, job in looks.items()}
         lattice = {k: v[0] for k, v in looks.items()}
         if preflight:  # images the preflight gives up on stay classical
@@ -270,7 +272,7 @@ class Codec:
     def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None,
                 structures=(), corr=None, corr_scales=(), grid_bits=0) -> Header:
         names = [e.name for e in entries]
-        seq = [f"{k:05d}.png" for k in range(len(entries))]
+        seq = name_sequence(names)
         return Header(
             model=self.info["name"] if uses_model else None,
             model_hash=model_digest(self.info) if uses_model else None,
@@ -280,7 +282,7 @@ class Codec:
             dtype=self.arithmetic if uses_model else DTYPES[0],
             threads=torch.get_num_threads() if uses_model else 0,
             shapes=run_length([tuple(e.pixels.shape) for e in entries]),
-            names={"sequence": ["", 5, ".png"]} if names == seq else {"list": names},
+            names={"sequence": seq} if seq else {"list": names},
             methods=run_length(methods),
             classical_sizes=classical_sizes,
             chunks=chunks,

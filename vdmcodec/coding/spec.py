@@ -77,6 +77,7 @@ CODER_SPECS: dict[int, CoderSpec] = {
     7: CODER_V3,
     8: CODER_V3,  # version 8 adds the image-record section (envelope.py); the coder is 7's
     9: CODER_V3,  # version 9 adds a latent grid per chunk (archive.push_chunks); the same grid rule
+    10: CODER_V3,  # version 10 adds the ctx method (context_model.py), outside the chain
 }
 CURRENT = CODER_V3
 

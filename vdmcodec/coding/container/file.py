@@ -5,14 +5,15 @@ Layout (see docs/format.md; integers are unsigned LEB128 varints unless stated):
 
     offset  size  field
     0       4     magic b"VDMC"
-    4       1     format version (9 where a chunk has its own latent grid, else 8 with image
-                  records, else 7; 6 has no JPEG XL, 5 nor channel correlations, 4 nor structure
-                  priors, 3 nor level times)
+    4       1     format version (10 where an image is coded by the ``ctx`` context model, else 9
+                  where a chunk has its own latent grid, else 8 with image records, else 7; 6
+                  has no JPEG XL, 5 nor channel correlations, 4 nor structure priors, 3 nor
+                  level times)
     5       v     header length H (varint, at most MAX_HEADER_BYTES and the bytes that remain)
     5+v     H     header (``Header``), binary, every field bounds-checked
-    (versions 8, 9) varint length E, then E bytes: the image records (coding/envelope.py:
+    (versions 8-10) varint length E, then E bytes: the image records (coding/envelope.py:
                   original modes, palettes, frames, metadata, alpha and 16-bit planes); in
-                  version 9, E = 0 where there are none
+                  versions 9 and 10, E = 0 where there are none
             P     payload: ANS words (u32 LE), or the classical blob when no image uses the model
     end-4   4     CRC-32 (u32 LE) of every byte before it
 """
@@ -23,7 +24,7 @@ import zlib
 from dataclasses import replace
 
 from ...errors import FormatError
-from .header import (CHUNK_GRID_VERSION, ENVELOPE_VERSION, MAGIC, MAX_HEADER_BYTES, READABLE_VERSIONS, VERSION,
+from .header import (CHUNK_GRID_VERSION, CONTEXT_VERSION, ENVELOPE_VERSION, MAGIC, MAX_HEADER_BYTES, READABLE_VERSIONS, VERSION,
                      Header, Reader, encode_header, encode_varint, parse_header)
 from .validation import validate
 
@@ -74,8 +75,10 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
         if not (1 if version == ENVELOPE_VERSION else 0) <= elen <= len(blob) - 4 - r.pos:
             raise FormatError("truncated file (image records length exceeds the file)" if elen else
                               "invalid header: version 8 without image records")
-        if version >= CHUNK_GRID_VERSION and not header.chunk_grids:
+        if version == CHUNK_GRID_VERSION and not header.chunk_grids:
             raise FormatError("invalid header: version 9 without a chunk on its own grid")
+        if version >= CONTEXT_VERSION and "ctx" not in header.image_methods():
+            raise FormatError("invalid header: version 10 without a ctx image")
         header = replace(header, envelope=r.take(elen, "image records") if elen else b"")
         return header, blob[r.pos : -4]
     return header, blob[start + hlen : -4]

@@ -21,7 +21,8 @@ MAGIC = b"VDMC"
 VERSION = 7            # written for archives without image records (byte-identical to before version 8)
 ENVELOPE_VERSION = 8   # version 7 plus the image-record section; its coder constants are version 7's
 CHUNK_GRID_VERSION = 9  # version 8 plus a latent grid per chunk (its records optional); written where a chunk is coarser
-READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9)
+CONTEXT_VERSION = 10    # version 9 plus the ``ctx`` method (coding/context_model.py); written where an image uses it
+READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
@@ -35,7 +36,7 @@ MAX_THREADS = 1024             # torch threads of the encoder (the decoder runs 
 MAX_NAME_BYTES = 4096
 MAX_SHORT_STR = 255
 CORR_SCALE_STEPS = 4  # a tiled image's share of the channel correlations: 0, 1/4, ..., 4/4 (version 6)
-METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray", "jxl")  # "jxl": version 7
+METHODS = ("vdm", "png", "webp", "tiled", "tiled-gray", "jxl", "ctx")  # "jxl": version 7; "ctx": version 10
 MODEL_METHODS = ("vdm", "tiled", "tiled-gray")  # coded by the chain: whole (chunks) or in tiles (tilegrid)
 # coded in tiles; "tiled-gray": a one-channel image coded by a three-channel model as R = G = B
 TILED_METHODS = ("tiled", "tiled-gray")
@@ -78,8 +79,10 @@ class Header:
 
     @property
     def format_version(self) -> int:
-        """The version a file of this header is written at: 9 where a chunk has its own grid,
-        8 with image records, else 7."""
+        """The version a file of this header is written at: 10 where an image is ``ctx``, 9 where
+        a chunk has its own grid, 8 with image records, else 7."""
+        if any(m == "ctx" for m, _ in self.methods):
+            return CONTEXT_VERSION
         return CHUNK_GRID_VERSION if self.chunk_grids else ENVELOPE_VERSION if self.envelope else VERSION
 
     @property
@@ -122,6 +125,30 @@ def encode_str(s: str, limit: int) -> bytes:
     return encode_varint(len(b)) + b
 
 
+def name_sequence(names: list[str]) -> list | None:
+    """[prefix, digits, suffix] such that ``names`` are prefix + k in ``digits`` digits
+    (zero-padded) + suffix for k = 0, 1, ... (``Header.image_names``), or None: the header's
+    short form for numbered files (``001.png``, ``img_0000.tif``, ...), 4-260 bytes instead of
+    a list."""
+    if not names:
+        return None
+    default = list(DEFAULT_NAMES)  # costs no byte: try it first
+    if all(n == f"{default[0]}{k:0{default[1]}d}{default[2]}" for k, n in enumerate(names)):
+        return default
+    first, last = names[0], names[-1]
+    for digits in range(12, 0, -1):  # the widest zero-padded field first
+        for i in range(len(first) - digits + 1):
+            if first[i : i + digits] != "0" * digits:
+                continue
+            prefix, suffix = first[:i], first[i + digits :]
+            if (len(prefix.encode()) > MAX_SHORT_STR or len(suffix.encode()) > MAX_SHORT_STR
+                    or last != f"{prefix}{len(names) - 1:0{digits}d}{suffix}"):
+                continue
+            if all(n == f"{prefix}{k:0{digits}d}{suffix}" for k, n in enumerate(names)):
+                return [prefix, digits, suffix]
+    return None
+
+
 def encode_header(h: Header) -> bytes:
     """The header's bytes. Writes what ``parse_header`` reads; it does not validate
     (tests forge headers with it), ``file.pack`` does."""
@@ -149,8 +176,9 @@ def encode_header(h: Header) -> bytes:
     out += b"".join(encode_varint(v) for v in h.classical_sizes)
     if h.model is not None or h.chunks:
         out += encode_varint(len(h.chunks))
-        if h.chunk_grids:  # version 9: (size << 2) | how many bits coarser than grid_bits
-            out += b"".join(encode_varint(size << 2 | (h.grid_bits - g)) for (_, size), g in zip(h.chunks, h.chunk_grids))
+        if h.format_version >= CHUNK_GRID_VERSION:  # (size << 2) | how many bits coarser than grid_bits
+            grids = h.chunk_grids or [h.grid_bits] * len(h.chunks)
+            out += b"".join(encode_varint(size << 2 | (h.grid_bits - g)) for (_, size), g in zip(h.chunks, grids))
         else:
             out += b"".join(encode_varint(size) for _, size in h.chunks)
     if h.tiled:
@@ -270,7 +298,7 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
     methods = []
     for _ in range(r.count("method runs", MAX_IMAGES, 2)):
         m = r.byte("method")
-        if m >= len(METHODS) or (version < 7 and METHODS[m] == "jxl"):
+        if m >= len(METHODS) or (version < 7 and METHODS[m] == "jxl") or (version < CONTEXT_VERSION and METHODS[m] == "ctx"):
             r.bad(f"unknown coding method {m}")
         methods.append([METHODS[m], r.varint("method count", MAX_IMAGES)])
     n_images = sum(s[3] for s in shapes)

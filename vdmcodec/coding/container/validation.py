@@ -4,6 +4,7 @@ The parser has already bounded every single value; ``validate`` checks how they 
 from __future__ import annotations
 
 from ...errors import FormatError
+from ..context_model import MAX_PIXELS as CTX_MAX_PIXELS
 from ..tilegrid import MAX_TILE, check_layout
 from .header import (MAX_GRID_BITS, MAX_IMAGES, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MIN_CHUNK_GRID_BITS, MIN_GRID_BITS,
                      MODEL_METHODS, TILED_METHODS, Header)
@@ -34,6 +35,9 @@ def validate(h: Header) -> Header:
         bad("methods do not cover the images")
     if any(v < 1 for v in h.classical_sizes):
         bad("classical_sizes")
+    for (hh, w, c), m in zip(h.image_shapes(), h.image_methods()):
+        if m == "ctx" and (c != 1 or hh * w > CTX_MAX_PIXELS):
+            bad(f"a ctx image of {hh}x{w}x{c} (ctx codes one channel of at most {CTX_MAX_PIXELS} pixels)")
     n_vdm = sum(n for m, n in h.methods if m == "vdm")
     n_model = sum(n for m, n in h.methods if m in MODEL_METHODS)
     if (n_model > 0) != (h.model is not None):
