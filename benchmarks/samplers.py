@@ -249,8 +249,10 @@ class Quality:
         return self.metrics(self.train_images[:n])
 
 
-def sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, chunk_dir: Path, log, start="prior"):
-    """uint8 NHWC samples, generated in chunks of ``batch`` kept on disk (resumable)."""
+def sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, chunk_dir: Path, log, start="prior",
+                call_batch=None):
+    """uint8 NHWC samples, generated in chunks of ``batch`` kept on disk (resumable), ``call_batch``
+    samples per network call (the samples do not depend on it)."""
     chunk_dir.mkdir(parents=True, exist_ok=True)
     parts = []
     for first in range(0, count, batch):
@@ -258,7 +260,8 @@ def sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, c
         path = chunk_dir / f"{first:06d}-{n}.npy"
         if not path.exists():
             t0 = time.perf_counter()
-            x = generate(denoiser, sampler, sigmas, shape, count=n, seed=seed, first_index=first, batch_size=n,
+            x = generate(denoiser, sampler, sigmas, shape, count=n, seed=seed, first_index=first,
+                         batch_size=min(n, call_batch or n),
                          options=options, start=start)
             np.save(path.with_suffix(".tmp.npy"), np.ascontiguousarray(to_pixels(x).transpose(0, 2, 3, 1)))
             path.with_suffix(".tmp.npy").replace(path)
@@ -268,12 +271,13 @@ def sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, c
 
 
 def quality_cell(cells_path, key, quality, denoiser, sampler, sigmas, shape, count, seed, options, batch, log,
-                 start="prior", matched=None, extra=None):
+                 start="prior", matched=None, extra=None, call_batch=None):
     if key in load_cells(cells_path):
         return
     t0 = time.perf_counter()
     chunk_dir = CACHE / "samplers" / key.replace("/", "-")
-    pixels = sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, chunk_dir, log, start)
+    pixels = sample_cell(denoiser, sampler, sigmas, shape, count, seed, options, batch, chunk_dir, log, start,
+                         call_batch)
     np.save(CACHE / "samplers" / f"{key.replace('/', '-')}-grid.npy", pixels[:64])
     cell = {"sampler": sampler, "options": options or {}, "steps": len(sigmas) - 1,
             "nfe": evaluations(sampler, len(sigmas) - 1), "start": start, "seed": seed,
@@ -293,7 +297,10 @@ def parse_args(argv):
     ap.add_argument("--reference-samples", type=int, default=500, help="samples of the 1000-step ancestral reference")
     ap.add_argument("--start-samples", type=int, default=500, help="samples per start-distribution cell")
     ap.add_argument("--ode-samples", type=int, default=8, help="MNIST trajectories of the adaptive part")
-    ap.add_argument("--batch-size", type=int, default=500, help="samples per network call (and per saved chunk)")
+    ap.add_argument("--batch-size", type=int, default=500, help="samples per saved chunk")
+    ap.add_argument("--call-batch", type=int, default=128,
+                    help="samples per network call (the samples do not depend on it; 128 ran 1.47x faster than 500 "
+                         "per image-evaluation on one AVX-512 thread)")
     ap.add_argument("--model", default="mnist-v2", help="shipped model name or model directory (default: mnist-v2, "
                     "the continuous-time weights; `mnist` is their discrete-time T = 32 fine-tune for coding). "
                     "Every run on one cells file must measure the same weights")
@@ -359,17 +366,19 @@ def main(argv=None):
             sig = karras_sigmas(steps_for("heun", FID_NFE), lo, hi)
             for start in ("prior", "edm"):
                 quality_cell(args.cells, f"start/heun/{start}", quality, vdm, "heun", sig, shape, args.start_samples,
-                             2, None, args.batch_size, log, start=start)
+                             2, None, args.batch_size, log, start=start,
+                             call_batch=args.call_batch)
         if "fid" in parts:
             for sampler in meta["fid_samplers"]:
                 sig = karras_sigmas(steps_for(sampler, FID_NFE), lo, hi)
                 quality_cell(args.cells, f"fid/{sampler}/{FID_NFE}", quality, vdm, sampler, sig, shape,
                              args.fid_samples, 1, FID_OPTIONS.get(sampler), args.batch_size, log,
-                             matched=args.reference_samples)
+                             matched=args.reference_samples, call_batch=args.call_batch)
         if "reference" in parts:
             sig = model_sigmas(vdm, 1000)
             quality_cell(args.cells, "reference/ancestral/1000", quality, vdm, "ancestral", sig, shape,
-                         args.reference_samples, 1, {"variance": "small"}, args.batch_size, log)
+                         args.reference_samples, 1, {"variance": "small"}, args.batch_size, log,
+                         call_batch=args.call_batch)
     write_report(load_cells(args.cells), meta, args.out)
     log(f"wrote {args.out}")
 
