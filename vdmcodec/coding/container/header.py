@@ -128,7 +128,7 @@ def encode_str(s: str, limit: int) -> bytes:
 def name_sequence(names: list[str]) -> list | None:
     """[prefix, digits, suffix] such that ``names`` are prefix + k in ``digits`` digits
     (zero-padded) + suffix for k = 0, 1, ... (``Header.image_names``), or None: the header's
-    short form for numbered files (``001.png``, ``img_0000.tif``, ...), 4-260 bytes instead of
+    short form for numbered files (``000.png``, ``img_0000.tif``, ...), 4-260 bytes instead of
     a list."""
     if not names:
         return None
