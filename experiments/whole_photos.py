@@ -18,7 +18,7 @@ deviation of one estimate (on butterfly about 4% with 8 stratified draws and 0.4
 32: results/whole_photos_draws8.md, whole_photos_draws32.md). Paired differences between
 models are far more certain; comparing a figure with other codecs' sizes needs the 32
 draws of the default (a table of 8-draw figures, withdrawn on 2026-12-05, had put clean
-photos below JPEG XL that are not: benchmarks/results/natural_elbo.md).
+photos below JPEG XL that are not: benchmarks/results/natural_elbo.md at commit 9e8f8bb).
 """
 from __future__ import annotations
 

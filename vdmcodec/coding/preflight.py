@@ -11,7 +11,7 @@ passes over ``crop``-sized inputs, about 1% of the chain's work on a 768x512 pho
 chain runs on a photo without a JPEG lattice only when even the estimate times
 ``clean_margin`` is below the classical bits (the model wins on any reading of the estimate).
 
-Measured at T = 64 (step-24152 model, 2026-12-05, benchmarks/results/natural.md): on the 15
+Measured at T = 64 (step-24152 model, 2026-12-05, benchmarks/results/natural.md at commit 9672d8a): on the 15
 photos without a JPEG lattice,
 the model-coded file is 0.88-1.07 times the estimate and never below the best classical
 file (it lost by 1-10%), so the chain ran minutes for nothing on them; ``clean_margin``

@@ -19,8 +19,8 @@ per dimension from the ANS stack, and its network batch must fit in memory. A lo
    tile costs its classical bytes, more than the chain's: on CSet5 at T = 256 bird,
    butterfly and woman need 3 seed tiles where the estimate asked for 4 (bird's 3 hold
    10.64 bits per dimension of the tile after them), baby 5 either way; woman's fourth tile
-   cost about 800 bytes more than the chain would (natural_CSet5_T256.md has the estimated
-   seeds, natural_CSet5_T384.md the tried ones).
+   cost about 800 bytes more than the chain would (benchmarks/results/natural_CSet5_T256.md at
+   commit 0a21b78 has the estimated seeds, natural_CSet5_T384.md the tried ones).
 2. Chain segments are as large as the stack's bits can start (estimated like the
    codec's chunks), at most ``MAX_REGION_SUBPIXELS``: within a band of one tile row they
    grow tile by tile; once the stack can start a whole tile row, each band takes as
