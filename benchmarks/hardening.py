@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from vdmcodec.coding.codec import Codec, load_codec
+from vdmcodec.coding.container import MODEL_METHODS
 from vdmcodec.diffusion import VDM, ModelConfig
 from vdmcodec.networks import NetworkConfig
 from vdmcodec.schedules import ScheduleConfig, ScheduleKind
@@ -31,7 +32,6 @@ def tiny_model(out: Path, image_channels: int = 1, seed: int = 0) -> Path:
 
 
 # ---- random images -----------------------------------------------------------------------
-CLASSICAL = ("png", "webp")  # every other method in a header goes through the chain (whole or tiled)
 KINDS = ("noise", "constant", "extremes", "few_levels", "gradient", "smooth", "checker", "one_pixel")
 EDGE_SIDES = (1, 2, 3, 7, 8, 31, 32, 33, 63, 64)
 
@@ -234,7 +234,7 @@ def round_trips(codecs: dict[str, Codec], n_images: int, seed: int = 0, max_side
                     failures.append((archives, name, mode, "decoded images differ"))
                     continue
                 trips += k
-                coded += sum(m not in CLASSICAL for m in unpack(blob)[0].image_methods()[len(extra):])
+                coded += sum(m in MODEL_METHODS for m in unpack(blob)[0].image_methods()[len(extra):])
         done += k
         archives += 1
     return RoundTripStats(done, archives, trips, coded, dry, tuple(failures), time.perf_counter() - t0, kinds)

@@ -29,6 +29,7 @@ import torch
 
 from benchmarks.mnist import machine, resolve_data
 from vdmcodec.coding import classical
+from vdmcodec.coding.container import MODEL_METHODS
 from vdmcodec.coding.codec import load_codec
 from vdmcodec.coding.container import unpack
 from vdmcodec.coding.priors import jpeg_prior
@@ -120,7 +121,7 @@ def report(args, rows: dict, startup: float, codec) -> str:
             continue
         dims = sum(r["subpixels"] for r in sel)
         pooled = {k: sum(r[k]["bpd"] * r["subpixels"] for r in sel) / dims for k in ("written", "jxl", "webp")}
-        lose = [r for r in sel if r["written"]["method"] in classical.CLASSICAL_METHODS]
+        lose = [r for r in sel if r["written"]["method"] not in MODEL_METHODS]
         worst = max((r["written"]["encode_s"] / r["jxl"]["encode_s"] for r in lose), default=None)
         worst_d = max((r["written"]["decode_s"] / r["jxl"]["decode_s"] for r in lose), default=None)
         within = sum(1 for r in lose if r["written"]["encode_s"] <= 1.5 * r["jxl"]["encode_s"])

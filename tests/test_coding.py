@@ -56,7 +56,7 @@ LAWS = settings(max_examples=30, deadline=None, suppress_health_check=[HealthChe
 RATES = settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 seeds = st.integers(0, 2**32 - 1)
 OVERHEAD = 5 + 4  # container bytes around the header and its length: magic, version, CRC
-CLASSICAL = ("png", "webp", "jxl")
+CLASSICAL = ("png", "webp", "jxl", "ctx")
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
