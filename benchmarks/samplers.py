@@ -81,8 +81,10 @@ FID_NFE = 35
 # sample-quality cells in the order they run (the first ones matter most)
 FID_SAMPLERS = ("dpmpp-2m-sde", "heun", "edm", "euler-ancestral", "dpmpp-2s-ancestral", "dpmpp-3m-sde", "unipc",
                 "dpmpp-2m", "ancestral", "euler", "lms", "ipndm")
+# ancestral with the model's learned variances: with the small variance it is euler-ancestral
+# exactly (the same samples to 1e-14; experiments/results/ode_background.md)
 FID_OPTIONS = {"edm": {"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003},
-               "ancestral": {"variance": "small"}}
+               "ancestral": {"variance": "learned"}}
 INK = 128  # ink fraction: share of pixels >= this value
 
 

@@ -175,6 +175,9 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
         "| start | evaluations | samples | FID | - | KID (± sd over 50 subsets; the features are not normalised, so it is not on Inception's scale) | median pixel | ink fraction |",
         "|---|---|---|---|---|---|---|---|",
         *[_quality_row(k.split("/")[2], v) for k, v in cells.items() if k.startswith("start/")], "",
+        "Neither start removes the ODE samplers' grey background: the converged probability-flow ODE of these "
+        "weights has it (Heun 128 and Euler 512 steps: median 14), the SDE samplers do not "
+        "(experiments/results/ode_background.md).", "",
         "## Sample quality at 35 evaluations (rho = 7, prior start, bfloat16 autocast)", "",
         "FID and KID on the 64-d penultimate features of the in-project MNIST classifier (`vdmcodec.metrics`, "
         f"validation accuracy {100 * floor.get('classifier', {}).get('val_accuracy', float('nan')):.2f}%) against "
