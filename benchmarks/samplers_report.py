@@ -74,6 +74,20 @@ def _quality_row(label, c) -> str:
             f"{c['kid']:.1f} ± {c['kid_sd']:.1f} | {c['median_pixel']:.0f} | {c['ink_fraction']:.3f} |")
 
 
+def _against_reference(fid_done: dict, ref: dict | None, n_ref: int) -> list[str]:
+    """The goal's comparison: the best 35-evaluation cell against the 1000-step reference, both
+    at the reference's sample count (FID@n) and by KID (unbiased at any count)."""
+    key = f"fid_first_{n_ref}"
+    cells = {s: v for s, v in fid_done.items() if key in v}
+    if not ref or not cells:
+        return []
+    best = min(cells, key=lambda s: cells[s][key])
+    b = cells[best]
+    return [f"Best at 35 evaluations: `{best}`, FID@{n_ref} {b[key]:.2f} against the reference's {ref['fid']:.2f} "
+            f"({b[key] / ref['fid']:.2f}x; the goal: within 1.05x), KID {b['kid']:.0f} ± {b['kid_sd']:.0f} against "
+            f"{ref['kid']:.0f} ± {ref['kid_sd']:.0f}.", ""]
+
+
 def _plot_errors(cells, path: Path) -> bool:
     import matplotlib
 
@@ -141,20 +155,23 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
     floor = cells.get("quality/floor", {})
     lines = [
         "# Samplers on the shipped models: orders, the score-optimal schedule, the start, sample quality", "",
-        f"Command: `{cells[runs[-1]]['command'] if runs else meta['command']}` (resumable: each run adds the cells it finishes to "
-        "[`samplers_cells.json`](samplers_cells.json)); runs so far: "
+        "Command: `python -m benchmarks.samplers` (resumable: each run adds the cells it finishes to "
+        "[`samplers_cells.json`](samplers_cells.json), which records each run's command; `--parts` and `--fid-samplers` "
+        "split the cells between processes); runs so far: "
         + ", ".join(r[len('run/'):] for r in runs) + f". Report written {datetime.datetime.now().astimezone():%Y-%m-%d %H:%M %Z}.", "",
         f"Machine: {m['cpu']}, {m['cpu_count']} CPUs (shared: other jobs may have run beside it), "
         f"1 torch thread, torch {m['torch']}; 1-minute load average {m['load_average_1min']:.2f} at the "
         "start of the last run. Errors and sample statistics do not depend on the load; times do.", "",
-        f"Model: shipped `{meta['model']['name']}`, weights sha256 `{meta['model']['sha256']}`.", "",
+        f"Model: shipped `{meta['model']['name']}`, weights sha256 `{meta['model']['sha256']}`"
+        + (" (the continuous-time weights; the default `mnist` is their fine-tune on VDM's discrete-time loss at "
+           "T = 32, for coding)" if meta["model"]["name"] == "mnist-v2" else "") + ".", "",
         "## Status", "",
         f"- Sample-quality cells at full size (>= 5000 samples): {', '.join(full) or 'none yet'}.",
         f"- Still to run: {', '.join(todo) or 'none'} (fid part, {n_fid} samples each)"
         + ("" if ref else f"; the 1000-step ancestral reference ({n_ref} samples)") + ".",
         f"- Complete them with `{RESUME}` from the project root (it skips every cell already in the JSON). "
         "One sample-quality cell of 5000 samples at 35 evaluations costs about 175,000 image-evaluations, "
-        "~16 ms each in bfloat16 on one thread of this shared machine (~47 min).", "",
+        "4.4-6 ms each in bfloat16 on one AVX-512 thread at 128 samples per call (15-20 min; 2026-12-07).", "",
         "## Convergence order on the Gaussian mixture", "",
         *_orders(cells), "",
         "ipndm uses the constant-step Adams-Bashforth coefficients on steps that vary: second order, as "
@@ -191,6 +208,7 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
         *([_quality_row("held training images (all 8000)", {**floor['train_images'], 'nfe': '-'}),
            _quality_row("held training images (first 500)", {**floor['train_first_500'], 'nfe': '-'})]
           if floor else []), "",
+        *_against_reference(fid_done, ref, n_ref),
         *([f"First 16 samples of each cell: ![samples]({grid_png.name})", ""] if has_grid else []),
     ]
     out.write_text("\n".join(lines) + "\n")
