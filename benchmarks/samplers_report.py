@@ -169,7 +169,8 @@ def write_report(cells: dict, meta: dict, out: Path) -> None:
         f"- Sample-quality cells at full size (>= 5000 samples): {', '.join(full) or 'none yet'}.",
         f"- Still to run: {', '.join(todo) or 'none'} (fid part, {n_fid} samples each)"
         + ("" if ref else f"; the 1000-step ancestral reference ({n_ref} samples)") + ".",
-        f"- Complete them with `{RESUME}` from the project root (it skips every cell already in the JSON). "
+        f"- {'Complete them' if todo or not ref else 'Rerun (after removing the JSON)'} with `{RESUME}` from the "
+        "project root (it skips every cell already in the JSON). "
         "One sample-quality cell of 5000 samples at 35 evaluations costs about 175,000 image-evaluations, "
         "4.4-6 ms each in bfloat16 on one AVX-512 thread at 128 samples per call (15-20 min; 2026-12-07).", "",
         "## Convergence order on the Gaussian mixture", "",
