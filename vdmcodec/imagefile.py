@@ -557,7 +557,8 @@ def compress_report(blob: bytes, sources: list[SourceImage], input_bytes: int, c
         else:
             why = ("the classical coders were smaller for every image (estimated on crops before running the model, "
                    "or measured after)")
-        notes.append(f"no image was coded by the model: {why}; all are stored classically (PNG / WebP / JPEG XL lossless, or the ctx context model)")
+        notes.append(f"no image was coded by the model: {why}; all are stored classically "
+                     "(PNG / WebP / JPEG XL lossless, or the ctx context model)")
     converted = sorted({s.format for s in sources if s.format not in KEEPS_ALL_FORMATS})
     if converted:
         n = sum(s.format in converted for s in sources)

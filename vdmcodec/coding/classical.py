@@ -161,7 +161,8 @@ def context_eligible(pixels: np.ndarray) -> bool:
     return pixels.shape[-1] == 1 and pixels.shape[0] * pixels.shape[1] <= context_model.MAX_PIXELS
 
 
-def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort(), context: bool = False) -> tuple[str, bytes]:
+def encode_best(pixels: np.ndarray, effort: ClassicalEffort = ClassicalEffort(),
+                context: bool = False) -> tuple[str, bytes]:
     """The smallest exact stream of the classical candidates that ``effort`` runs, and ``ctx``
     where ``context`` is set and the image is one it codes (whole images only). On images
     of at least PARALLEL_MIN_PIXELS pixels JPEG XL and WebP are encoded at the same time on two

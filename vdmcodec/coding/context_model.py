@@ -6,7 +6,7 @@ quantised into six bins. The table of counts per context and value was fitted on
 MNIST training split (images 0-7999; ``python -m vdmcodec.training.fit_context``) and ships
 with the package (``tables/context_mnist.npz``): unlike PNG, WebP and JPEG XL, it knows what
 digits look like before it sees one. On the 1,000 validation digits it codes 1.25-1.26 bits
-per pixel where WebP lossless needs 2.16, so a lone digit, and the seed images that start
+per pixel where WebP lossless needs 2.14, so a lone digit, and the seed images that start
 an archive's bits-back chain, are coded for little more than the model's bound.
 
 Probabilities are exact functions of integer counts (``probabilities``): each row is

@@ -24,8 +24,8 @@ import zlib
 from dataclasses import replace
 
 from ...errors import FormatError
-from .header import (CHUNK_GRID_VERSION, CONTEXT_VERSION, ENVELOPE_VERSION, MAGIC, MAX_HEADER_BYTES, READABLE_VERSIONS, VERSION,
-                     Header, Reader, encode_header, encode_varint, parse_header)
+from .header import (CHUNK_GRID_VERSION, CONTEXT_VERSION, ENVELOPE_VERSION, MAGIC, MAX_HEADER_BYTES, READABLE_VERSIONS,
+                     VERSION, Header, Reader, encode_header, encode_varint, parse_header)
 from .validation import validate
 
 

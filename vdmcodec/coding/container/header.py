@@ -298,7 +298,8 @@ def parse_header(data: bytes, version: int = VERSION, trace: list | None = None)
     methods = []
     for _ in range(r.count("method runs", MAX_IMAGES, 2)):
         m = r.byte("method")
-        if m >= len(METHODS) or (version < 7 and METHODS[m] == "jxl") or (version < CONTEXT_VERSION and METHODS[m] == "ctx"):
+        if (m >= len(METHODS) or (version < 7 and METHODS[m] == "jxl")
+                or (version < CONTEXT_VERSION and METHODS[m] == "ctx")):
             r.bad(f"unknown coding method {m}")
         methods.append([METHODS[m], r.varint("method count", MAX_IMAGES)])
     n_images = sum(s[3] for s in shapes)
