@@ -77,7 +77,7 @@ def unpack(blob: bytes) -> tuple[Header, bytes]:
                               "invalid header: version 8 without image records")
         if version == CHUNK_GRID_VERSION and not header.chunk_grids:
             raise FormatError("invalid header: version 9 without a chunk on its own grid")
-        if version >= CONTEXT_VERSION and "ctx" not in header.image_methods():
+        if version >= CONTEXT_VERSION and all(m != "ctx" for m, _ in header.methods):  # runs, not every image
             raise FormatError("invalid header: version 10 without a ctx image")
         header = replace(header, envelope=r.take(elen, "image records") if elen else b"")
         return header, blob[r.pos : -4]

@@ -35,8 +35,8 @@ def validate(h: Header) -> Header:
         bad("methods do not cover the images")
     if any(v < 1 for v in h.classical_sizes):
         bad("classical_sizes")
-    for (hh, w, c), m in zip(h.image_shapes(), h.image_methods()):
-        if m == "ctx" and (c != 1 or hh * w > CTX_MAX_PIXELS):
+    for (hh, w, c), _ in _shapes_of(h, ("ctx",)):  # the runs walked together, never every image expanded
+        if c != 1 or hh * w > CTX_MAX_PIXELS:
             bad(f"a ctx image of {hh}x{w}x{c} (ctx codes one channel of at most {CTX_MAX_PIXELS} pixels)")
     n_vdm = sum(n for m, n in h.methods if m == "vdm")
     n_model = sum(n for m, n in h.methods if m in MODEL_METHODS)
