@@ -178,7 +178,10 @@ def test_a_decoded_jpeg_whose_estimate_loses_even_with_its_prior_stays_classical
     from vdmcodec.coding.priors import jpeg_prior
 
     im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    from vdmcodec.coding import planner
+
     codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, clean_margin=1e9))
+    monkeypatch.setattr(planner, "loses_before_prior", lambda *a: False)  # the quick check passes it on
     monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: True)
     monkeypatch.setattr(codec, "preflight_estimate", lambda *a: pytest.fail("a decoded JPEG needs no preflight estimate"))
     real = codec.choose(im, codec.chain(codec.steps, codec.grid_bits))  # the tiny model's probe
@@ -197,6 +200,56 @@ def test_a_decoded_jpeg_whose_estimate_loses_even_with_its_prior_stays_classical
     else:
         with pytest.raises(AssertionError, match="the chain ran"):
             codec.compress([im])
+
+
+@pytest.mark.parametrize("saving_max", [0.0, 0.9])
+def test_a_decoded_jpeg_whose_quick_rate_loses_whatever_its_prior_saves_skips_the_probe(model, monkeypatch,
+                                                                                       saving_max):
+    """Beside the classical codecs, a decoded JPEG's quick rate (Planner.quick_rate): where
+    even a prior saving ``prior_saving_max`` of it would leave it above the classical file
+    over prior_margin, compress writes the classical file without the full probe or the
+    chain; otherwise the full probe decides (here it gives up too: its rate is the untrained
+    model's, thousands of bits per subpixel)."""
+    from vdmcodec.coding import planner
+    from vdmcodec.coding.preflight import loses_before_prior
+    from vdmcodec.coding.priors import jpeg_prior
+
+    im = np.full((40, 48, 3), 77, dtype=np.uint8)
+    cfg = PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, prior_saving_max=saving_max)
+    codec = codec_for(model, cfg)
+    monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: True)
+    classical = codec.compress([im], classical_only=True)
+    per_subpixel = 8 * len(container.unpack(classical)[1]) / im.size
+    quick = 2 * cfg.prior_margin * per_subpixel  # loses by 2x, unless a prior saved more than half
+    monkeypatch.setattr(planner.Planner, "quick_rate", lambda self, pixels, chain: quick)
+    assert loses_before_prior(quick, per_subpixel * im.size, im.size, cfg) == (saving_max == 0.0)
+    probed = []
+    real_choose = codec.choose
+    codec.choose = lambda *a, **k: probed.append(1) or real_choose(*a, **k)
+
+    def refuse(*a, **k):
+        raise AssertionError("the chain ran")
+
+    monkeypatch.setattr(codec, "_compress_chain", refuse)
+    assert codec.compress([im]) == classical
+    assert probed == ([] if saving_max == 0.0 else [1])
+
+
+def test_the_probe_batches_levels_as_a_call_per_level_would(model):
+    """DiffusionChain.p_mean_std_levels (the probe's levels mixed in network calls) gives
+    what p_mean_std gives level by level, to float32 rounding."""
+    from vdmcodec.coding.chain import ChainConfig, DiffusionChain
+
+    chain = DiffusionChain(model, ChainConfig(steps=4, arithmetic="float32"))
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((k, 3, 16, 16)), i) for k, i in ((2, 1), (1, 4), (3, 2))]
+    for call in (1, 4, 64):
+        for (z, i), (mean, std) in zip(batches, chain.p_mean_std_levels(batches, call)):
+            want_mean, want_std = chain.p_mean_std(z, i)
+            np.testing.assert_allclose(mean, want_mean, rtol=1e-5, atol=1e-6)
+            assert (std is None) == (want_std is None)
+            if std is not None:
+                np.testing.assert_allclose(std, want_std, rtol=1e-5)
 
 
 def test_a_sure_win_runs_the_chain_without_a_lattice(model, monkeypatch):
@@ -354,22 +407,25 @@ def test_the_lattice_test_runs_while_the_classical_codecs_encode(model, monkeypa
     assert seen == {"during": True, "thread": True}
 
 
-def test_a_decoded_jpegs_candidate_priors_are_found_beside_the_classical_codecs(model, monkeypatch):
-    """Where the lattice test finds a decoded JPEG, its candidate priors are measured on the
-    same second thread, once; the probe uses them."""
+def test_a_decoded_jpegs_quick_rate_runs_beside_the_classical_codecs(model, monkeypatch):
+    """Where the lattice test finds a decoded JPEG, its quick rate is measured on the second
+    thread while the classical codecs encode; its candidate priors, once, only where the quick
+    check passes it on to the probe."""
     import threading
 
+    from vdmcodec.coding import planner
     from vdmcodec.coding.priors import jpeg_prior
 
     im = noise((40, 48, 3))
     codec = codec_for(model, PreflightConfig(crops=4, crop=16, draws=2, min_pixels=32 * 32, prior_margin=1e9))
-    calls = []
+    monkeypatch.setattr(planner, "loses_before_prior", lambda *a: False)
+    calls, quick = [], []
     monkeypatch.setattr(jpeg_prior, "has_lattice", lambda pixels: True)
     monkeypatch.setattr(jpeg_prior, "candidates", lambda pixels: calls.append(
         threading.current_thread() is threading.main_thread()) or [])
-    real = codec.choose
-    seen = []
-    codec.choose = lambda pixels, chain, priors=None: seen.append(priors) or real(pixels, chain, priors)
+    real_quick = planner.Planner.quick_rate
+    monkeypatch.setattr(planner.Planner, "quick_rate", lambda self, pixels, chain: quick.append(
+        threading.current_thread() is threading.main_thread()) or real_quick(self, pixels, chain))
     blob = codec.compress([im])
-    assert calls == [False] and seen == [[]]
+    assert quick == [False] and calls == [True]
     np.testing.assert_array_equal(codec.decompress(blob)[0], im)

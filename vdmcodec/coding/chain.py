@@ -175,12 +175,42 @@ class DiffusionChain:
         if self.portable:
             eps_hat, v = self._exact_eps_and_v(z_i, i)
         else:
-            device = next(self.network.parameters()).device
-            z32 = torch.from_numpy(z_i.astype(np.float32)).to(device).contiguous(memory_format=self._memory_format)
-            gam = self.gamma_f32[i].expand(z32.shape[0]).to(device)
-            eps_hat, v = run_network(self.network, z32, gam, self.arithmetic, self._conditioning)
-            eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
-            v = None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64)
+            eps_hat, v = self._network_eps_and_v(z_i, self.gamma_f32[i].expand(z_i.shape[0]), self._conditioning)
+        return self._mean_std(z_i, i, eps_hat, v, prior)
+
+    def _network_eps_and_v(self, z: np.ndarray, gamma: torch.Tensor, conditioning=None):
+        """The network's eps_hat and v (float64 numpy; v None without learned variances) on
+        latents ``z`` (float64 [B, C, H, W]) at noise levels ``gamma`` (float32 [B])."""
+        device = next(self.network.parameters()).device
+        z32 = torch.from_numpy(z.astype(np.float32)).to(device).contiguous(memory_format=self._memory_format)
+        eps_hat, v = run_network(self.network, z32, gamma.to(device), self.arithmetic, conditioning)
+        eps_hat = eps_hat.to("cpu", torch.float32).numpy().astype(np.float64)
+        return eps_hat, (None if v is None else v.to("cpu", torch.float32).numpy().astype(np.float64))
+
+    @torch.no_grad()
+    def p_mean_std_levels(self, batches: list[tuple[np.ndarray, int]], call: int = 64) -> list[tuple[np.ndarray, np.ndarray | None]]:
+        """``p_mean_std`` (no prior) of each (z_i, i) in ``batches``, latents of one shape
+        [B_k, C, H, W], with the levels mixed in network calls of at most ``call`` images: for
+        the encoder's estimates on crops (preflight.Probe), where a call per level would see two
+        crops at a time (twice the time per crop, measured on 64x64 crops, 2026-12-07). Outputs
+        depend on how the calls are batched: never use it for a coded bit. The portable
+        arithmetic runs a call per level."""
+        if self.portable or not batches:
+            return [self._p_mean_std(z, i, NO_PRIOR) for z, i in batches]
+        z_all = np.concatenate([z for z, _ in batches])
+        gam = torch.cat([self.gamma_f32[i].expand(z.shape[0]) for z, i in batches])
+        outs = [self._network_eps_and_v(z_all[k : k + call], gam[k : k + call]) for k in range(0, len(z_all), call)]
+        eps_all = np.concatenate([e for e, _ in outs])
+        v_all = None if outs[0][1] is None else np.concatenate([v for _, v in outs])
+        res, k = [], 0
+        for z, i in batches:
+            n = z.shape[0]
+            res.append(self._mean_std(z, i, eps_all[k : k + n], None if v_all is None else v_all[k : k + n], NO_PRIOR))
+            k += n
+        return res
+
+    def _mean_std(self, z_i: np.ndarray, i: int, eps_hat: np.ndarray, v: np.ndarray | None, prior: TilePrior):
+        """p(z_{i-1} | z_i)'s mean and std (None: std_p) from the network's eps_hat and v."""
         grid, fn = self.grid, self.fn
         eps_hat = prior.adjust_eps(eps_hat, z_i, float(grid.alpha[i]), float(grid.sigma[i]), fn.exp, fn.log)
         g_t, g_s = grid.gamma[i], grid.gamma[i - 1]

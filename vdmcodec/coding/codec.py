@@ -174,32 +174,30 @@ class Codec:
         planner = self.planner
         tiled = planner.tiled_methods(pix)
         eligible = planner.chunk_eligible(pix, tiled)
-        preflight = bool(tiled) and not (force_model or classical_only)
+        preflight = bool(tiled) and self.preflight is not None and not (force_model or classical_only)
 
         probe_grid = self._grid_bits(tiled)  # the probe's estimates do not depend on the grid
 
-        def look(k: int, m: str) -> tuple[bool, ImageChoice | None]:
-            """The lattice test; a decoded JPEG's probe, its priors the candidates measured on it."""
+        def look(k: int, m: str) -> tuple[bool, float | None]:
+            """The lattice test; a decoded JPEG's quick rate (Planner.quick_rate)."""
             if not planner.lattice(pix[k], m):
                 return False, None
-            return True, self.choose(pix[k], self.chain(T, probe_grid), planner.candidates(pix[k]))
+            return True, planner.quick_rate(pix[k], self.chain(T, probe_grid))
 
         with ThreadPoolExecutor(1) if preflight else nullcontext() as side:
-            # the lattice tests, and the decoded JPEGs' probes, run while the classical codecs
-            # encode (they release the GIL)
+            # the lattice tests, and the decoded JPEGs' quick rates, run while the classical
+            # codecs encode (they release the GIL)
             looks = {k: side.submit(look, k, m) for k, m in tiled.items()} if preflight else {}
             best = [classical.encode_best(p, choice.classical, context=True) for p in pix]
             looks = {k: job.result() for k, job in looks.items()}
-        lattice = {k: v[0] for k, v in looks.items()}
         if preflight:  # images the preflight gives up on stay classical
             tiled = {k: m for k, m in tiled.items()
-                     if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, lattice[k])[1]}
+                     if not self.preflight_check(pix[k], m, 8 * len(best[k][1]), choice.probe_plain, *looks[k])[1]}
         if classical_only or not (eligible or tiled):
             return self._pack_classical(entries, best, T)
         chain = self.chain(T, self._grid_bits(tiled))
         # one probe per tiled RGB image: its structure prior or correlation share, and its rate
-        choices = {k: looks[k][1] if k in looks and looks[k][1] is not None else self.choose(pix[k], chain)
-                   for k, m in tiled.items() if m == "tiled"}
+        choices = {k: self.choose(pix[k], chain) for k, m in tiled.items() if m == "tiled"}
         if not force_model:  # an image whose estimate loses even with its choice stays classical
             tiled = {k: m for k, m in tiled.items() if not planner.loses(choices.get(k), 8 * len(best[k][1]), pix[k].size)}
         if not (eligible or tiled):
@@ -263,10 +261,11 @@ class Codec:
         return self._probe
 
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int,
-                        probe_plain: bool = True, lattice: bool | None = None) -> tuple[float | None, bool]:
+                        probe_plain: bool = True, lattice: bool | None = None,
+                        quick: float | None = None) -> tuple[float | None, bool]:
         """Planner.preflight_check with this codec's settings and ``preflight_estimate``."""
         return self.planner.preflight_check(pixels, method, classical_bits, self.preflight_estimate, probe_plain,
-                                            lattice)
+                                            lattice, quick)
 
     # ---- writing the archive -----------------------------------------------------------
     def _header(self, entries, methods, classical_sizes, chunks, T, init_pad, uses_model, layouts=(), times=None,

@@ -5,8 +5,9 @@ Compress (codec.py) asks, in this order:
    where both sides fit a tile (``Planner.chunk_eligible``), in tiles where a side is longer
    (``Planner.tiled_methods``, tiles.py), and, with an RGB model, every grayscale image in
    tiles as R = G = B ("tiled-gray");
-2. which tiled images the preflight gives up on (``Planner.preflight_check``, preflight.py):
-   they stay classical, without a chain run;
+2. which tiled images the preflight gives up on (``Planner.preflight_check``, preflight.py;
+   decoded JPEGs on a quick probe, ``Planner.quick_rate``): they stay classical, without a
+   chain run;
 3. per tiled RGB image, one probe of the chain's network on crops (``Planner.choose``,
    preflight.Probe, PROBE) estimates its rate and chooses a structure prior
    (priors/structure.py, priors/jpeg_prior.py) or else a share of the model card's channel
@@ -33,12 +34,18 @@ from .archive import MAX_CHUNK_SUBPIXELS, chain_order, coded_pixels
 from .arithmetic import ARITHMETIC, apply_arithmetic
 from .chain import DiffusionChain
 from .container import CORR_SCALE_STEPS, MODEL_METHODS
-from .preflight import PreflightConfig, Probe, estimate_bpd, loses_with_prior, plain_photos_lose, sure_win
+from .preflight import (PreflightConfig, Probe, estimate_bpd, loses_before_prior, loses_with_prior, plain_photos_lose,
+                        sure_win)
 from .priors import jpeg_prior, structure
 
 # the crops and levels of the one network pass that estimates a tiled RGB image's rate and what
 # each structure prior and correlation share saves (preflight.Probe)
 PROBE = PreflightConfig(crops=16, crop=64, draws=4)
+# the quicker probe that runs beside the classical codecs on decoded JPEGs, its rate alone
+# (preflight.loses_before_prior): half PROBE's draws (16 crops at one level each were biased
+# by up to 0.3 of the rate, 8 or 4 crops by up to 0.2: fewer draws per crop, or fewer crops,
+# both read the per-level zigzag or one corner of the photo)
+QUICK_PROBE = PreflightConfig(crops=16, crop=64, draws=2)
 # the coarse latent grid of archives with tiled images (``Planner.grid_bits``)
 COARSE_GRID_BITS = 1
 
@@ -101,10 +108,13 @@ class Planner:
                 and not ARITHMETIC[self.arithmetic].portable and jpeg_prior.has_lattice(pixels))
 
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int, estimate: Callable,
-                        probe_plain: bool = True, lattice: bool | None = None) -> tuple[float | None, bool]:
+                        probe_plain: bool = True, lattice: bool | None = None,
+                        quick: float | None = None) -> tuple[float | None, bool]:
         """(the preflight's estimate or None, whether compress gives the model up on this
         image, whose best classical encoding takes ``classical_bits``): decoded JPEGs are
-        left to the probe (``choose``, ``loses``) without an estimate; others are given up
+        given up where ``quick`` (``quick_rate``, None: not measured) loses whatever their
+        prior saves (preflight.loses_before_prior), else left to the probe (``choose``,
+        ``loses``); others are given up
         unless even the estimate's pessimistic reading wins (preflight.sure_win). Without ``probe_plain``, an image without a JPEG lattice is given up
         before any network pass where the card's calibration says the model lost on every such
         validation photo (preflight.plain_photos_lose). ``estimate(pixels, method)``:
@@ -117,11 +127,16 @@ class Planner:
         if not (lattice or probe_plain) and plain_photos_lose(self.card, cfg, self.where):
             return None, True
         if lattice:  # the probe (``choose``) estimates it with its prior, and ``loses`` decides
-            return None, False
+            return quick, quick is not None and loses_before_prior(quick, classical_bits, pixels.size, cfg)
         est = estimate(pixels, method)
         if est is None:
             return None, False
         return est, not sure_win(est, classical_bits, pixels.size, cfg)
+
+    def quick_rate(self, pixels: np.ndarray, chain: DiffusionChain, probe: PreflightConfig = QUICK_PROBE) -> float:
+        """The chain's rate on a tiled RGB image (bits per subpixel, no prior) from a probe
+        quicker than ``choose``'s (QUICK_PROBE), for ``preflight_check`` on decoded JPEGs."""
+        return Probe(chain, pixels, probe).rate
 
     def candidates(self, pixels: np.ndarray) -> list:
         """The structure priors worth trying on a tiled RGB image (priors/structure.py: chroma

@@ -19,9 +19,12 @@ file (it lost by 1-10%), so the chain ran minutes for nothing on them; ``clean_m
 whatever the estimate's error. Only the encoder's choice depends on it (the file records
 each image's method), so it never touches losslessness.
 
-Decoded JPEGs (jpeg_prior.has_lattice, a few hundredths of a second) skip that estimate: the
-one probe of the chain's network that chooses their prior (``Probe``: 16 crops at 4 levels)
-also estimates their rate, and ``loses_with_prior`` decides.
+Decoded JPEGs (jpeg_prior.has_lattice, a few hundredths of a second) skip that estimate. A
+quick probe (planner.QUICK_PROBE: 16 crops at 2 levels, its rate alone) runs beside the
+classical codecs and gives up those that would lose even if their prior saved the most seen
+(``loses_before_prior``); on the others, the one probe of the chain's network that chooses
+their prior (``Probe``: 16 crops at 4 levels) also estimates their rate, and
+``loses_with_prior`` decides.
 
 On photos without a JPEG lattice the
 network estimate itself costs 1-3 s, as much as JPEG XL e9's whole encode of a small photo.
@@ -54,6 +57,7 @@ class PreflightConfig:
     min_pixels: int = 256 * 256  # smaller images go through the chain without a preflight
     plain_floor: float = 1.0  # photos without a JPEG lattice skip the estimate where the card's calibration is >= this
     prior_margin: float = 1.13  # after the probe: skip when (its rate - its choice's saving) / this >= classical
+    prior_saving_max: float = 0.25  # before it: skip when the quick rate x (1 - this) / prior_margin >= classical
     seed: int = 0          # the estimate's noise: fixed, so compress is deterministic
 
     def __post_init__(self):
@@ -61,6 +65,8 @@ class PreflightConfig:
             raise ValueError("preflight crops, crop and draws must be >= 1")
         if not (self.clean_margin >= 1.0 and self.prior_margin >= 1.0):
             raise ValueError(f"preflight margins must be >= 1, got {self.clean_margin}, {self.prior_margin}")
+        if not 0.0 <= self.prior_saving_max < 1.0:
+            raise ValueError(f"preflight prior_saving_max must be in [0, 1), got {self.prior_saving_max}")
 
 
 def calibrated_floor(card: dict, where: str = "model") -> float | None:
@@ -159,6 +165,21 @@ def loses_with_prior(estimate: float, saving: float, classical_bits: float, subp
     return (estimate - saving) / cfg.prior_margin >= classical_bits / subpixels
 
 
+def loses_before_prior(quick_rate: float, classical_bits: float, subpixels: int,
+                       cfg: PreflightConfig = PreflightConfig()) -> bool:
+    """Before the probe, from a quicker one (planner.QUICK_PROBE: half its draws, no prior
+    tried): a decoded JPEG loses even if its prior saved ``prior_saving_max`` of the rate, more
+    than any did on the validation photos (woman 0.22, the other three winners 0.13-0.16;
+    ``loses_with_prior``'s margin on top). A prior that saved more would be missed: a larger
+    file, never a wrong one. Measured (`natural`, T = 32, 2026-12-07) on the five decoded JPEGs, quick
+    rate over the best classical file: zebra 1.00, woman 1.04, coastguard 1.10, foreman 1.11
+    (the full probe's within 0.05 of these), the screen capture ppt3 1.61 (full 1.62,
+    given up: 1.61 x 0.75 / 1.13 = 1.07). Giving ppt3 up here spares it the JPEG prior's
+    candidates and the full probe: its compress 3.1 -> 1.9 s (JPEG XL e9 alone: 1.35 s;
+    benchmarks.photos, two threads)."""
+    return quick_rate * (1.0 - cfg.prior_saving_max) / cfg.prior_margin >= classical_bits / subpixels
+
+
 def sure_win(estimate: float, classical_bits: float, subpixels: int, cfg: PreflightConfig = PreflightConfig()) -> bool:
     """Even the pessimistic reading of the estimate (times ``clean_margin``) is below the
     classical file: the chain runs without asking for a JPEG lattice."""
@@ -192,12 +213,14 @@ def _probe_levels(chain, origins: list[tuple[int, int]], crops: np.ndarray, cfg:
     x_all = scale_pixels(torch.from_numpy(crops).permute(0, 3, 1, 2).contiguous()).double().numpy()
     rng = np.random.default_rng(cfg.seed)
     grid = chain.grid
+    draws = []
     for i, chosen, weight in probe_design(len(origins), chain.cfg.steps, cfg.draws):
         x = x_all[chosen]
         eps = rng.standard_normal(x.shape)
-        z = grid.alpha[i] * x + grid.sigma[i] * eps
-        mean, std = chain.p_mean_std(z, i)
-        yield [origins[n] for n in chosen], x, i, eps, z, mean, std, float(weight)
+        draws.append(([origins[n] for n in chosen], x, i, eps, grid.alpha[i] * x + grid.sigma[i] * eps, float(weight)))
+    p = chain.p_mean_std_levels([(z, i) for _, _, i, _, z, _ in draws])  # all levels in a few network calls
+    for (chosen, x, i, eps, z, weight), (mean, std) in zip(draws, p):
+        yield chosen, x, i, eps, z, mean, std, weight
 
 
 def _ends_nats(grid, v: np.ndarray, rng: np.random.Generator) -> float:
