@@ -185,7 +185,7 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
             coding_steps, arithmetic = None, None
         rows.append({"name": d.name, "data": card.get("data"), "val_bpd": card.get("val_bpd_continuous"),
                      "steps": card.get("steps"), "coding_steps": coding_steps, "coding_arithmetic": arithmetic,
-                     "fitted_levels": fitted_steps(card), "bytes": size})
+                     "fitted_levels": fitted_steps(card), "speed": card.get("coding_speed") or {}, "bytes": size})
     if json_out:
         typer.echo(json.dumps(rows))
         return
@@ -196,7 +196,14 @@ def models(json_out: bool = typer.Option(False, "--json", help="Print JSON.")):
         fitted = ",".join(map(str, r["fitted_levels"])) or "none"
         typer.echo(f"{r['name']:<12} data={r['data']}  val_bpd={bpd}  steps={r['steps']}  "
                    f"codes with T={r['coding_steps']} {r['coding_arithmetic']}  fitted levels for T={fitted}  "
-                   f"size={r['bytes'] / 1e6:.1f} MB")
+                   f"size={r['bytes'] / 1e6:.1f} MB" + (f"  speed: {speed}" if (speed := describe_speed(r)) else ""))
+
+
+def describe_speed(row: dict) -> str:
+    """The card's measured coding speed (training.fit_speed), or ""."""
+    from vdmcodec.training.fit_speed import describe
+
+    return describe(row["speed"])
 
 
 def fitted_steps(card: dict) -> list[int]:

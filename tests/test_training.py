@@ -426,16 +426,20 @@ def test_reship_keeps_fitted_level_times_only_for_the_same_weights(tmp_path):
     more = {"5": {"times": [0.0, 0.2, 0.4, 0.6, 0.8, 1.0], "fit": fit}}
     corr = {"table": [[0.0, 0.5, 0.4, 0.3]], "fit": fit}
     pre = {"plain_floor": 1.03, **fit}
+    speed = {"float32": {"compress_s": 1.0, **fit}}
     meta["card"].update({"coding_times": [0.0, 0.3, 0.6, 1.0], "coding_times_fit": fit, "coding_times_more": more,
-                         "coding_corr": corr, "coding_preflight": pre, "coding_efforts": {"7": 3}})
+                         "coding_corr": corr, "coding_preflight": pre, "coding_efforts": {"7": 3},
+                         "coding_speed": dict(speed, bfloat16={"compress_s": 2.0, "weights_sha256": "00" * 8})})
     (out / "model.json").write_text(json.dumps(meta))
     ship(run, out, None, checkpoint=False, notes="same weights, new notes")
     card = load_model(out)[1]["card"]
     assert card["coding_times"] == [0.0, 0.3, 0.6, 1.0] and card["notes"] == "same weights, new notes"
     assert card["coding_times_more"] == more and card["coding_corr"] == corr and card["coding_preflight"] == pre
+    assert card["coding_speed"] == speed  # the entry measured on other weights is dropped
     save_model(run, VDM(tiny_model_config()), {"name": "tiny", "steps": 20})  # new weights
     ship(run, out, None, checkpoint=False, notes=None)
     card = load_model(out)[1]["card"]
     assert "coding_times" not in card and "coding_times_fit" not in card and card["coding_steps"] == 3
     assert "coding_times_more" not in card and "coding_corr" not in card and "coding_preflight" not in card
+    assert "coding_speed" not in card
     assert card["coding_efforts"] == {"7": 3}  # the effort table is not tied to the weights

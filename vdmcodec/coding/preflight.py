@@ -171,12 +171,12 @@ def loses_before_prior(quick_rate: float, classical_bits: float, subpixels: int,
     tried): a decoded JPEG loses even if its prior saved ``prior_saving_max`` of the rate, more
     than any did on the validation photos (woman 0.22, the other three winners 0.13-0.16;
     ``loses_with_prior``'s margin on top). A prior that saved more would be missed: a larger
-    file, never a wrong one. Measured (`natural`, T = 32, 2026-12-07) on the five decoded JPEGs, quick
-    rate over the best classical file: zebra 1.00, woman 1.04, coastguard 1.10, foreman 1.11
-    (the full probe's within 0.05 of these), the screen capture ppt3 1.61 (full 1.62,
-    given up: 1.61 x 0.75 / 1.13 = 1.07). Giving ppt3 up here spares it the JPEG prior's
-    candidates and the full probe: its compress 3.1 -> 1.9 s (JPEG XL e9 alone: 1.35 s;
-    benchmarks.photos, two threads)."""
+    file, never a wrong one. Measured (`natural`, T = 32, 2026-12-07) on the five decoded
+    JPEGs, quick rate over the best classical file: zebra 0.99, woman 1.05, coastguard 1.12,
+    foreman 1.14 (the full probe's: 1.03, 1.09, 1.11, 1.10), the screen capture ppt3 1.67
+    (full 1.62; given up: 1.67 x 0.75 / 1.13 = 1.11). Giving ppt3 up here spares it the JPEG
+    prior's candidates and the full probe: its compress went from 2.3 to 1.2-1.5 times JPEG
+    XL e9's own encode (benchmarks.photos, two threads)."""
     return quick_rate * (1.0 - cfg.prior_saving_max) / cfg.prior_margin >= classical_bits / subpixels
 
 

@@ -12,9 +12,10 @@ says which step they are at. Ship rarely: every shipped file stays in every clon
 Re-shipping over an earlier ship keeps what the run
 cannot know: its image size, coding defaults and the evaluations of earlier runs (a run
 resumed on a fresh machine logs only its own). It keeps the card's fitted level times
-(coding_times, coding_times_more), channel correlations (coding_corr) and preflight
-calibration (coding_preflight) only when the weights are the ones they were fitted to: after
-new weights, run fit_levels and fit_preflight again.
+(coding_times, coding_times_more), channel correlations (coding_corr), preflight
+calibration (coding_preflight) and measured speed (coding_speed) only when the weights are
+the ones they were fitted to: after new weights, run fit_levels, fit_preflight and fit_speed
+again.
 """
 from __future__ import annotations
 
@@ -55,6 +56,10 @@ def ship(run: Path, out: Path, image_size: list[int] | None, checkpoint: bool, n
     preflight_for = (earlier.get("coding_preflight") or {}).get("weights_sha256")
     if preflight_for and weights.startswith(preflight_for):
         card["coding_preflight"] = earlier["coding_preflight"]
+    speed = {a: e for a, e in (earlier.get("coding_speed") or {}).items()
+             if isinstance(e, dict) and weights.startswith(e.get("weights_sha256") or "-")}
+    if speed:
+        card["coding_speed"] = speed
     if image_size:
         card["image_size"] = image_size
     if coding_steps is not None:
