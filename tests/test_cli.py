@@ -71,6 +71,7 @@ def test_models_lists_shipped():
     for r in rows.values():  # every shipped card names valid coding defaults (or none: the codec's)
         assert isinstance(r["coding_steps"], int) and r["coding_steps"] >= 1 and r["coding_arithmetic"] in ARITHMETIC
     assert rows["natural"]["coding_steps"] in rows["natural"]["fitted_levels"]  # its default T has fitted times
+    assert all(isinstance(r["speed"], dict) for r in rows.values())  # the card's measured speed, or {}
     text = runner.invoke(app, ["models"]).stdout
     assert "fitted levels for T=" in text
 

@@ -28,12 +28,13 @@ REFERENCE_SUBPIXELS = 768 * 512 * 3  # the photo size the speed goal names
 
 def photo_speed(data: dict) -> tuple[str, str, dict]:
     """(weights sha256, arithmetic, entry) from a photos benchmark result (the .json that
-    benchmarks.photos writes beside its report): the largest model-coded photo's seconds each way, and the median over all
-    model-coded photos scaled to 768x512."""
+    benchmarks.photos writes beside its report): the seconds each way of the model-coded photo
+    closest in size to 768x512, and their median over all model-coded photos scaled to
+    768x512."""
     model, rows = data["model"], [r for r in data["rows"] if r.get("model_coded")]
     if not rows:
         raise ValueError("no photo in these results has a model-coded result (run without --no-model-coded)")
-    big = max(rows, key=lambda r: r["subpixels"])
+    big = min(rows, key=lambda r: abs(r["subpixels"] - REFERENCE_SUBPIXELS))
     scale = [REFERENCE_SUBPIXELS / r["subpixels"] for r in rows]
     entry = {
         "photo": f"{big['set']}/{big['image']}", "megapixels": round(big["subpixels"] / 3e6, 3),
@@ -79,11 +80,11 @@ def describe(speed: dict | None) -> str:
         if not isinstance(e, dict):
             continue
         if "compress_s" in e:
-            out.append(f"{e.get('photo', 'a photo')} T={e.get('steps')} {e['compress_s']}/{e.get('decompress_s')} s "
-                       f"({arithmetic}, {e.get('threads')} threads)")
+            out.append(f"{e.get('megapixels')} MP ({e.get('photo')}) T={e.get('steps')} in {e['compress_s']} s, "
+                       f"out {e.get('decompress_s')} s ({arithmetic}, {e.get('threads')} threads)")
         elif "compress_images_per_s" in e:
-            out.append(f"T={e.get('steps')} {e['compress_images_per_s']}/{e.get('decompress_images_per_s')} images/s "
-                       f"({arithmetic}, {e.get('threads')} thread{'s' if e.get('threads') != 1 else ''})")
+            out.append(f"T={e.get('steps')} in {e['compress_images_per_s']}, out {e.get('decompress_images_per_s')} "
+                       f"images/s ({arithmetic}, {e.get('threads')} thread{'s' if e.get('threads') != 1 else ''})")
     return "; ".join(out)
 
 
