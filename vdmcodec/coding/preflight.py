@@ -33,7 +33,7 @@ from the photos benchmark) records the least ratio of the model-coded file to th
 classical one over the validation photos without a lattice; where it is at least
 ``plain_floor`` (the model lost on every such photo), compress gives those photos to the
 classical codecs without asking the network, except at effort 8-9 (effort.py). The shipped
-``natural`` card's value: 1.034 (CSet5 butterfly, T = 32; 2026-12-07).
+``natural`` card's value: 1.0074 (CSet14 comic, T = 32; fitted 2026-12-08).
 """
 from __future__ import annotations
 
