@@ -94,11 +94,11 @@ def sweep(codec, images: list[np.ndarray], steps: list[int], archive_max: int, s
     with tqdm(total=sum(cost.values()), desc="sweep (image-steps)", unit="", unit_scale=True, dynamic_ncols=True) as bar:
         for T in steps:
             bar.set_postfix_str(f"T={T}")
-            elbo = measure_elbo(codec, images, T, seed=seed, progress=True)
+            elbo = measure_elbo(codec, images, T, seed=seed, progress=sys.stderr.isatty())
             row = {"steps": T, "images": n, "elbo": elbo, "archive": None}
             if T <= archive_max:
                 t0 = time.perf_counter()
-                row["archive"] = measure_archive(codec, images, T, progress=True, verify=False)
+                row["archive"] = measure_archive(codec, images, T, progress=sys.stderr.isatty(), verify=False)
                 row["archive_s"] = time.perf_counter() - t0
             rows.append(row)
             bar.update(cost[T])
@@ -277,7 +277,7 @@ def main(argv=None):
     print(f"{len(images)} images from {data} [{args.range}], model {codec.info['name']} loaded in {load_s:.2f} s, "
           f"T={args.steps}, {torch.get_num_threads()} torch threads", file=sys.stderr, flush=True)
 
-    result = compare(codec, images, steps=args.steps, seed=args.seed, progress=True)
+    result = compare(codec, images, steps=args.steps, seed=args.seed, progress=sys.stderr.isatty())
     speed = speed_summary(result, load_s)
     print("\n".join(format_table(result)), file=sys.stderr, flush=True)
     # the main table is written at once (a long sweep may be cut short), then again with the sweep
