@@ -110,12 +110,12 @@ class Planner:
     def preflight_check(self, pixels: np.ndarray, method: str, classical_bits: int, estimate: Callable,
                         probe_plain: bool = True, lattice: bool | None = None,
                         quick: float | None = None) -> tuple[float | None, bool]:
-        """(the preflight's estimate or None, whether compress gives the model up on this
-        image, whose best classical encoding takes ``classical_bits``): decoded JPEGs are
-        given up where ``quick`` (``quick_rate``, None: not measured) loses whatever their
-        prior saves (preflight.loses_before_prior), else left to the probe (``choose``,
-        ``loses``); others are given up
-        unless even the estimate's pessimistic reading wins (preflight.sure_win). Without ``probe_plain``, an image without a JPEG lattice is given up
+        """(the preflight's estimate, a decoded JPEG's quick rate, or None; whether compress
+        gives the model up on this image, whose best classical encoding takes
+        ``classical_bits``): decoded JPEGs are given up where ``quick`` (``quick_rate``, None:
+        not measured) loses whatever their prior saves (preflight.loses_before_prior), else
+        left to the probe (``choose``, ``loses``); others are given up unless even the
+        estimate's pessimistic reading wins (preflight.sure_win). Without ``probe_plain``, an image without a JPEG lattice is given up
         before any network pass where the card's calibration says the model lost on every such
         validation photo (preflight.plain_photos_lose). ``estimate(pixels, method)``:
         ``preflight_estimate`` on a network; ``lattice``: ``self.lattice(pixels, method)`` where
@@ -126,7 +126,7 @@ class Planner:
         lattice = self.lattice(pixels, method) if lattice is None else lattice
         if not (lattice or probe_plain) and plain_photos_lose(self.card, cfg, self.where):
             return None, True
-        if lattice:  # the probe (``choose``) estimates it with its prior, and ``loses`` decides
+        if lattice:  # the quick rate; past it, the probe (``choose``) with its prior, and ``loses``
             return quick, quick is not None and loses_before_prior(quick, classical_bits, pixels.size, cfg)
         est = estimate(pixels, method)
         if est is None:

@@ -20,7 +20,7 @@ whatever the estimate's error. Only the encoder's choice depends on it (the file
 each image's method), so it never touches losslessness.
 
 Decoded JPEGs (jpeg_prior.has_lattice, a few hundredths of a second) skip that estimate. A
-quick probe (planner.QUICK_PROBE: 16 crops at 2 levels, its rate alone) runs beside the
+quick probe (planner.QUICK_PROBE: 16 crops of 48x48 at 2 levels, its rate alone) runs beside the
 classical codecs and gives up those that would lose even if their prior saved the most seen
 (``loses_before_prior``); on the others, the one probe of the chain's network that chooses
 their prior (``Probe``: 16 crops at 4 levels) also estimates their rate, and
@@ -167,16 +167,16 @@ def loses_with_prior(estimate: float, saving: float, classical_bits: float, subp
 
 def loses_before_prior(quick_rate: float, classical_bits: float, subpixels: int,
                        cfg: PreflightConfig = PreflightConfig()) -> bool:
-    """Before the probe, from a quicker one (planner.QUICK_PROBE: half its draws, no prior
-    tried): a decoded JPEG loses even if its prior saved ``prior_saving_max`` of the rate, more
+    """Before the probe, from a quicker one (planner.QUICK_PROBE: half its draws on smaller
+    crops, no prior tried): a decoded JPEG loses even if its prior saved ``prior_saving_max`` of the rate, more
     than any did on the validation photos (woman 0.22, the other three winners 0.13-0.16;
     ``loses_with_prior``'s margin on top). A prior that saved more would be missed: a larger
     file, never a wrong one. Measured (`natural`, T = 32, 2026-12-07) on the five decoded
     JPEGs, quick rate over the best classical file: zebra 0.99, woman 1.05, coastguard 1.12,
     foreman 1.14 (the full probe's: 1.03, 1.09, 1.11, 1.10), the screen capture ppt3 1.67
     (full 1.62; given up: 1.67 x 0.75 / 1.13 = 1.11). Giving ppt3 up here spares it the JPEG
-    prior's candidates and the full probe: its compress went from 2.3 to 1.2-1.5 times JPEG
-    XL e9's own encode (benchmarks.photos, two threads)."""
+    prior's candidates and the full probe: its compress went from 2.3 to 1.15-1.41 times JPEG
+    XL e9's own encode (benchmarks.photos, two threads, two runs)."""
     return quick_rate * (1.0 - cfg.prior_saving_max) / cfg.prior_margin >= classical_bits / subpixels
 
 
