@@ -121,18 +121,26 @@ def test_wrong_version(version):
 def test_jpeg_xl_is_read_from_version_7_only():
     """A JPEG XL image (method 5, format version 7) decodes; the same bytes labelled
     version 6, whose readers knew no JPEG XL, are refused rather than misread."""
-    im = np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8)
-    data = classical.encode(im, "jxl")
-    h = header(shapes=[[9, 13, 3, 1]], methods=[["jxl", 1]], classical_sizes=[len(data)],
+    assert container.VERSION == 7
+    assert_method_needs_version(np.random.default_rng(3).integers(0, 256, (9, 13, 3), dtype=np.uint8), "jxl", 7)
+
+
+def assert_method_needs_version(im: np.ndarray, method: str, version: int):
+    """A lone classical image of ``method`` is written at ``version`` and decodes; the same
+    bytes labelled one version lower are refused as an unknown coding method. Returns its
+    header and stream."""
+    data = classical.encode(im, method)
+    h = header(shapes=[[*im.shape, 1]], methods=[[method, 1]], classical_sizes=[len(data)],
                pixels_hash=pixels_digest([im]), names={"sequence": ["", 5, ".png"]}, squeeze=[])
     blob = pack(h, data)
-    assert blob[4] == container.VERSION == 7
+    assert blob[4] == version
     (out, _), = decompress_file_bytes(blob)
     np.testing.assert_array_equal(out, im)
     old = bytearray(blob[:-4])
-    old[4] = 6
+    old[4] = version - 1
     with pytest.raises(FormatError, match="unknown coding method"):
         unpack(bytes(old) + struct.pack("<I", zlib.crc32(bytes(old))))
+    return h, data
 
 
 def test_chunk_grids_are_version_9():
@@ -167,18 +175,9 @@ def test_ctx_images_are_version_10():
     grids (version 9's entries)."""
     from vdmcodec.coding import context_model
 
-    im = np.random.default_rng(4).integers(0, 256, (9, 13, 1), dtype=np.uint8)
-    data = classical.encode(im, "ctx")
-    h = header(shapes=[[9, 13, 1, 1]], methods=[["ctx", 1]], classical_sizes=[len(data)],
-               pixels_hash=pixels_digest([im]), names={"sequence": ["", 5, ".png"]}, squeeze=[])
-    blob = pack(h, data)
-    assert blob[4] == container.CONTEXT_VERSION == 10
-    (out, _), = decompress_file_bytes(blob)
-    np.testing.assert_array_equal(out, im)
-    old = bytearray(blob[:-4])
-    old[4] = 9
-    with pytest.raises(FormatError, match="unknown coding method"):
-        unpack(bytes(old) + struct.pack("<I", zlib.crc32(bytes(old))))
+    assert container.CONTEXT_VERSION == 10
+    h, data = assert_method_needs_version(np.random.default_rng(4).integers(0, 256, (9, 13, 1), dtype=np.uint8),
+                                          "ctx", 10)
     with pytest.raises(FormatError, match="version 10 without"):
         unpack(container.frame(container.encode_header(header()), b"", version=10))
     side = int(context_model.MAX_PIXELS ** 0.5) + 1

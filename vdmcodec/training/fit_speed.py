@@ -26,6 +26,12 @@ from ..zoo import CARD, atomic_write_bytes, load_model
 REFERENCE_SUBPIXELS = 768 * 512 * 3  # the photo size the speed goal names
 
 
+def _load(machine: dict) -> float | None:
+    """The run's 1-minute load average, rounded, or None where it did not record one."""
+    v = machine.get("load_average_1min")
+    return round(v, 2) if isinstance(v, (int, float)) else None
+
+
 def photo_speed(data: dict) -> tuple[str, str, dict]:
     """(weights sha256, arithmetic, entry) from a photos benchmark result (the .json that
     benchmarks.photos writes beside its report): the seconds each way of the model-coded photo
@@ -44,7 +50,7 @@ def photo_speed(data: dict) -> tuple[str, str, dict]:
                              for k in ("encode_s", "decode_s")],
         "photos": len(rows),
         "threads": data["machine"]["torch_threads"], "cpu": data["machine"]["cpu"],
-        "load_average_1min": round(data["machine"].get("load_average_1min", float("nan")), 2),
+        "load_average_1min": _load(data["machine"]),
     }
     return model["sha256"], model["arithmetic"], entry
 
@@ -59,7 +65,7 @@ def digit_speed(data: dict) -> tuple[str, str, dict]:
         "compress_images_per_s": round(speed["compress_img_s"], 2),
         "decompress_images_per_s": round(speed["images"] / speed["decompress_s"], 2),
         "threads": machine["torch_threads"], "cpu": machine["cpu"],
-        "load_average_1min": round(machine.get("load_average_1min", float("nan")), 2),
+        "load_average_1min": _load(machine),
     }
     return comparison["model_sha256"], settings.rsplit(", ", 1)[-1], entry
 
