@@ -27,6 +27,33 @@ def _binary(stream):
     return getattr(stream, "buffer", stream)
 
 
+def _stdio(name: str, fail):
+    """sys.stdin or sys.stdout, refused in one line where the process was started with it closed
+    (Python then sets it to None)."""
+    import sys
+
+    stream = getattr(sys, name)
+    if stream is None:
+        fail(f"standard {name[3:]}put is closed")
+    return stream
+
+
+def write_all(stream, data: bytes) -> None:
+    """Write every byte of ``data`` to a binary stream and flush it. A buffered write may
+    report fewer bytes than it was given (a pipe whose reader closed mid-write); the rest
+    is written again, so that a lost reader ends in the next write's BrokenPipeError, never
+    in a silently truncated output and exit status 0."""
+    view = memoryview(data)
+    while view:
+        n = stream.write(view)
+        if n is None:  # a raw stream in non-blocking mode: nothing could be written
+            raise BlockingIOError("standard output would block")
+        if n <= 0:
+            raise BrokenPipeError("standard output accepted no more bytes")
+        view = view[n:]
+    stream.flush()
+
+
 def _set_threads(threads: Optional[int]) -> None:
     if threads is not None:
         import torch
@@ -39,7 +66,7 @@ def safe_relative(name: str) -> Path:
     from vdmcodec.errors import FormatError
 
     p = Path(name)
-    if p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
+    if "\0" in name or p.is_absolute() or any(part in ("..", "") for part in p.parts) or not p.parts:
         raise FormatError(f"unsafe image name in archive: {name!r}")
     return p
 
@@ -52,7 +79,7 @@ def _show(quiet: bool, progress: bool, json_out: bool = False) -> bool:
     """Progress bars: asked for, not quiet, no JSON, and only on a terminal."""
     import sys
 
-    return progress and not quiet and not json_out and sys.stderr.isatty()
+    return progress and not quiet and not json_out and sys.stderr is not None and sys.stderr.isatty()
 
 
 def output_problem(path: Path, force: bool) -> str | None:
@@ -139,7 +166,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             if to_stdout:
                 if json_out:
                     fail("--json prints to standard output, which -o - fills with the archive: use one of them")
-                if sys.stdout.isatty():
+                if _stdio("stdout", fail).isatty():
                     fail("refusing to write an archive to a terminal: redirect standard output, or give -o FILE")
             else:
                 out = output.resolve()
@@ -148,7 +175,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 problem = output_problem(output, force)
                 if problem:
                     fail(problem)
-            stdin = _binary(sys.stdin).read() if any(str(p) == STDIO for p in inputs) else None
+            stdin = _binary(_stdio("stdin", fail)).read() if any(str(p) == STDIO for p in inputs) else None
             sources, input_bytes = read_inputs(list(inputs), strip=strip, stdin=stdin)
             codec = load_codec(model, arithmetic=arithmetic, preflight=PreflightConfig() if preflight else None,
                                device=dev)
@@ -157,9 +184,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             blob = codec.compress(planes, steps=steps, names=names, progress=_show(quiet, progress, json_out), effort=effort)
             blob = attach(blob, records_for(sources))
             if to_stdout:
-                stream = _binary(sys.stdout)
-                stream.write(blob)
-                stream.flush()
+                write_all(_binary(sys.stdout), blob)
             else:
                 from vdmcodec.files import atomic_write_bytes
 
@@ -225,12 +250,12 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
 
             dev = parse_device(device)
             to_stdout = str(output) == STDIO
-            if to_stdout and sys.stdout.isatty():
+            if to_stdout and _stdio("stdout", fail).isatty():
                 fail("refusing to write image data to a terminal: redirect standard output, or give -o FOLDER")
             if not to_stdout and output.exists() and not output.is_dir():
                 fail(f"{output}: exists and is not a folder")
             if str(archive) == STDIO:
-                blob = _binary(sys.stdin).read()
+                blob = _binary(_stdio("stdin", fail)).read()
             else:
                 try:
                     blob = archive.read_bytes()
@@ -244,8 +269,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 fail(f"the archive holds {len(names)} images and -o - writes one: give a folder")
             names, renamed = unique_names(names, rename_duplicates)
             if renamed is None:
-                fail(f"archive holds duplicate image names ({names}); restore them with --rename-duplicates; "
-                     "nothing was written")
+                fail(f"archive holds image names that clash ({names}: two images, or an image and another's "
+                     "folder); restore them with --rename-duplicates; nothing was written")
             targets = [output / safe_relative(n) for n in names]
             for t in targets if not to_stdout else []:
                 problem = output_problem(t, force)
@@ -254,9 +279,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             images = decompress_file_bytes(blob, model=model, progress=_show(quiet, progress), device=dev)
             files = restore_files(header, images)
             if to_stdout:
-                stream = _binary(sys.stdout)
-                stream.write(files[0].data)
-                stream.flush()
+                write_all(_binary(sys.stdout), files[0].data)
                 return
             write_files([(t, f.data) for f, t in zip(files, targets)])
             if quiet:
@@ -273,7 +296,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
 
     @app.command()
     def info(
-        archive: Path = typer.Argument(..., help="A .vdmc file."),
+        archive: Path = typer.Argument(..., help="A .vdmc file; - reads it from standard input."),
         json_out: bool = typer.Option(False, "--json", help="Print the header as JSON."),
     ):
         """Print an archive's header: model, steps, images and how each was coded."""
@@ -286,10 +309,13 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             from vdmcodec.coding.envelope import records_of
             from vdmcodec.coding.priors import describe
 
-            try:
-                blob = archive.read_bytes()
-            except OSError as e:
-                fail(f"{archive}: {e.strerror}")
+            if str(archive) == STDIO:
+                blob = _binary(_stdio("stdin", fail)).read()
+            else:
+                try:
+                    blob = archive.read_bytes()
+                except OSError as e:
+                    fail(f"{archive}: {e.strerror}")
             header, payload = unpack(blob)
             records = records_of(header)
             methods = Counter(header.image_methods())
@@ -329,20 +355,26 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
 
 
 def unique_names(names: list[str], rename: bool) -> tuple[list[str], list[tuple[str, str]] | None]:
-    """(names, renames). Without ``rename``: (the first duplicate name, None) where there is
-    one. With it: a later image whose name is taken becomes STEM-2.SUFFIX, STEM-3.SUFFIX, ...
-    (a name no image of the archive holds), listed in renames."""
-    taken, out, renamed = set(names), [], []
+    """(names, renames), each name as the relative path it is written to (``safe_relative``:
+    ``./a.png`` and ``a.png`` are one file). Two images clash where they name the same file,
+    or where one's file is a folder of another's (``q.png`` and ``q.png/z.png``). Without
+    ``rename``: (the first clashing name, None). With it: each clashing image but the first of
+    a name becomes STEM-2.SUFFIX, STEM-3.SUFFIX, ... (a name no image of the archive holds,
+    nor any folder of one), listed in renames; a file that is another image's folder is
+    renamed whichever comes first."""
+    paths = [safe_relative(n).as_posix() for n in names]
+    folders = {q.as_posix() for n in paths for q in Path(n).parents if q != Path(".")}
+    taken, out, renamed = set(paths) | folders, [], []
     used: set[str] = set()
-    for n in names:
-        if n in used:
+    for n in paths:
+        if n in used or n in folders:
             if not rename:
                 return n, None
             p = Path(n)
             k = 2
-            while str(p.with_name(f"{p.stem}-{k}{p.suffix}")) in taken:
+            while p.with_name(f"{p.stem}-{k}{p.suffix}").as_posix() in taken:
                 k += 1
-            new = str(p.with_name(f"{p.stem}-{k}{p.suffix}"))
+            new = p.with_name(f"{p.stem}-{k}{p.suffix}").as_posix()
             taken.add(new)
             renamed.append((n, new))
             n = new

@@ -254,6 +254,8 @@ def test_length_fields_are_bounded():
     ("chunk empty", dict(MODEL, chunks=[[0, 0], [0, 2]])),
     ("init_pad without a model", dict(init_pad=2)),
     ("names list empty name", dict(names={"list": ["a", "", "c"]})),
+    ("names list NUL", dict(names={"list": ["a", "b\0.png", "c"]})),
+    ("names sequence NUL", dict(names={"sequence": ["x\0", 3, ".png"]})),
     ("names digits", dict(names={"sequence": ["", 13, ""]})),
     ("names digits zero", dict(names={"sequence": ["", 0, ""]})),
     ("squeeze count", dict(squeeze=[[1, 1]])),
@@ -272,6 +274,30 @@ def test_unpack_refuses_headers_it_cannot_bound(what, over):
     assert peak < 1e6, f"{what}: unpack allocated {peak} bytes"
     with pytest.raises(FormatError):
         pack(header(**over), b"")  # and the writer refuses to write it
+
+
+def test_a_small_file_cannot_claim_millions_of_images():
+    """Model-coded images cost the header only their chunk entries; a chunk holds at most
+    what the encoder writes (MAX_CHUNK_IMAGES), so a file of a few bytes cannot claim
+    millions of images for the per-image lists that info and decompress build."""
+    from vdmcodec.coding.container import MAX_CHUNK_IMAGES
+
+    def many(n, per_chunk):
+        chunks = [[k, min(per_chunk, n - k)] for k in range(0, n, per_chunk)]
+        return header(**dict(MODEL, shapes=[[1, 1, 1, n], [4, 1, 3, 1]], methods=[["vdm", n], ["webp", 1]],
+                             chunks=chunks, squeeze=[]))
+
+    assert unpack(forge(many(1000, MAX_CHUNK_IMAGES)))[0].count == 1001  # as the encoder writes them
+    blob = forge(many(1_000_000, 1_000_000))
+    assert len(blob) < 200
+    tracemalloc.start()
+    try:
+        with pytest.raises(FormatError, match="chunk of more than"):
+            unpack(blob)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1e6
 
 
 def test_unknown_codes_are_refused():

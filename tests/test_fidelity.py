@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+from pathlib import Path
 
 import imagecodecs
 import numpy as np
@@ -39,6 +40,15 @@ def _save(img, fmt, **kw) -> bytes:
     return buf.getvalue()
 
 
+def _with_key(png: bytes, key: bytes) -> bytes:
+    """A PNG with a colour key (a tRNS chunk) added after its IHDR."""
+    import struct
+    import zlib
+
+    chunk = struct.pack(">I", len(key)) + b"tRNS" + key + struct.pack(">I", zlib.crc32(b"tRNS" + key))
+    return png[:33] + chunk + png[33:]
+
+
 def _inputs() -> dict[str, bytes]:
     """File name -> bytes of every case, one feature each."""
     p = Image.frombytes("P", (11, 7), _noise(77, hi=6).tobytes())
@@ -59,6 +69,11 @@ def _inputs() -> dict[str, bytes]:
         "opaque_rgba.png": _save(Image.fromarray(np.concatenate([_noise(8, 9, 3), np.full((8, 9, 1), 255, np.uint8)], -1)), "PNG"),
         "gray16.png": _save(Image.fromarray(_noise(7, 9, hi=65536, dtype=np.uint16)), "PNG"),
         "rgb16.png": bytes(imagecodecs.png_encode(_noise(7, 9, 3, hi=65536, dtype=np.uint16))),
+        "gray16_key.png": _with_key(bytes(imagecodecs.png_encode(_noise(7, 9, hi=65536, dtype=np.uint16))),
+                                    bytes([3, 232])),
+        "rgb16_key.png": _with_key(bytes(imagecodecs.png_encode(_noise(7, 9, 3, hi=65536, dtype=np.uint16))),
+                                   bytes([0, 0, 0, 1, 0, 2])),
+        "bilevel_key.png": _save(Image.fromarray(_noise(9, 13, hi=2).astype(bool)), "PNG", transparency=0),
         "rgba16.png": bytes(imagecodecs.png_encode(_noise(7, 9, 4, hi=65536, dtype=np.uint16))),
         "gray_alpha16.png": bytes(imagecodecs.png_encode(_noise(7, 9, 2, hi=65536, dtype=np.uint16))),
         "anim.gif": _save(gif[0], "GIF", save_all=True, append_images=gif[1:], duration=[100, 250, 40], loop=0),
@@ -169,6 +184,8 @@ def test_info_lists_the_records(restored):
     assert {"eXIf", "iCCP", "tEXt", "zTXt", "iTXt", "pHYs"} <= set(modes["RGB"]["metadata"])  # meta.png
     res = runner.invoke(app, ["info", str(arc)])
     assert res.exit_code == 0 and "image records:" in res.stdout
+    res = runner.invoke(app, ["info", "-", "--json"], input=arc.read_bytes())
+    assert res.exit_code == 0 and json.loads(res.stdout)["images"] == doc["images"]
 
 
 def test_records_with_model_coded_planes(tiny_model_dir):
@@ -227,7 +244,8 @@ def _gray(path, seed=0):
     return path
 
 
-@pytest.mark.parametrize("case", ["same_name", "twice", "folder_and_file", "png_and_tif", "multipage_tiff", "cmyk"])
+@pytest.mark.parametrize("case", ["same_name", "twice", "folder_and_file", "png_and_tif", "file_where_folder",
+                                  "multipage_tiff", "cmyk", "pixels_over_the_limit"])
 def test_refused_inputs_write_nothing(tmp_path, tiny_model_dir, case):
     if case == "same_name":
         args = [_gray(tmp_path / "a" / "img.png"), _gray(tmp_path / "b" / "img.png", 1)]
@@ -241,10 +259,26 @@ def test_refused_inputs_write_nothing(tmp_path, tiny_model_dir, case):
         _gray(tmp_path / "d" / "a.png")
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "d" / "a.tif")
         args = [tmp_path / "d"]
+    elif case == "file_where_folder":  # q.jpg restores as q.png, where q.png/z.png needs a folder
+        _gray(tmp_path / "d" / "q.png" / "z.png")
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "d" / "q.tif")
+        args = [tmp_path / "d"]
     elif case == "multipage_tiff":
         pages = [Image.fromarray(np.full((4, 4), k, np.uint8)) for k in range(3)]
         pages[0].save(tmp_path / "p.tif", save_all=True, append_images=pages[1:])
         args = [tmp_path / "p.tif"]
+    elif case == "pixels_over_the_limit":  # 400 Mpixel: Pillow itself only warns below 2 x its limit
+        import struct
+        import zlib
+
+        def chunk(kind, data):
+            return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+        rows = zlib.compress(b"\0" * 2501 * 20000, 9)  # 20000 x 20000, one bit per pixel, all 0
+        ihdr = struct.pack(">IIBBBBB", 20000, 20000, 1, 0, 0, 0, 0)
+        (tmp_path / "big.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", rows)
+                                           + chunk(b"IEND", b""))
+        args = [tmp_path / "big.png"]
     else:
         Image.new("CMYK", (4, 4)).save(tmp_path / "c.tif")
         args = [tmp_path / "c.tif"]
@@ -254,6 +288,7 @@ def test_refused_inputs_write_nothing(tmp_path, tiny_model_dir, case):
     assert not arc.exists()
     expect = {"same_name": "would both be restored as img.png", "twice": "given twice",
               "folder_and_file": "given twice", "png_and_tif": "would both be restored as a.png",
+              "file_where_folder": "the folder", "pixels_over_the_limit": "image larger than",
               "multipage_tiff": "3 frames or pages", "cmyk": "CMYK"}[case]
     assert expect in res.stderr
 
@@ -269,12 +304,74 @@ def test_archives_with_duplicate_names_restore_with_rename(tmp_path, tiny_model_
     out = tmp_path / "out"
     res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir)])
     _one_line_error(res)
-    assert "duplicate image names" in res.stderr and not out.exists()
+    assert "image names that clash" in res.stderr and not out.exists()
     res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir), "--rename-duplicates"])
     assert res.exit_code == 0, res.output
     assert "img.png was written as img-3.png" in res.stderr
     for name, im in zip(["img.png", "img-3.png", "img-2.png"], imgs):
         assert np.array_equal(np.asarray(Image.open(out / name)), im)
+
+
+@pytest.mark.parametrize("names, restored", [
+    (["x.png", "./x.png"], ["x.png", "x-2.png"]),             # one file under two spellings
+    (["q.png", "q.png/z.png"], ["q-2.png", "q.png/z.png"]),   # a file where another image's folder goes
+    (["q.png/z.png", "q.png"], ["q.png/z.png", "q-2.png"]),
+])
+def test_names_that_clash_only_as_paths(tmp_path, tiny_model_dir, names, restored):
+    """Names that differ as strings but not as paths are refused before anything is
+    decoded (no image silently replaces another), and --rename-duplicates restores them all."""
+    from vdmcodec.coding.codec import load_codec
+
+    imgs = [np.full((4, 5), 40 * k + 7, dtype=np.uint8) for k in range(2)]
+    arc = tmp_path / "clash.vdmc"
+    arc.write_bytes(load_codec(tiny_model_dir).compress(imgs, names=names, classical_only=True))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir)])
+    _one_line_error(res)
+    assert "image names that clash" in res.stderr and not out.exists()
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir), "--rename-duplicates"])
+    assert res.exit_code == 0, res.output
+    for name, im in zip(restored, imgs):
+        assert np.array_equal(np.asarray(Image.open(out / name)), im)
+
+
+def test_images_named_like_dataset_files_are_images(tmp_path, tiny_model_dir):
+    """IDX and CIFAR files are known by their names; a file with an image suffix is an image."""
+    src = tmp_path / "in"
+    for name in ("photo_idx.png", "data_batch_7.png", "scan-ubyte.png"):
+        _gray(src / name)
+    arc = tmp_path / "a.vdmc"
+    res = runner.invoke(app, ["compress", str(src), "-o", str(arc), "--model", str(tiny_model_dir), "-e", "1"])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir)])
+    assert res.exit_code == 0, res.output
+    for f in src.iterdir():
+        assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / f.name)), np.asarray(Image.open(f)))
+
+
+def test_what_is_not_kept_is_said(tmp_path, tiny_model_dir):
+    """A JPEG comment with a NUL byte (no PNG text chunk holds one) and a TIFF's own tags are
+    not restored; the notes say so rather than claim them kept."""
+    src = tmp_path / "in"
+    src.mkdir()
+    (src / "c.jpg").write_bytes(_save(Image.fromarray(_noise(8, 8)), "JPEG", comment=b"a\0b"))
+    ex = Image.Exif()
+    ex[0x0112] = 3
+    (src / "t.tif").write_bytes(_save(Image.fromarray(_noise(8, 8)), "TIFF", exif=ex))
+    res = runner.invoke(app, ["compress", str(src), "-o", str(tmp_path / "a.vdmc"), "--model", str(tiny_model_dir),
+                              "-e", "1", "--json"])
+    assert res.exit_code == 0, res.output
+    notes = " | ".join(json.loads(res.stdout)["notes"])
+    assert "c.jpg: its comment holds a NUL byte" in notes and "a TIFF's own tags" in notes
+
+
+def test_compress_refuses_names_no_file_can_have(tiny_model_dir):
+    from vdmcodec.coding.codec import load_codec
+    from vdmcodec.errors import VdmcodecError
+
+    for bad in ("a\0b.png", ""):
+        with pytest.raises(VdmcodecError, match="without NUL"):
+            load_codec(tiny_model_dir).compress([np.zeros((4, 4), np.uint8)], names=[bad], classical_only=True)
 
 
 # ---- command-line conventions ------------------------------------------------------------------
@@ -323,6 +420,50 @@ def test_stdin_and_stdout(tmp_path, tiny_model_dir):
     res = runner.invoke(app, ["decompress", str(arc), "-o", "-", "--model", str(tiny_model_dir)])
     _one_line_error(res)
     assert res.stdout_bytes == b""
+
+
+def test_stdout_writes_every_byte_or_fails():
+    """A buffered write may take fewer bytes than it is given (a pipe whose reader left
+    mid-write): write_all writes the rest, and a reader that is gone ends in an error, never
+    in a truncated output with exit status 0."""
+    from cli.coding import write_all
+
+    class Partial(io.BytesIO):  # takes at most 7 bytes per call
+        def write(self, b):
+            return super().write(bytes(b[:7]))
+
+    class Gone(io.BytesIO):  # takes 10 bytes, then the reader is gone
+        def write(self, b):
+            if self.tell() >= 10:
+                raise BrokenPipeError(32, "Broken pipe")
+            return super().write(bytes(b[:10]))
+
+    data = bytes(range(256)) * 3
+    out = Partial()
+    write_all(out, data)
+    assert out.getvalue() == data
+    with pytest.raises(BrokenPipeError):
+        write_all(Gone(), data)
+
+
+@pytest.mark.parametrize("closed", ["stdin", "stdout"])
+def test_closed_standard_streams_are_one_line_errors(tmp_path, tiny_model_dir, closed):
+    """A process started with standard input or output closed (Python's sys.stdin / stdout
+    are then None) refuses - in one line, not with an internal error."""
+    import subprocess
+    import sys
+
+    src = _gray(tmp_path / "g.png")
+    args = ["-", "-o", str(tmp_path / "x.vdmc")] if closed == "stdin" else [str(src), "-o", "-"]
+    redirect = "<&-" if closed == "stdin" else ">&-"
+    cmd = " ".join([sys.executable, "-m", "cli.main", "compress", *args, "--model", str(tiny_model_dir), redirect])
+    out = {"stdout": subprocess.PIPE} if closed == "stdin" else {}  # (bash closes it otherwise)
+    res = subprocess.run(["bash", "-c", cmd], stderr=subprocess.PIPE, text=True, timeout=120,
+                         cwd=Path(__file__).resolve().parents[1], **out)
+    assert res.returncode == 1
+    lines = res.stderr.strip().splitlines()
+    assert lines == [f"error: standard {closed[3:]}put is closed"], res.stderr
+    assert not (tmp_path / "x.vdmc").exists()
 
 
 @pytest.mark.parametrize("kind", ["symlink", "fifo", "folder"])

@@ -17,7 +17,8 @@ import numpy as np
 
 from .errors import DataError
 
-IMAGE_SUFFIXES = {".png", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".webp", ".gif", ".jpg", ".jpeg", ".tga"}
+IMAGE_SUFFIXES = {".png", ".apng", ".bmp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".pnm", ".webp", ".gif", ".jpg", ".jpeg",
+                  ".jpe", ".jfif", ".tga"}
 MAX_PIXELS = 1 << 28  # Pillow's bomb guard is relaxed to this (256 Mpixel)
 
 
@@ -35,8 +36,9 @@ def _open(path: Path):
 
 
 def is_idx(path: Path) -> bool:
+    """An MNIST IDX file by its name (a file with an image suffix is an image, whatever its name)."""
     name = path.name.lower()
-    return "idx" in name or name.endswith("-ubyte")
+    return Path(name).suffix not in IMAGE_SUFFIXES and ("idx" in name or name.endswith("-ubyte"))
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -129,24 +131,38 @@ def pil_to_array(img, name: str) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
-        with Image.open(path) as img:
+        with open_image(path, str(path)) as img:
             img.load()
             return pil_to_array(img, str(path))
     except DataError:
         raise
-    except Image.DecompressionBombError:
-        raise DataError(f"{path}: image larger than {MAX_PIXELS} pixels") from None
     except Exception as e:
         raise DataError(f"{path}: not a readable image ({type(e).__name__})") from None
 
 
 def _is_dataset_file(path: Path) -> bool:
     s = path.name.lower()
+    if Path(s).suffix in IMAGE_SUFFIXES:  # photo_idx.png, data_batch_1.png: images
+        return False
     return is_idx(path) or s.endswith((".npy", ".npz")) or s.startswith("data_batch") or s == "test_batch"
+
+
+def open_image(source, name: str):
+    """``Image.open`` with the pixel limit enforced: Pillow raises only above twice its
+    MAX_IMAGE_PIXELS and warns (on stderr) between once and twice; here both refuse, in
+    one line naming ``name``."""
+    import warnings
+
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            return Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise DataError(f"{name}: image larger than {MAX_PIXELS} pixels") from None
 
 
 def read_dataset_file(path: Path) -> np.ndarray:

@@ -15,7 +15,7 @@ import io
 import struct
 import zlib
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -246,16 +246,13 @@ def output_name(rel: str) -> str:
 
 def read_image_file(data: bytes, rel: str, strip: bool = False) -> SourceImage:
     """One image file's bytes -> a SourceImage (DataError, naming ``rel``, where it cannot be kept exactly)."""
-    from PIL import Image
+    from .data import open_image
 
-    from .data import MAX_PIXELS
-
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     name = output_name(rel)
     note = ""
     layout = _png_layout(data, rel) if data[:8] == PNG_SIGNATURE else None
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(io.BytesIO(data), rel) as img:
             fmt = img.format or "?"
             if layout is not None and layout.bit_depth == 16:
                 if layout.plays is not None:
@@ -265,6 +262,11 @@ def read_image_file(data: bytes, rel: str, strip: bool = False) -> SourceImage:
                 arr = np.asarray(imagecodecs.png_decode(data))
                 if arr.dtype != np.uint16:
                     raise DataError(f"{rel}: 16-bit PNG decodes to {arr.dtype}")
+                if layout.colour_type in (0, 2) and arr.ndim == 3 and arr.shape[-1] in (2, 4):
+                    # libpng turned the colour key (tRNS) into an alpha channel: the file has
+                    # none, and its key is kept as the key (below), so drop the made-up alpha
+                    arr = arr[..., :-1]
+                    arr = arr[..., 0] if arr.shape[-1] == 1 else arr
                 frames, info = [None], dict(img.info)
                 parts = [_planes16(arr)]
             else:
@@ -284,8 +286,6 @@ def read_image_file(data: bytes, rel: str, strip: bool = False) -> SourceImage:
             durations = [f.info.get("duration", 0) for f in frames] if layout is None else []
     except DataError:
         raise
-    except Image.DecompressionBombError:
-        raise DataError(f"{rel}: image larger than {MAX_PIXELS} pixels") from None
     except Exception as e:
         raise DataError(f"{rel}: not a readable image ({type(e).__name__})") from None
     if any(p[0] != mode or p[1].shape != parts[0][1].shape for p in parts):
@@ -299,6 +299,12 @@ def read_image_file(data: bytes, rel: str, strip: bool = False) -> SourceImage:
         metadata = list(layout.chunks)
     else:
         metadata = _info_metadata(info)
+        comment = info.get("comment")
+        if isinstance(comment, str):
+            comment = comment.encode()
+        if not strip and isinstance(comment, (bytes, bytearray)) and b"\0" in comment:
+            lost = f"{rel}: its comment holds a NUL byte, which a PNG text chunk cannot hold: the comment is not kept"
+            note = f"{note}; {lost}" if note else lost
     if mode == "P":
         top = max(int(p[1].max()) for p in parts)
         palette = palette + b"\0" * max(0, 3 * (top + 1) - len(palette))  # every index names an entry
@@ -368,6 +374,7 @@ def read_inputs(paths: list[Path], strip: bool = False, stdin: bytes | None = No
             raise DataError(f"{f}: {e.strerror or e}") from None
     if not out:
         raise DataError(f"no images found in {', '.join(map(str, paths))}")
+    _check_folders(names)
     return out, total
 
 
@@ -376,6 +383,17 @@ def _claim(names: dict[str, str], name: str, source: str) -> None:
     if other != source:
         raise DataError(f"{other} and {source} would both be restored as {name}; rename one, or compress them "
                         "into separate archives (nothing was written)")
+
+
+def _check_folders(names: dict[str, str]) -> None:
+    """No image is restored as a file where another's folder must go (``q.png`` beside
+    ``q.png/z.png``, from a file q.png next to a folder q.png)."""
+    for name, source in names.items():
+        for folder in PurePosixPath(name).parents:
+            other = names.get(folder.as_posix())
+            if other is not None:
+                raise DataError(f"{other} would be restored as {folder}, the folder {source} is restored into; "
+                                "rename one, or compress them into separate archives (nothing was written)")
 
 
 def records_for(images: list[SourceImage]) -> list[Record]:
@@ -563,8 +581,10 @@ def compress_report(blob: bytes, sources: list[SourceImage], input_bytes: int, c
     if converted:
         n = sum(s.format in converted for s in sources)
         jpeg = "; a JPEG's decoded pixels are kept, not its file" if "JPEG" in converted else ""
+        tiff = "; a TIFF's own tags (orientation, description, resolution) are not" if "TIFF" in converted else ""
         notes.append(f"{n} input{'s' * (n != 1)} ({', '.join(converted)}) will be restored as PNG (APNG for animations): "
-                     f"pixels, mode, frames, EXIF, ICC, XMP and comments are kept, other fields of those formats are not{jpeg}")
+                     f"pixels, mode, frames, EXIF, ICC, XMP and comments are kept, other fields of those formats "
+                     f"are not{tiff}{jpeg}")
     mode_notes = [s.note for s in sources if s.note]
     if mode_notes:
         more = f" (and {len(mode_notes) - 1} more)" if len(mode_notes) > 1 else ""

@@ -43,8 +43,8 @@ from . import classical, levels, tiles
 from .ans import EmptyMessageError, Message
 from .arithmetic import ARITHMETIC
 from .chain import DiffusionChain
-from .container import (CORR_SCALE_STEPS, HASH_BYTES, MAX_CHUNK_GRID_DROP, MAX_IMAGES, MAX_STEPS, MAX_THREADS,
-                        MAX_TOTAL_SUBPIXELS, MIN_CHUNK_GRID_BITS, MODEL_METHODS, TILED_METHODS, Header, coded_shape)
+from .container import (CORR_SCALE_STEPS, HASH_BYTES, MAX_CHUNK_GRID_DROP, MAX_CHUNK_IMAGES, MAX_IMAGES, MAX_STEPS,
+                        MAX_THREADS, MAX_TOTAL_SUBPIXELS, MIN_CHUNK_GRID_BITS, MODEL_METHODS, TILED_METHODS, Header, coded_shape)
 from .determinism import PRECISION_MODE, pinned
 from .priors import TilePrior
 from .spec import coder_spec
@@ -52,7 +52,6 @@ from .spec import coder_spec
 if TYPE_CHECKING:
     from .codec import Codec
 
-MAX_CHUNK_IMAGES = 64
 MAX_CHUNK_SUBPIXELS = 1 << 20   # network batch memory bound; larger images are coded classically
 
 
@@ -255,8 +254,6 @@ def decode_payload(header: Header, payload: bytes, codec: "Codec | None", progre
     names (None where it names none)."""
     limits = limits or DecodeLimits()
     check_limits(header, limits)
-    if any(size > MAX_CHUNK_IMAGES for _, size in header.chunks):  # before the per-image lists are built
-        raise FormatError("corrupted header (a chunk is larger than the encoder writes)")
     shapes = header.image_shapes()
     methods = header.image_methods()
     names = header.image_names()

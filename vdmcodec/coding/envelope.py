@@ -213,7 +213,8 @@ def parse(data: bytes, shapes: list[tuple[int, int, int]]) -> list[Record]:
         transparency = b""
         if flags & _F_TRANSPARENCY:
             transparency = r.take(r.varint("transparency size", 256), "transparency")
-            allowed = {"P": range(1, len(palette) // 3 + 1), "L": (2,), "RGB": (6,), "I;16": (2,), "RGB;16": (6,)}
+            allowed = {"P": range(1, len(palette) // 3 + 1), "1": (2,), "L": (2,), "RGB": (6,), "I;16": (2,),
+                       "RGB;16": (6,)}
             if len(transparency) not in allowed.get(mode, ()):
                 r.bad(f"transparency of {len(transparency)} bytes on mode {mode}")
         planes = []

@@ -54,6 +54,11 @@ def image_entries(images, names: Sequence[str] | None) -> list[ImageEntry]:
         raise VdmcodecError("no images to compress")
     if names is not None and len(names) != len(imgs):
         raise VdmcodecError(f"{len(names)} names for {len(imgs)} images")
+    if names is not None:
+        bad = next((n for n in names if not isinstance(n, str) or not n or "\0" in n), None)
+        if bad is not None:
+            raise VdmcodecError(f"image name {bad!r}: names are non-empty strings without NUL characters "
+                                "(each is restored as a file)")
     if len(imgs) > MAX_IMAGES:
         raise VdmcodecError(f"{len(imgs)} images: an archive holds at most {MAX_IMAGES}")
     out, total = [], 0

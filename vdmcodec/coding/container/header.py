@@ -26,6 +26,7 @@ READABLE_VERSIONS = (3, 4, 5, 6, 7, 8, 9, 10)
 HASH_BYTES = 8
 MAX_HEADER_BYTES = 64 << 20
 MAX_IMAGES = 10_000_000
+MAX_CHUNK_IMAGES = 64   # images in one chain chunk: what the encoder writes (the decoder's batch bound)
 MAX_SIDE = 1 << 16
 MAX_TOTAL_SUBPIXELS = 1 << 32
 MAX_STEPS = 100_000

@@ -6,8 +6,8 @@ from __future__ import annotations
 from ...errors import FormatError
 from ..context_model import MAX_PIXELS as CTX_MAX_PIXELS
 from ..tilegrid import MAX_TILE, check_layout
-from .header import (MAX_GRID_BITS, MAX_IMAGES, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MIN_CHUNK_GRID_BITS, MIN_GRID_BITS,
-                     MODEL_METHODS, TILED_METHODS, Header)
+from .header import (MAX_CHUNK_IMAGES, MAX_GRID_BITS, MAX_IMAGES, MAX_THREADS, MAX_TOTAL_SUBPIXELS, MIN_CHUNK_GRID_BITS,
+                     MIN_GRID_BITS, MODEL_METHODS, TILED_METHODS, Header)
 
 
 def validate(h: Header) -> Header:
@@ -44,6 +44,11 @@ def validate(h: Header) -> Header:
         bad("model named without model-coded images, or the reverse")
     if any(size < 1 for _, size in h.chunks) or sum(size for _, size in h.chunks) != n_vdm:
         bad("chunks do not cover the model-coded images")
+    if any(size > MAX_CHUNK_IMAGES for _, size in h.chunks):
+        # what the encoder writes; it also bounds the image count by the header's own bytes
+        # (every image is a classical size, a tile layout or 1/64 of a chunk entry), so that
+        # a small file cannot claim millions of images for the per-image lists built after
+        bad(f"a chunk of more than {MAX_CHUNK_IMAGES} images (more than the encoder writes)")
     if h.chunk_grids and (len(h.chunk_grids) != len(h.chunks)
                           or not all(MIN_CHUNK_GRID_BITS <= g <= h.grid_bits for g in h.chunk_grids)):
         bad("chunk grids out of range")
@@ -70,10 +75,12 @@ def validate(h: Header) -> Header:
             bad(f"tile layout of a {shape[0]}x{shape[1]} image: {why}")
     if "sequence" in h.names:
         prefix, digits, suffix = h.names["sequence"]
-        if not 1 <= digits <= 12:
+        if not 1 <= digits <= 12 or "\0" in prefix + suffix:
             bad("names sequence")
     elif any(len(s) == 0 for s in h.names["list"]):
         bad("empty name")
+    elif any("\0" in s for s in h.names["list"]):
+        bad("a name with a NUL character (no file system can hold it)")
     if h.squeeze and (any(v not in (0, 1) or n < 1 for v, n in h.squeeze) or sum(n for _, n in h.squeeze) != count):
         bad("squeeze flags")
     return h
