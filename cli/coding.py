@@ -54,6 +54,13 @@ def write_all(stream, data: bytes) -> None:
     stream.flush()
 
 
+def _shown(name) -> str:
+    """A file name for a one-line message: as it is where every character prints, else with
+    Python's escapes (a newline in a name would split the line)."""
+    name = str(name)
+    return name if name.isprintable() else repr(name)[1:-1]
+
+
 def _set_threads(threads: Optional[int]) -> None:
     if threads is not None:
         import torch
@@ -201,7 +208,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 for f in res["files"]:
                     extra = f" + {'/'.join(f['extra_planes'])} planes" if f["extra_planes"] else ""
                     meta = f"; metadata: {', '.join(f['metadata'])}" if f["metadata"] else ""
-                    typer.echo(f"{f['name']}: {f['format']} {f['mode']}, {f['frames']} frame{'s' * (f['frames'] != 1)}, "
+                    typer.echo(f"{_shown(f['name'])}: {f['format']} {f['mode']}, {f['frames']} frame{'s' * (f['frames'] != 1)}, "
                                f"{f['method']}{extra}{meta}", err=True)
             ratio = res["input_bytes"] / res["bytes"]
             size = f"{ratio:.2f}x smaller" if ratio >= 1 else f"{1 / ratio:.2f}x larger"
@@ -288,8 +295,8 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 typer.echo(f"note: a second image named {old} was written as {new}", err=True)
             if verbose:
                 for f, t in zip(files, targets):
-                    was = f" (was {f.source})" if f.source else ""
-                    typer.echo(f"{t}: {f.mode}, {f.frames} frame{'s' * (f.frames != 1)}, {len(f.data)} bytes{was}", err=True)
+                    was = f" (was {_shown(f.source)})" if f.source else ""
+                    typer.echo(f"{_shown(t)}: {f.mode}, {f.frames} frame{'s' * (f.frames != 1)}, {len(f.data)} bytes{was}", err=True)
             typer.echo(f"{len(files)} images -> {output}")
 
         run_guarded(go)

@@ -365,6 +365,20 @@ def test_what_is_not_kept_is_said(tmp_path, tiny_model_dir):
     assert "c.jpg: its comment holds a NUL byte" in notes and "a TIFF's own tags" in notes
 
 
+def test_verbose_lines_stay_one_per_image(tmp_path, tiny_model_dir):
+    """-v prints one line per image, also for a file name holding a newline."""
+    src = tmp_path / "in"
+    _gray(src / "a\nb.png"), _gray(src / "c.png", 1)
+    arc = tmp_path / "a.vdmc"
+    res = runner.invoke(app, ["compress", str(src), "-o", str(arc), "--model", str(tiny_model_dir), "-e", "1", "-v"])
+    assert res.exit_code == 0, res.output
+    assert any(line.startswith("a\\nb.png: PNG L") for line in res.stderr.splitlines())
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(tmp_path / "out"), "--model", str(tiny_model_dir), "-v"])
+    assert res.exit_code == 0, res.output
+    assert sum(line.endswith("bytes") for line in res.stderr.splitlines()) == 2
+    assert (tmp_path / "out" / "a\nb.png").exists()
+
+
 def test_compress_refuses_names_no_file_can_have(tiny_model_dir):
     from vdmcodec.coding.codec import load_codec
     from vdmcodec.errors import VdmcodecError
