@@ -38,6 +38,16 @@ def _stdio(name: str, fail):
     return stream
 
 
+def _read_archive(archive: Path, fail) -> bytes:
+    """An archive's bytes from its file, or from standard input for ``-``."""
+    if str(archive) == STDIO:
+        return _binary(_stdio("stdin", fail)).read()
+    try:
+        return archive.read_bytes()
+    except OSError as e:
+        fail(f"{archive}: {e.strerror}")
+
+
 def write_all(stream, data: bytes) -> None:
     """Write every byte of ``data`` to a binary stream and flush it. A buffered write may
     report fewer bytes than it was given (a pipe whose reader closed mid-write); the rest
@@ -261,13 +271,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
                 fail("refusing to write image data to a terminal: redirect standard output, or give -o FOLDER")
             if not to_stdout and output.exists() and not output.is_dir():
                 fail(f"{output}: exists and is not a folder")
-            if str(archive) == STDIO:
-                blob = _binary(_stdio("stdin", fail)).read()
-            else:
-                try:
-                    blob = archive.read_bytes()
-                except OSError as e:
-                    fail(f"{archive}: {e.strerror}")
+            blob = _read_archive(archive, fail)
             if not quiet and dev.type == "cpu":
                 _note_slow_arithmetic(blob)
             header, _ = unpack(blob)
@@ -316,13 +320,7 @@ def register(app: typer.Typer, run_guarded, fail) -> None:
             from vdmcodec.coding.envelope import records_of
             from vdmcodec.coding.priors import describe
 
-            if str(archive) == STDIO:
-                blob = _binary(_stdio("stdin", fail)).read()
-            else:
-                try:
-                    blob = archive.read_bytes()
-                except OSError as e:
-                    fail(f"{archive}: {e.strerror}")
+            blob = _read_archive(archive, fail)
             header, payload = unpack(blob)
             records = records_of(header)
             methods = Counter(header.image_methods())
