@@ -293,23 +293,31 @@ def test_refused_inputs_write_nothing(tmp_path, tiny_model_dir, case):
     assert expect in res.stderr
 
 
+def _clash_refused_then_renamed(tmp_path, model_dir, imgs, names, restored, **compress) -> str:
+    """An archive of ``imgs`` under ``names``: decompress refuses it before writing anything,
+    and --rename-duplicates restores each image under ``restored``. Returns that run's stderr."""
+    from vdmcodec.coding.codec import load_codec
+
+    arc = tmp_path / "clash.vdmc"
+    arc.write_bytes(load_codec(model_dir).compress(imgs, names=names, **compress))
+    out = tmp_path / "out"
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(model_dir)])
+    _one_line_error(res)
+    assert "image names that clash" in res.stderr and not out.exists()
+    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(model_dir), "--rename-duplicates"])
+    assert res.exit_code == 0, res.output
+    for name, im in zip(restored, imgs):
+        assert np.array_equal(np.asarray(Image.open(out / name)), im)
+    return res.stderr
+
+
 def test_archives_with_duplicate_names_restore_with_rename(tmp_path, tiny_model_dir):
     """Archives written before names were checked may hold duplicates: decompress refuses them
     cleanly, and --rename-duplicates restores every image and says how."""
-    from vdmcodec.coding.codec import load_codec
-
     imgs = [np.random.default_rng(k).integers(0, 256, (5, 6), dtype=np.uint8) for k in range(3)]
-    arc = tmp_path / "dup.vdmc"
-    arc.write_bytes(load_codec(tiny_model_dir).compress(imgs, names=["img.png", "img.png", "img-2.png"]))
-    out = tmp_path / "out"
-    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir)])
-    _one_line_error(res)
-    assert "image names that clash" in res.stderr and not out.exists()
-    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir), "--rename-duplicates"])
-    assert res.exit_code == 0, res.output
-    assert "img.png was written as img-3.png" in res.stderr
-    for name, im in zip(["img.png", "img-3.png", "img-2.png"], imgs):
-        assert np.array_equal(np.asarray(Image.open(out / name)), im)
+    err = _clash_refused_then_renamed(tmp_path, tiny_model_dir, imgs, ["img.png", "img.png", "img-2.png"],
+                                      ["img.png", "img-3.png", "img-2.png"])
+    assert "img.png was written as img-3.png" in err
 
 
 @pytest.mark.parametrize("names, restored", [
@@ -320,19 +328,8 @@ def test_archives_with_duplicate_names_restore_with_rename(tmp_path, tiny_model_
 def test_names_that_clash_only_as_paths(tmp_path, tiny_model_dir, names, restored):
     """Names that differ as strings but not as paths are refused before anything is
     decoded (no image silently replaces another), and --rename-duplicates restores them all."""
-    from vdmcodec.coding.codec import load_codec
-
     imgs = [np.full((4, 5), 40 * k + 7, dtype=np.uint8) for k in range(2)]
-    arc = tmp_path / "clash.vdmc"
-    arc.write_bytes(load_codec(tiny_model_dir).compress(imgs, names=names, classical_only=True))
-    out = tmp_path / "out"
-    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir)])
-    _one_line_error(res)
-    assert "image names that clash" in res.stderr and not out.exists()
-    res = runner.invoke(app, ["decompress", str(arc), "-o", str(out), "--model", str(tiny_model_dir), "--rename-duplicates"])
-    assert res.exit_code == 0, res.output
-    for name, im in zip(restored, imgs):
-        assert np.array_equal(np.asarray(Image.open(out / name)), im)
+    _clash_refused_then_renamed(tmp_path, tiny_model_dir, imgs, names, restored, classical_only=True)
 
 
 def test_images_named_like_dataset_files_are_images(tmp_path, tiny_model_dir):
